@@ -1,0 +1,52 @@
+# Every README command goes through here. `make setup` is idempotent and works offline-from-hub.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+TEST_MODEL := .cache/test-model-tiny
+
+.PHONY: setup run demo test test-slow lint proto proto-check bench bench-compare gpu-check clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" 
+	# torch first, pinned: this is the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/milvus-embed serve
+
+demo: setup
+	$(VENV)/bin/milvus-embed demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow --run-slow
+
+lint: setup
+	$(VENV)/bin/ruff check milvus_embed_ext tests bench migrations
+
+proto: setup
+	$(PY) -m milvus_embed_ext.service.protogen
+
+proto-check: setup
+	$(PY) -m milvus_embed_ext.service.protogen --check
+
+bench: setup
+	$(PY) -m pytest bench -q --benchmark-autosave --benchmark-storage=.benchmarks
+
+bench-compare: setup
+	$(PY) bench/compare.py --storage .benchmarks --threshold 0.25
+
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache data

@@ -1,0 +1,240 @@
+"""One settings object for the whole sidecar.
+
+Precedence, lowest first: defaults < TOML file (``MEE_CONFIG`` or ``--config``) < environment ``MEE_*``
+< explicit overrides (CLI flags). The environment is read here and nowhere else: every other module
+receives a :class:`Settings` instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import InvalidArgument
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "MEE_"
+SECRET_FIELDS = frozenset({"milvus_token", "milvus_password", "api_keys"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the sidecar. The field name in upper case, prefixed ``MEE_``, is its variable."""
+
+    # --- model / encoder
+    model: str = "BAAI/bge-m3"
+    """Hub id or local directory of a BGE-M3 checkpoint (XLM-R dir + colbert_linear.pt + sparse_linear.pt)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N. auto picks CUDA when present."""
+    dtype: str = "auto"
+    """auto | fp32 | fp16 | bf16. auto is fp16 on CUDA, fp32 on CPU."""
+    backend: str = "torch"
+    """Encoder backend: torch (onnx where installed, see docs)."""
+    max_length: int = 8192
+    """Tokens per text, special tokens included; longer texts are truncated."""
+    token_budget: int = 16384
+    """Padded tokens per forward pass (batch rows x longest row)."""
+    max_batch: int = 64
+    """Texts per forward pass, whatever their length."""
+    truncate_dims: tuple[int, ...] = (256,)
+    """Truncated dense fields (Matryoshka-style prefixes) kept for cheap first-stage search."""
+    allow_demo_model: bool = True
+    """If the model is neither cached nor downloadable, fall back to a locally built demo checkpoint."""
+
+    # --- Milvus
+    milvus_uri: str = "./data/milvus.db"
+    """A file path (embedded Milvus Lite, in-process) or http(s)://host:port of a Milvus server."""
+    milvus_token: str = ""
+    milvus_user: str = ""
+    milvus_password: str = ""
+    milvus_db: str = ""
+    milvus_tls_ca: str = ""
+    """CA bundle for https:// Milvus URIs (server certificate verification)."""
+    milvus_timeout_s: float = 30.0
+    collection: str = "documents"
+    """Default collection for Upsert/Search when a request names none."""
+    colbert_codec: str = "fp16"
+    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store."""
+    index_type: str = "auto"
+    """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW."""
+    migrations_dir: str = ""
+    """Directory of migration scripts; empty means the project's built-in revisions."""
+
+    # --- service
+    listen: str = "127.0.0.1:50051"
+    """gRPC listen address. Loopback by default: expose it deliberately."""
+    max_wait_ms: float = 5.0
+    """How long the micro-batcher waits for more requests before running a forward pass."""
+    max_queue: int = 1024
+    """Texts waiting for the encoder; beyond it requests get RESOURCE_EXHAUSTED."""
+    max_concurrent: int = 64
+    """Requests in flight at once; beyond it requests get RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_texts_per_request: int = 256
+    max_top_k: int = 1000
+    api_keys: tuple[str, ...] = ()
+    """When non-empty every RPC needs ``authorization: Bearer <key>`` (health stays open for probes)."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """With tls_cert/tls_key: require client certificates signed by this CA (mutual TLS)."""
+    metrics_listen: str = ""
+    """host:port for the Prometheus endpoint; empty disables it."""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    """json | text."""
+    shutdown_grace_s: float = 10.0
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict, secrets replaced, safe to log."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        return load_settings(env={}, overrides={**dataclasses.asdict(self), **changes})
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when milvus_uri names a Milvus Lite file rather than a server."""
+        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(Settings)
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Turn a TOML/env/flag value into the field's type, or say exactly what is wrong."""
+    try:
+        if get_origin(typ) is tuple:
+            (inner, _ellipsis) = get_args(typ)
+            if isinstance(value, str):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+            elif isinstance(value, (list, tuple)):
+                items = list(value)
+            else:
+                raise TypeError
+            return tuple(inner(v) for v in items)
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return typ(value)
+    except (TypeError, ValueError):
+        shown = "***" if name in SECRET_FIELDS else repr(value)
+        raise InvalidArgument(
+            f"setting {name} (env {ENV_PREFIX}{name.upper()}) must be {getattr(typ, '__name__', typ)}, got {shown}"
+        ) from None
+
+
+def _validate(s: Settings) -> None:
+    if s.device != "auto" and s.device != "cpu" and not (s.device == "cuda" or s.device.startswith("cuda:")):
+        raise InvalidArgument(f"device must be auto, cpu, cuda or cuda:N, got {s.device!r}")
+    if s.dtype not in {"auto", "fp32", "fp16", "bf16"}:
+        raise InvalidArgument(f"dtype must be auto, fp32, fp16 or bf16, got {s.dtype!r}")
+    for name in ("max_length", "token_budget", "max_batch", "max_queue", "max_concurrent", "max_message_bytes",
+                 "max_texts_per_request", "max_top_k"):
+        if getattr(s, name) <= 0:
+            raise InvalidArgument(f"{name} must be > 0, got {getattr(s, name)}")
+    if any(d <= 0 for d in s.truncate_dims):
+        raise InvalidArgument(f"truncate_dims must be positive, got {s.truncate_dims}")
+    if s.colbert_codec not in {"fp32", "fp16", "int8", "bits"}:
+        raise InvalidArgument(f"colbert_codec must be fp32, fp16, int8 or bits, got {s.colbert_codec!r}")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise InvalidArgument("tls_cert and tls_key must be given together")
+    if s.tls_client_ca and not s.tls_cert:
+        raise InvalidArgument("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
+    if s.log_format not in {"json", "text"}:
+        raise InvalidArgument(f"log_format must be json or text, got {s.log_format!r}")
+    if not s.collection:
+        raise InvalidArgument("collection must not be empty")
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidArgument(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config file {p} is not valid TOML: {exc}") from None
+    # Accept a [milvus_embed] table or top-level keys.
+    return dict(data.get("milvus_embed", data))
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from file, environment and overrides (None values in overrides are ignored)."""
+    env = os.environ if env is None else env
+    types = _field_types()
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG") or None
+    if config_file:
+        for key, value in read_toml(config_file).items():
+            if key not in known:
+                raise InvalidArgument(f"config file {config_file}: unknown setting {key!r}; see docs/configuration.md")
+            values[key] = value
+
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name in known:
+            values[name] = value
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in known:
+            raise InvalidArgument(f"unknown setting {key!r}")
+        values[key] = value
+
+    settings = Settings(**{k: _coerce(k, v, types[k]) for k, v in values.items()})
+    _validate(settings)
+    return settings
+
+
+def setting_docs() -> list[tuple[str, str, Any, str]]:
+    """(name, env var, default, doc) for every setting: the source of docs/configuration.md."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(Settings)
+    tree = ast.parse(source)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:] + [None]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            doc = ""
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                doc = str(nxt.value.value)
+            docs[node.target.id] = doc
+    return [(f.name, f"{ENV_PREFIX}{f.name.upper()}", f.default, docs.get(f.name, "")) for f in fields(Settings)]
+
+
+__all__ = ["Settings", "load_settings", "setting_docs", "ENV_PREFIX", "field"]

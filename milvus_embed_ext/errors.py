@@ -1,0 +1,67 @@
+"""Domain errors, shared by the library, the CLI and the gRPC service.
+
+Each class maps to exactly one gRPC status code (service/errors.py) and one CLI exit code (cli.py).
+Messages must say what to fix and must never contain secrets (API keys, Milvus credentials).
+"""
+
+from __future__ import annotations
+
+
+class MilvusEmbedError(Exception):
+    """Base class: anything the sidecar reports deliberately."""
+
+    exit_code = 1
+
+
+class InvalidArgument(MilvusEmbedError, ValueError):
+    """The caller sent something we cannot use; the message says what to change."""
+
+    exit_code = 2
+
+
+class NotFound(MilvusEmbedError, LookupError):
+    """An unknown collection, document id, revision or field."""
+
+    exit_code = 3
+
+
+class AlreadyExists(MilvusEmbedError):
+    exit_code = 3
+
+
+class FailedPrecondition(MilvusEmbedError):
+    """The system is not in a state that allows the call (e.g. schema at an unknown revision)."""
+
+    exit_code = 4
+
+
+class Unavailable(MilvusEmbedError):
+    """Milvus (or another dependency) cannot be reached; retrying later may succeed."""
+
+    exit_code = 5
+
+
+class ResourceExhausted(MilvusEmbedError):
+    """Overload: queue full, too many concurrent requests."""
+
+    exit_code = 6
+
+
+class DeadlineExceeded(MilvusEmbedError):
+    exit_code = 7
+
+
+class Unauthenticated(MilvusEmbedError):
+    exit_code = 8
+
+
+class ModelLoadError(MilvusEmbedError):
+    """A checkpoint is missing files or cannot be loaded; the message names the file."""
+
+    exit_code = 9
+
+
+class ConsistencyError(MilvusEmbedError):
+    """A multi-step write failed part-way; retrying the same call converges."""
+
+    exit_code = 10
