@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -54,12 +54,17 @@ class Settings:
     milvus_uri: str = "./data/milvus.db"
     """A file path (embedded Milvus Lite, in-process) or http(s)://host:port of a Milvus server."""
     milvus_token: str = ""
+    """Milvus API token (user:password or a cloud API key). Never logged."""
     milvus_user: str = ""
+    """Milvus user name, with milvus_password, when no token is given."""
     milvus_password: str = ""
+    """Milvus password. Never logged."""
     milvus_db: str = ""
+    """Milvus database name; empty means the server default."""
     milvus_tls_ca: str = ""
     """CA bundle for https:// Milvus URIs (server certificate verification)."""
     milvus_timeout_s: float = 30.0
+    """Timeout for each Milvus call, in seconds."""
     collection: str = "documents"
     """Default collection for Upsert/Search when a request names none."""
     colbert_codec: str = "fp16"
@@ -79,20 +84,27 @@ class Settings:
     max_concurrent: int = 64
     """Requests in flight at once; beyond it requests get RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 32 * 1024 * 1024
+    """Largest gRPC message accepted or sent, in bytes."""
     max_texts_per_request: int = 256
+    """Texts (or documents) in one Embed/Upsert request."""
     max_top_k: int = 1000
+    """Largest top_k + offset a search may ask for."""
     api_keys: tuple[str, ...] = ()
     """When non-empty every RPC needs ``authorization: Bearer <key>`` (health stays open for probes)."""
     tls_cert: str = ""
+    """PEM certificate chain for serving TLS (with tls_key)."""
     tls_key: str = ""
+    """PEM private key for serving TLS."""
     tls_client_ca: str = ""
     """With tls_cert/tls_key: require client certificates signed by this CA (mutual TLS)."""
     metrics_listen: str = ""
     """host:port for the Prometheus endpoint; empty disables it."""
     log_level: str = "INFO"
+    """DEBUG | INFO | WARNING | ERROR."""
     log_format: str = "json"
     """json | text."""
     shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long in-flight requests may take to finish."""
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, secrets replaced, safe to log."""
@@ -228,7 +240,7 @@ def setting_docs() -> list[tuple[str, str, Any, str]]:
     tree = ast.parse(source)
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:] + [None]):
+    for node, nxt in zip(body, [*body[1:], None], strict=True):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             doc = ""
             if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
@@ -237,4 +249,4 @@ def setting_docs() -> list[tuple[str, str, Any, str]]:
     return [(f.name, f"{ENV_PREFIX}{f.name.upper()}", f.default, docs.get(f.name, "")) for f in fields(Settings)]
 
 
-__all__ = ["Settings", "load_settings", "setting_docs", "ENV_PREFIX", "field"]
+__all__ = ["Settings", "load_settings", "setting_docs", "ENV_PREFIX"]
