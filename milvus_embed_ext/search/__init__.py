@@ -1,5 +1,28 @@
-"""Hybrid search: pure fusion functions and the multi-stage query planner."""
+"""Hybrid search: pure fusion functions, vectorised exact re-scoring and the multi-stage planner."""
 
-from . import fusion
+from . import fusion, rescore
+from .planner import (
+    FUSIONS,
+    REPRESENTATIONS,
+    ROUTES,
+    Hit,
+    HybridSearcher,
+    Route,
+    SearchPlan,
+    SearchRequest,
+    SearchResult,
+)
 
-__all__ = ["fusion"]
+__all__ = [
+    "FUSIONS",
+    "REPRESENTATIONS",
+    "ROUTES",
+    "Hit",
+    "HybridSearcher",
+    "Route",
+    "SearchPlan",
+    "SearchRequest",
+    "SearchResult",
+    "fusion",
+    "rescore",
+]
