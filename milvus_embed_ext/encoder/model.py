@@ -1,0 +1,328 @@
+"""BGE-M3 encoder: tokenise, one forward pass per batch, then dense, sparse and ColBERT heads.
+
+Matches FlagEmbedding's ``BGEM3FlagModel`` output for output (see tests/encoder/test_parity.py) without
+importing it: it loads the XLM-RoBERTa body with transformers' ``AutoModel`` and the two linear heads
+from ``colbert_linear.pt`` / ``sparse_linear.pt``. It is faster because it tokenises with the Rust
+tokenizer directly, batches by a padded-token budget instead of a fixed row count (and never runs
+FlagEmbedding's trial forward pass), and turns token weights into sparse vectors with vectorised numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgument, ModelLoadError
+from .batching import plan_batches
+from .hub import check_checkpoint, fingerprint, resolve_model_path
+from .output import M3Output
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+MIN_LENGTH = 2  # room for <s> and </s>
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validates the others."""
+    import torch
+
+    if not isinstance(device, str):
+        raise InvalidArgument(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    dev = device.strip().lower()
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        return "cpu"
+    if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested but CUDA is not available here; use device=cpu or auto")
+        if dev != "cuda" and int(dev[5:]) >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+        return dev
+    raise InvalidArgument(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> fp16 on CUDA, fp32 on CPU."""
+    if not isinstance(dtype, str) or dtype.strip().lower() not in DTYPES:
+        raise InvalidArgument(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    d = dtype.strip().lower()
+    if d == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return d
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_texts(texts: Any) -> list[str]:
+    if texts is None:
+        raise InvalidArgument("texts must be a list of strings, got None")
+    if isinstance(texts, (str, bytes)):
+        raise InvalidArgument("texts must be a list of strings, got a single string; wrap it: [text]")
+    if not isinstance(texts, Iterable):
+        raise InvalidArgument(f"texts must be a list of strings, got {type(texts).__name__}")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InvalidArgument(f"texts[{i}] must be a string, got {type(t).__name__}")
+    return out
+
+
+class M3Encoder:
+    """A loaded BGE-M3 checkpoint. Thread-safe for concurrent ``encode`` calls."""
+
+    def __init__(self, *, model: Any, tokenizer: Any, colbert_linear: Any, sparse_linear: Any, model_id: str,
+                 path: Path, device: str, dtype: str, max_length: int, token_budget: int, max_batch: int,
+                 fingerprint: str) -> None:
+        self._model = model
+        self._hf_tokenizer = tokenizer
+        self._colbert = colbert_linear
+        self._sparse = sparse_linear
+        self.model_id = model_id
+        self.path = path
+        self.device = device
+        self.dtype = dtype
+        self.max_length = max_length
+        self.token_budget = token_budget
+        self.max_batch = max_batch
+        self.fingerprint = fingerprint
+        config = model.config
+        self.hidden_size: int = int(config.hidden_size)
+        self.vocab_size: int = int(config.vocab_size)
+        self.pad_token_id: int = int(tokenizer.pad_token_id)
+        # Same ids FlagEmbedding drops from lexical weights: cls, eos, pad, unk.
+        self.special_token_ids: frozenset[int] = frozenset(
+            int(i) for i in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                             tokenizer.unk_token_id) if i is not None
+        )
+        self._special_arr = np.array(sorted(self.special_token_ids), dtype=np.int64)
+        # XLM-R position ids start after padding_idx, so the usable length is max_positions - pad - 1.
+        self.model_max_length: int = int(config.max_position_embeddings) - self.pad_token_id - 1
+        self._backend_json: str = tokenizer.backend_tokenizer.to_str()
+        self._tokenizers: OrderedDict[int, Any] = OrderedDict()
+        self._tok_lock = threading.Lock()
+        if self.max_length > self.model_max_length:
+            raise InvalidArgument(
+                f"max_length {self.max_length} exceeds what the model supports ({self.model_max_length} tokens)"
+            )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, device: str = "auto", dtype: str = "auto",
+                        max_length: int = 8192, token_budget: int = 16384, max_batch: int = 64, *,
+                        allow_download: bool = True, cache_dir: str | None = None) -> M3Encoder:
+        """Load a BGE-M3 checkpoint directory or hub id (``BAAI/bge-m3``).
+
+        Raises :class:`InvalidArgument` for bad arguments and :class:`ModelLoadError` when the
+        checkpoint is missing, incomplete (e.g. no ``colbert_linear.pt``) or cannot be loaded.
+        """
+        import torch
+
+        max_length = _check_positive_int("max_length", max_length, MIN_LENGTH)
+        token_budget = _check_positive_int("token_budget", token_budget)
+        max_batch = _check_positive_int("max_batch", max_batch)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        path = resolve_model_path(path_or_hub_id, allow_download=allow_download, cache_dir=cache_dir)
+        check_checkpoint(path)
+
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # noqa: BLE001 - report any tokenizer failure as a load error
+            raise ModelLoadError(f"cannot load the tokenizer from {path}: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizer.json) version; install `tokenizers`")
+        try:
+            model = AutoModel.from_pretrained(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot load the XLM-RoBERTa weights from {path}: {exc}") from exc
+        hidden = int(model.config.hidden_size)
+        colbert = _load_head(path / "colbert_linear.pt", hidden, None)
+        sparse = _load_head(path / "sparse_linear.pt", hidden, 1)
+        torch_dtype = _torch_dtype(dt)
+        try:
+            model = model.to(device=dev, dtype=torch_dtype).eval()
+            # Heads run in fp32 whatever the body's dtype: they are tiny and it keeps the outputs exact.
+            colbert = colbert.to(device=dev, dtype=torch.float32).eval()
+            sparse = sparse.to(device=dev, dtype=torch.float32).eval()
+        except (RuntimeError, TypeError) as exc:
+            raise ModelLoadError(f"cannot move the model to {dev} as {dt}: {exc}") from exc
+        return cls(model=model, tokenizer=tokenizer, colbert_linear=colbert, sparse_linear=sparse,
+                   model_id=str(path_or_hub_id), path=path, device=dev, dtype=dt, max_length=max_length,
+                   token_budget=token_budget, max_batch=max_batch, fingerprint=fingerprint(path))
+
+    # ------------------------------------------------------------------ tokenisation
+    def _tokenizer(self, max_length: int) -> Any:
+        """A Rust tokenizer truncating at ``max_length`` (one per length: truncation is tokenizer state)."""
+        with self._tok_lock:
+            tok = self._tokenizers.get(max_length)
+            if tok is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_str(self._backend_json)
+                tok.no_padding()
+                tok.enable_truncation(max_length=max_length)
+                self._tokenizers[max_length] = tok
+                while len(self._tokenizers) > 8:
+                    self._tokenizers.popitem(last=False)
+            else:
+                self._tokenizers.move_to_end(max_length)
+            return tok
+
+    def _resolve_max_length(self, max_length: int | None) -> int:
+        if max_length is None:
+            return self.max_length
+        value = _check_positive_int("max_length", max_length, MIN_LENGTH)
+        if value > self.model_max_length:
+            raise InvalidArgument(f"max_length {value} exceeds what the model supports ({self.model_max_length} tokens)")
+        return value
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids per text, special tokens included, truncated like :meth:`encode` truncates."""
+        items = _check_texts(texts)
+        if not items:
+            return []
+        tok = self._tokenizer(self._resolve_max_length(max_length))
+        return [enc.ids for enc in tok.encode_batch(items)]
+
+    def count_tokens(self, texts: Sequence[str], max_length: int | None = None) -> list[int]:
+        """Tokens each text will occupy in a forward pass (incl. special tokens, after truncation)."""
+        return [len(ids) for ids in self.tokenize(texts, max_length)]
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary piece for a sparse-vector key (for display and debugging)."""
+        return self._hf_tokenizer.convert_ids_to_tokens(int(token_id))
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = True,
+               truncate_dims: Sequence[int] = (), max_length: int | None = None) -> M3Output:
+        """Every requested representation of ``texts`` from one forward pass per batch, in input order."""
+        items = _check_texts(texts)
+        dims = self._check_dims(truncate_dims)
+        ids = self.tokenize(items, max_length)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        n = len(ids)
+        out_dense = np.empty((n, self.hidden_size), dtype=np.float32) if dense else None
+        out_trunc = {d: np.empty((n, d), dtype=np.float32) for d in dims}
+        out_sparse: list[dict[int, float]] | None = [{}] * n if sparse else None
+        out_colbert: list[np.ndarray] | None = [np.empty((0, self.hidden_size), np.float32)] * n if colbert else None
+        if n and (dense or sparse or colbert or dims):
+            for batch in plan_batches(lengths, self.token_budget, self.max_batch):
+                res = self._forward([ids[i] for i in batch], dense=dense or bool(dims), sparse=sparse,
+                                    colbert=colbert, dims=dims)
+                if out_dense is not None:
+                    out_dense[batch] = res["dense"]
+                for d in dims:
+                    out_trunc[d][batch] = res["truncated"][d]
+                if out_sparse is not None:
+                    for j, i in enumerate(batch.tolist()):
+                        out_sparse[i] = res["sparse"][j]
+                if out_colbert is not None:
+                    for j, i in enumerate(batch.tolist()):
+                        out_colbert[i] = res["colbert"][j]
+        return M3Output(dense=out_dense, sparse=out_sparse, colbert=out_colbert, truncated=out_trunc,
+                        token_counts=lengths)
+
+    def _check_dims(self, truncate_dims: Sequence[int]) -> tuple[int, ...]:
+        if truncate_dims is None:
+            return ()
+        if isinstance(truncate_dims, (str, bytes)) or not isinstance(truncate_dims, Iterable):
+            raise InvalidArgument(f"truncate_dims must be a list of integers, got {truncate_dims!r}")
+        dims: list[int] = []
+        for d in truncate_dims:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= self.hidden_size:
+                raise InvalidArgument(f"truncate_dims entries must be integers in 1..{self.hidden_size}, got {d!r}")
+            if int(d) not in dims:
+                dims.append(int(d))
+        return tuple(dims)
+
+    def _forward(self, batch_ids: list[list[int]], *, dense: bool, sparse: bool, colbert: bool,
+                 dims: tuple[int, ...]) -> dict[str, Any]:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        rows = len(batch_ids)
+        lens = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=rows)
+        width = int(lens.max())
+        input_ids = np.full((rows, width), self.pad_token_id, dtype=np.int64)
+        mask = np.arange(width)[None, :] < lens[:, None]
+        input_ids[mask] = np.fromiter((t for x in batch_ids for t in x), dtype=np.int64, count=int(lens.sum()))
+        result: dict[str, Any] = {}
+        with torch.inference_mode():
+            t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+            t_mask = torch.from_numpy(mask.astype(np.int64)).to(self.device, non_blocking=True)
+            hidden = self._model(input_ids=t_ids, attention_mask=t_mask, return_dict=True).last_hidden_state
+            if hidden.dtype != torch.float32:
+                hidden = hidden.float()
+            if dense:
+                cls = hidden[:, 0]
+                result["dense"] = F.normalize(cls, dim=-1).cpu().numpy()
+                result["truncated"] = {d: F.normalize(cls[:, :d], dim=-1).cpu().numpy() for d in dims}
+            if sparse:
+                weights = torch.relu(self._sparse(hidden)).squeeze(-1).cpu().numpy()
+                result["sparse"] = self._lexical_weights(input_ids, mask, weights)
+            if colbert:
+                tokens = hidden[:, 1:][t_mask[:, 1:].bool()]  # valid tokens only, CLS dropped
+                vecs = F.normalize(self._colbert(tokens), dim=-1).cpu().numpy()
+                result["colbert"] = np.split(vecs, np.cumsum(lens - 1)[:-1])
+        return result
+
+    def _lexical_weights(self, input_ids: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> list[dict[int, float]]:
+        """Per row: token id -> max weight over its positions, dropping special ids and weights <= 0."""
+        keep = mask & (weights > 0) & ~np.isin(input_ids, self._special_arr)
+        rows, cols = np.nonzero(keep)
+        tids = input_ids[rows, cols]
+        ws = weights[rows, cols]
+        key = rows.astype(np.int64) * (int(input_ids.max()) + 1) + tids
+        order = np.lexsort((-ws, key))  # by (row, id), heaviest first within a group
+        key_sorted = key[order]
+        first = np.ones(key_sorted.size, dtype=bool)
+        first[1:] = key_sorted[1:] != key_sorted[:-1]
+        pick = order[first]
+        bounds = np.searchsorted(rows[pick], np.arange(input_ids.shape[0] + 1))
+        id_list = tids[pick].tolist()
+        w_list = ws[pick].tolist()
+        return [dict(zip(id_list[a:b], w_list[a:b], strict=True))
+                for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+
+    def __repr__(self) -> str:
+        return (f"M3Encoder(model_id={self.model_id!r}, device={self.device!r}, dtype={self.dtype!r}, "
+                f"hidden_size={self.hidden_size}, max_length={self.max_length})")
+
+
+def _load_head(file: Path, hidden: int, out_features: int | None) -> Any:
+    """A head as ``torch.nn.Linear``; shape mismatches name the file (a wrong checkpoint, not a bug)."""
+    import torch
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(state, dict) or "weight" not in state or "bias" not in state:
+        raise ModelLoadError(f"{file} is not a linear-layer state dict (expected 'weight' and 'bias')")
+    weight = state["weight"]
+    out = out_features if out_features is not None else int(weight.shape[0])
+    if weight.ndim != 2 or weight.shape[1] != hidden or weight.shape[0] != out:
+        raise ModelLoadError(f"{file} has weight shape {tuple(weight.shape)}; expected ({out}, {hidden}) for this model")
+    layer = torch.nn.Linear(hidden, out)
+    layer.load_state_dict({"weight": weight, "bias": state["bias"]})
+    return layer
