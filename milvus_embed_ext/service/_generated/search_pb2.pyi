@@ -29,6 +29,7 @@ class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NORMALIZATION_UNSPECIFIED: _ClassVar[Normalization]
     NORMALIZATION_MINMAX: _ClassVar[Normalization]
     NORMALIZATION_ARCTAN: _ClassVar[Normalization]
+    NORMALIZATION_ARCTAN_POS: _ClassVar[Normalization]
 REPRESENTATION_UNSPECIFIED: Representation
 REPRESENTATION_DENSE: Representation
 REPRESENTATION_SPARSE: Representation
@@ -42,6 +43,7 @@ FUSION_METHOD_DBSF: FusionMethod
 NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_MINMAX: Normalization
 NORMALIZATION_ARCTAN: Normalization
+NORMALIZATION_ARCTAN_POS: Normalization
 
 class Weights(_message.Message):
     __slots__ = ("dense", "sparse", "colbert")
@@ -54,16 +56,18 @@ class Weights(_message.Message):
     def __init__(self, dense: _Optional[float] = ..., sparse: _Optional[float] = ..., colbert: _Optional[float] = ...) -> None: ...
 
 class SearchPlan(_message.Message):
-    __slots__ = ("candidates", "candidate_k", "truncate_dim", "rerank")
+    __slots__ = ("candidates", "candidate_k", "truncate_dim", "rerank", "allow_partial")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_K_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_DIM_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedScalarFieldContainer[Representation]
     candidate_k: int
     truncate_dim: int
     rerank: _containers.RepeatedScalarFieldContainer[Representation]
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Representation, str]]] = ..., candidate_k: _Optional[int] = ..., truncate_dim: _Optional[int] = ..., rerank: _Optional[_Iterable[_Union[Representation, str]]] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Representation, str]]] = ..., candidate_k: _Optional[int] = ..., truncate_dim: _Optional[int] = ..., rerank: _Optional[_Iterable[_Union[Representation, str]]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class FusionOptions(_message.Message):
     __slots__ = ("method", "weights", "rrf_k", "normalization")
@@ -119,11 +123,15 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class HybridSearchResponse(_message.Message):
-    __slots__ = ("hits", "query_tokens", "timings")
+    __slots__ = ("hits", "query_tokens", "timings", "candidates", "degraded")
     HITS_FIELD_NUMBER: _ClassVar[int]
     QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     query_tokens: int
     timings: _common_pb2.Timings
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_tokens: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
+    candidates: int
+    degraded: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_tokens: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., candidates: _Optional[int] = ..., degraded: _Optional[_Iterable[str]] = ...) -> None: ...

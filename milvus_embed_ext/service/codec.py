@@ -1,0 +1,51 @@
+"""Packing numpy arrays and sparse dicts into the wire messages, and back. Shared by server and client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from ._generated import common_pb2
+
+_NP_DTYPES = {
+    common_pb2.DTYPE_UNSPECIFIED: np.dtype("<f4"),
+    common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
+    common_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
+}
+
+
+def check_dtype(dtype: int, field: str = "dtype") -> int:
+    if dtype not in _NP_DTYPES:
+        raise InvalidArgument(f"{field}={dtype} is not a known DType; use DTYPE_FLOAT32 (1) or DTYPE_FLOAT16 (2)")
+    return dtype
+
+
+def pack_matrix(array: np.ndarray, dtype: int = common_pb2.DTYPE_FLOAT32) -> common_pb2.Matrix:
+    """A float array as a packed Matrix (float32 or float16, little-endian, row-major)."""
+    np_dtype = _NP_DTYPES[check_dtype(dtype)]
+    arr = np.ascontiguousarray(np.asarray(array), dtype=np_dtype)
+    return common_pb2.Matrix(shape=list(arr.shape), dtype=dtype or common_pb2.DTYPE_FLOAT32, data=arr.tobytes())
+
+
+def unpack_matrix(matrix: common_pb2.Matrix, *, as_float32: bool = True) -> np.ndarray:
+    """The array of a Matrix (a copy, writable). float16 payloads are widened unless ``as_float32=False``."""
+    np_dtype = _NP_DTYPES[check_dtype(matrix.dtype, "matrix.dtype")]
+    shape = tuple(int(s) for s in matrix.shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    if len(matrix.data) != expected:
+        raise InvalidArgument(f"matrix data has {len(matrix.data)} bytes, shape {list(shape)} needs {expected}")
+    arr = np.frombuffer(matrix.data, dtype=np_dtype).reshape(shape)
+    return arr.astype(np.float32) if as_float32 else arr.copy()
+
+
+def pack_sparse(weights: Mapping[int, float]) -> common_pb2.SparseVector:
+    ids = sorted(weights)
+    return common_pb2.SparseVector(ids=ids, weights=[float(weights[i]) for i in ids])
+
+
+def unpack_sparse(vec: common_pb2.SparseVector) -> dict[int, float]:
+    if len(vec.ids) != len(vec.weights):
+        raise InvalidArgument(f"sparse vector has {len(vec.ids)} ids but {len(vec.weights)} weights")
+    return {int(i): float(w) for i, w in zip(vec.ids, vec.weights, strict=True)}

@@ -1,0 +1,450 @@
+"""RPC handlers: validate, resolve, call the library, build the reply. Errors are domain errors only;
+the server's guard maps them to status codes (service/errors.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from ..config import Settings
+from ..errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from . import codec
+from ._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
+from .batcher import Batcher
+from .validation import (
+    check_enum,
+    check_enum_value,
+    check_ids,
+    check_output_fields,
+    check_texts,
+    parse_metadata,
+)
+
+T = TypeVar("T")
+
+OUTPUT_NAMES = {v.number: v.name for v in embedder_pb2.DESCRIPTOR.enum_types_by_name["Output"].values if v.number}
+DTYPE_NAMES = {v.number: v.name for v in common_pb2.DESCRIPTOR.enum_types_by_name["DType"].values}
+
+
+@dataclass
+class Runtime:
+    """What the handlers share; the server fills it in as the model and Milvus come up."""
+
+    settings: Settings
+    store_executor: ThreadPoolExecutor
+    encoder: Any = None          # M3Encoder once loaded
+    batcher: Batcher | None = None
+    store: Any = None            # MilvusStore once Milvus answers
+    doc_stores: dict[str, Any] = field(default_factory=dict)
+
+    def require_encoder(self) -> tuple[Any, Batcher]:
+        if self.encoder is None or self.batcher is None:
+            raise Unavailable("the model is still loading; wait until grpc health reports SERVING and retry")
+        return self.encoder, self.batcher
+
+    def require_store(self) -> Any:
+        if self.store is None:
+            raise Unavailable("Milvus is not connected yet (or unreachable); wait for health SERVING and retry")
+        return self.store
+
+
+def remaining(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left before the caller's deadline (None: no deadline); raises if it already passed."""
+    left = context.time_remaining()
+    if left is None:
+        return None
+    if left <= 0:
+        raise DeadlineExceeded("the request's deadline passed before work started; raise the client timeout")
+    return left
+
+
+async def in_store_thread(rt: Runtime, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking Milvus call off the event loop, bounded by the caller's deadline."""
+    fut = asyncio.get_running_loop().run_in_executor(rt.store_executor, fn, *args)
+    timeout = remaining(context)
+    try:
+        return await asyncio.wait_for(fut, timeout) if timeout is not None else await fut
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded("deadline passed while waiting for Milvus; raise the client timeout") from None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+# ---------------------------------------------------------------- Embedder
+
+
+class EmbedderHandlers:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def embed(self, req: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> embedder_pb2.EmbedResponse:
+        started = time.perf_counter()
+        s = self.rt.settings
+        check_texts(req.texts, s.max_texts_per_request)
+        check_enum(req.outputs, OUTPUT_NAMES, "outputs")
+        check_enum_value(req.dtype, DTYPE_NAMES, "dtype")
+        encoder, batcher = self.rt.require_encoder()
+        outputs = set(req.outputs) or {embedder_pb2.OUTPUT_DENSE, embedder_pb2.OUTPUT_SPARSE}
+        dims = list(req.truncate_dims)
+        for i, d in enumerate(dims):
+            if not 0 < d <= encoder.hidden_size:
+                raise InvalidArgument(f"truncate_dims[{i}]={d} must be in 1..{encoder.hidden_size} (the model's hidden size)")
+        if len(set(dims)) != len(dims):
+            raise InvalidArgument(f"truncate_dims has duplicates {dims}; list each dimension once")
+        if req.max_length > s.max_length:
+            raise InvalidArgument(f"max_length={req.max_length} exceeds the server's max_length={s.max_length}; send "
+                                  "0 for the server default or a smaller value")
+        result = await batcher.encode(
+            list(req.texts),
+            dense=embedder_pb2.OUTPUT_DENSE in outputs,
+            sparse=embedder_pb2.OUTPUT_SPARSE in outputs,
+            colbert=embedder_pb2.OUTPUT_COLBERT in outputs,
+            truncate_dims=dims,
+            max_length=req.max_length or None,
+            timeout=remaining(context),
+        )
+        out = result.output
+        resp = embedder_pb2.EmbedResponse(
+            token_counts=[int(c) for c in out.token_counts],
+            model=str(getattr(encoder, "model_id", "")),
+            model_fingerprint=str(getattr(encoder, "fingerprint", "")),
+        )
+        dtype = req.dtype or common_pb2.DTYPE_FLOAT32
+        if embedder_pb2.OUTPUT_DENSE in outputs:
+            resp.dense.CopyFrom(codec.pack_matrix(out.dense, dtype))
+        if embedder_pb2.OUTPUT_SPARSE in outputs:
+            resp.sparse.extend(codec.pack_sparse(w) for w in out.sparse)
+        if embedder_pb2.OUTPUT_COLBERT in outputs:
+            resp.colbert.extend(codec.pack_matrix(m, dtype) for m in out.colbert)
+        for d in dims:
+            resp.truncated.add(dim=d, vectors=codec.pack_matrix(out.truncated[d], dtype))
+        resp.timings.queue_ms = _ms(result.queue_ms / 1000.0)
+        resp.timings.inference_ms = _ms(result.inference_ms / 1000.0)
+        resp.timings.total_ms = _ms(time.perf_counter() - started)
+        resp.timings.stages_ms["encode"] = resp.timings.queue_ms + resp.timings.inference_ms
+        return resp
+
+
+# ---------------------------------------------------------------- Documents
+
+
+@dataclass(frozen=True)
+class _Doc:
+    id: str
+    text: str
+    metadata: dict[str, Any] | None
+
+
+def _encode_kwargs(layout: Any) -> dict[str, Any]:
+    """Representations a collection stores: all of them, ColBERT unless the layout has none."""
+    return {
+        "dense": True,
+        "sparse": True,
+        "colbert": getattr(layout, "colbert", "auto") != "none",
+        "truncate_dims": tuple(t.dim for t in getattr(layout, "truncated", ()) if t.projection == "prefix"),
+    }
+
+
+class DocumentsHandlers:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> Any:
+        """The DocumentStore of ``name`` (default collection when empty); NotFound when absent."""
+        from ..store import DocumentStore
+
+        store = self.rt.require_store()
+        name = name or self.rt.settings.collection
+        cached = self.rt.doc_stores.get(name)
+        if cached is not None:
+            return cached
+        opened = await in_store_thread(self.rt, context, DocumentStore.open, store, name)
+        self.rt.doc_stores[name] = opened
+        return opened
+
+    def _documents(self, req: documents_pb2.UpsertRequest, offset: int = 0) -> list[Any]:
+        from ..store import Document
+
+        s = self.rt.settings
+        if not req.documents:
+            raise InvalidArgument(f"documents is empty; send 1..{s.max_texts_per_request} documents")
+        if len(req.documents) > s.max_texts_per_request:
+            raise InvalidArgument(
+                f"documents has {len(req.documents)} entries, more than max_texts_per_request="
+                f"{s.max_texts_per_request}; split it or use UpsertStream with smaller chunks"
+            )
+        seen: set[str] = set()
+        docs = []
+        for i, d in enumerate(req.documents):
+            where = f"documents[{offset + i}]"
+            if not d.id:
+                raise InvalidArgument(f"{where}.id is empty; every document needs a non-empty id")
+            if d.id in seen:
+                raise InvalidArgument(f"{where}.id {d.id!r} repeats an earlier id in the same request; send each id once")
+            seen.add(d.id)
+            docs.append(Document(id=d.id, text=d.text, metadata=parse_metadata(d.metadata_json, f"{where}.metadata_json")))
+        return docs
+
+    async def _write_chunk(self, doc_store: Any, docs: list[Any], context: grpc.aio.ServicerContext,
+                           timings: dict[str, float]) -> tuple[Callable[[], Any], int, Any]:
+        """Validate and encode one chunk; returns the (deferred) write, the token count and the encode result."""
+        _, batcher = self.rt.require_encoder()
+        t = time.perf_counter()
+        await in_store_thread(self.rt, context, doc_store.validate, docs)
+        timings["validate"] = timings.get("validate", 0.0) + _ms(time.perf_counter() - t)
+        t = time.perf_counter()
+        enc = await batcher.encode([d.text for d in docs], **_encode_kwargs(doc_store.layout), timeout=remaining(context))
+        timings["encode"] = timings.get("encode", 0.0) + _ms(time.perf_counter() - t)
+        return (lambda: doc_store.write(docs, enc.output)), int(enc.output.token_counts.sum()), enc
+
+    async def upsert(self, req: documents_pb2.UpsertRequest, context: grpc.aio.ServicerContext) -> documents_pb2.UpsertResponse:
+        started = time.perf_counter()
+        docs = self._documents(req)
+        self.rt.require_encoder()
+        doc_store = await self.doc_store(req.collection, context)
+        stages: dict[str, float] = {}
+        write, tokens, enc = await self._write_chunk(doc_store, docs, context, stages)
+        t = time.perf_counter()
+        await in_store_thread(self.rt, context, write)
+        stages["write"] = _ms(time.perf_counter() - t)
+        resp = documents_pb2.UpsertResponse(upserted=len(docs), tokens=tokens)
+        resp.timings.queue_ms = _ms(enc.queue_ms / 1000.0)
+        resp.timings.inference_ms = _ms(enc.inference_ms / 1000.0)
+        resp.timings.total_ms = _ms(time.perf_counter() - started)
+        resp.timings.stages_ms.update(stages)
+        return resp
+
+    async def upsert_stream(self, requests: AsyncIterator[documents_pb2.UpsertRequest],
+                            context: grpc.aio.ServicerContext) -> documents_pb2.UpsertResponse:
+        """Chunks are encoded while the previous chunk is being written (encoder and Milvus overlap)."""
+        started = time.perf_counter()
+        stages: dict[str, float] = {}
+        queue_ms = inference_ms = 0.0
+        collection: str | None = None
+        doc_store: Any = None
+        pending: asyncio.Future[Any] | None = None
+        upserted = tokens = offset = 0
+        try:
+            async for req in requests:
+                if collection is None:
+                    collection = req.collection
+                    self.rt.require_encoder()
+                    doc_store = await self.doc_store(collection, context)
+                elif req.collection and req.collection != collection:
+                    raise InvalidArgument(
+                        f"UpsertStream message {offset} names collection {req.collection!r} but the stream "
+                        f"started with {collection or self.rt.settings.collection!r}; use one stream per collection"
+                    )
+                docs = self._documents(req, offset)
+                write, n_tokens, enc = await self._write_chunk(doc_store, docs, context, stages)
+                queue_ms += enc.queue_ms
+                inference_ms += enc.inference_ms
+                if pending is not None:
+                    await pending  # the previous chunk's write, overlapped with this chunk's encoding
+                t = time.perf_counter()
+                pending = asyncio.ensure_future(in_store_thread(self.rt, context, write))
+                pending.add_done_callback(
+                    lambda _f, t=t: stages.__setitem__("write", stages.get("write", 0.0) + _ms(time.perf_counter() - t)))
+                upserted += len(docs)
+                tokens += n_tokens
+                offset += len(docs)
+            if pending is not None:
+                await pending
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+        if collection is None:
+            raise InvalidArgument("UpsertStream received no messages; send at least one UpsertRequest with documents")
+        resp = documents_pb2.UpsertResponse(upserted=upserted, tokens=tokens)
+        resp.timings.queue_ms = _ms(queue_ms / 1000.0)
+        resp.timings.inference_ms = _ms(inference_ms / 1000.0)
+        resp.timings.total_ms = _ms(time.perf_counter() - started)
+        resp.timings.stages_ms.update(stages)
+        return resp
+
+    async def delete(self, req: documents_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> documents_pb2.DeleteResponse:
+        check_ids(req.ids, self.rt.settings.max_texts_per_request)
+        doc_store = await self.doc_store(req.collection, context)
+        deleted = await in_store_thread(self.rt, context, doc_store.delete, list(dict.fromkeys(req.ids)))
+        return documents_pb2.DeleteResponse(deleted=int(deleted))
+
+    async def get(self, req: documents_pb2.GetRequest, context: grpc.aio.ServicerContext) -> documents_pb2.GetResponse:
+        check_ids(req.ids, self.rt.settings.max_texts_per_request)
+        fields = check_output_fields(req.output_fields) or ("text", "metadata")
+        check_enum_value(req.dtype, DTYPE_NAMES, "dtype")
+        doc_store = await self.doc_store(req.collection, context)
+        ids = list(dict.fromkeys(req.ids))
+        rows = await in_store_thread(self.rt, context, functools.partial(
+            doc_store.get, ids, output_fields=list(fields), with_vectors=req.with_vectors))
+        by_id = {str(r["id"]): r for r in rows}
+        missing = [i for i in ids if i not in by_id]
+        if missing and not req.allow_missing:
+            shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise NotFound(
+                f"{len(missing)} of {len(ids)} id(s) not found in collection "
+                f"{req.collection or self.rt.settings.collection!r}: {shown}; set allow_missing to get the others"
+            )
+        resp = documents_pb2.GetResponse(missing_ids=missing)
+        for doc_id in ids:
+            row = by_id.get(doc_id)
+            if row is None:
+                continue
+            out = resp.documents.add(id=doc_id)
+            if "text" in fields and row.get("text") is not None:
+                out.text = str(row["text"])
+            if "metadata" in fields and row.get("metadata") is not None:
+                out.metadata_json = json.dumps(row["metadata"], ensure_ascii=False, separators=(",", ":"))
+            if req.with_vectors:
+                if row.get("dense") is not None:
+                    out.dense.CopyFrom(codec.pack_matrix(np.asarray(row["dense"], dtype=np.float32),
+                                                         req.dtype or common_pb2.DTYPE_FLOAT32))
+                if row.get("sparse") is not None:
+                    out.sparse.CopyFrom(codec.pack_sparse({int(k): float(v) for k, v in dict(row["sparse"]).items()}))
+        return resp
+
+
+# ---------------------------------------------------------------- Search
+
+REP_NAMES = {v.number: v.name for v in search_pb2.DESCRIPTOR.enum_types_by_name["Representation"].values if v.number}
+FUSION_NAMES = {v.number: v.name for v in search_pb2.DESCRIPTOR.enum_types_by_name["FusionMethod"].values}
+NORM_NAMES = {v.number: v.name for v in search_pb2.DESCRIPTOR.enum_types_by_name["Normalization"].values}
+_ROUTE_OF = {search_pb2.REPRESENTATION_DENSE: "dense", search_pb2.REPRESENTATION_SPARSE: "sparse",
+             search_pb2.REPRESENTATION_DENSE_TRUNCATED: "dense_truncated"}
+_RESCORE_OF = {search_pb2.REPRESENTATION_DENSE: "dense", search_pb2.REPRESENTATION_SPARSE: "sparse",
+               search_pb2.REPRESENTATION_COLBERT: "colbert"}
+_FUSION_OF = {search_pb2.FUSION_METHOD_M3: "m3", search_pb2.FUSION_METHOD_RRF: "rrf",
+              search_pb2.FUSION_METHOD_WEIGHTED: "weighted", search_pb2.FUSION_METHOD_DBSF: "dbsf"}
+_NORM_OF = {search_pb2.NORMALIZATION_MINMAX: "minmax", search_pb2.NORMALIZATION_ARCTAN: "arctan",
+            search_pb2.NORMALIZATION_ARCTAN_POS: "arctan_pos"}
+DEFAULT_TOP_K = 10
+
+
+def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
+    """The request's plan and fusion options as SearchPlan overrides (unset fields keep the default)."""
+    out: dict[str, Any] = {}
+    if req.HasField("plan"):
+        p = req.plan
+        check_enum(p.candidates, REP_NAMES, "plan.candidates")
+        check_enum(p.rerank, REP_NAMES, "plan.rerank")
+        if p.candidates:
+            bad = [REP_NAMES[c] for c in p.candidates if c not in _ROUTE_OF]
+            if bad:
+                raise InvalidArgument(f"plan.candidates cannot use {bad}: ColBERT only re-scores; use DENSE, "
+                                      "SPARSE or DENSE_TRUNCATED")
+            out["routes"] = tuple(dict.fromkeys(_ROUTE_OF[c] for c in p.candidates))
+        if p.rerank:
+            bad = [REP_NAMES[c] for c in p.rerank if c not in _RESCORE_OF]
+            if bad:
+                raise InvalidArgument(f"plan.rerank cannot use {bad}: a truncated field only finds candidates; use "
+                                      "DENSE, SPARSE or COLBERT")
+            out["representations"] = tuple(dict.fromkeys(_RESCORE_OF[c] for c in p.rerank))
+        if p.candidate_k:
+            out["depth"] = int(p.candidate_k)
+        if p.truncate_dim:
+            out["truncate_dim"] = int(p.truncate_dim)
+        if p.allow_partial:
+            out["allow_partial"] = True
+    if req.HasField("fusion"):
+        f = req.fusion
+        check_enum_value(f.method, FUSION_NAMES, "fusion.method")
+        check_enum_value(f.normalization, NORM_NAMES, "fusion.normalization")
+        if f.method:
+            out["fusion"] = _FUSION_OF[f.method]
+        if f.normalization:
+            out["normalization"] = _NORM_OF[f.normalization]
+        if f.rrf_k:
+            out["rrf_k"] = float(f.rrf_k)
+        if f.HasField("weights"):
+            weights = {name: getattr(f.weights, name) for name in ("dense", "sparse", "colbert")
+                       if f.weights.HasField(name)}
+            if weights:
+                out["weights"] = weights
+    return out
+
+
+class SearchHandlers:
+    def __init__(self, rt: Runtime, documents: DocumentsHandlers | None = None) -> None:
+        self.rt = rt
+        self.documents = documents or DocumentsHandlers(rt)
+        self._searchers: dict[int, Any] = {}
+
+    def _searcher(self, doc_store: Any) -> Any:
+        from ..search.planner import HybridSearcher
+
+        key = id(doc_store)
+        searcher = self._searchers.get(key)
+        if searcher is None:
+            loop = asyncio.get_running_loop()
+            batcher = self.rt.require_encoder()[1]
+
+            def encode_fn(texts: Any, **kwargs: Any) -> Any:  # only used when no query encoding is passed
+                return asyncio.run_coroutine_threadsafe(batcher.encode(list(texts), **kwargs), loop).result().output
+
+            searcher = HybridSearcher(doc_store, encode_fn, settings=self.rt.settings)
+            self._searchers[key] = searcher
+        return searcher
+
+    async def hybrid_search(self, req: search_pb2.HybridSearchRequest,
+                            context: grpc.aio.ServicerContext) -> search_pb2.HybridSearchResponse:
+        from ..search.planner import SearchRequest
+
+        started = time.perf_counter()
+        s = self.rt.settings
+        if not req.query.strip():
+            raise InvalidArgument("query is empty; send the text to search for")
+        top_k = req.top_k or DEFAULT_TOP_K
+        if top_k > s.max_top_k:
+            raise InvalidArgument(f"top_k={top_k} exceeds max_top_k={s.max_top_k}; ask for fewer hits or page with offset")
+        fields = check_output_fields(req.output_fields)
+        overrides = plan_overrides(req)
+        _, batcher = self.rt.require_encoder()
+        doc_store = await self.documents.doc_store(req.collection, context)
+        searcher = self._searcher(doc_store)
+        timeout = remaining(context)
+        sreq = SearchRequest(query=req.query, top_k=top_k, offset=req.offset, filter=req.filter,
+                             output_fields=fields, plan=overrides or None, timeout_s=timeout)
+        plan = searcher.plan_for(sreq)
+        routes = searcher.routes_for(plan, req.offset + top_k)
+        reps = set(plan.representations)
+        t = time.perf_counter()
+        enc = await batcher.encode(
+            [req.query],
+            dense="dense" in reps or any(r.name != "sparse" for r in routes),
+            sparse="sparse" in reps or any(r.name == "sparse" for r in routes),
+            colbert="colbert" in reps,
+            timeout=timeout,
+        )
+        encode_ms = _ms(time.perf_counter() - t)
+        result = await in_store_thread(self.rt, context, functools.partial(
+            searcher.search, dataclasses.replace(sreq, plan=plan, timeout_s=remaining(context)),
+            query_encoding=enc.output))
+        resp = search_pb2.HybridSearchResponse(
+            query_tokens=int(enc.output.token_counts.sum()),
+            candidates=int(result.candidates),
+            degraded=list(result.degraded),
+        )
+        for hit in result.hits:
+            out = resp.hits.add(id=str(hit.id), score=float(hit.score))
+            out.scores.update({k: float(v) for k, v in hit.scores.items()})
+            if "text" in fields and hit.fields.get("text") is not None:
+                out.text = str(hit.fields["text"])
+            if "metadata" in fields and hit.fields.get("metadata") is not None:
+                out.metadata_json = json.dumps(hit.fields["metadata"], ensure_ascii=False, separators=(",", ":"))
+        resp.timings.stages_ms.update({k: float(v) for k, v in result.timings_ms.items()})
+        resp.timings.stages_ms["encode"] = encode_ms
+        resp.timings.queue_ms = _ms(enc.queue_ms / 1000.0)
+        resp.timings.inference_ms = _ms(enc.inference_ms / 1000.0)
+        resp.timings.total_ms = _ms(time.perf_counter() - started)
+        return resp

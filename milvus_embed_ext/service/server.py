@@ -1,0 +1,357 @@
+"""The grpc.aio sidecar: lifecycle, health, reflection, limits, and the guard around every RPC.
+
+Start-up order: bind the port with health NOT_SERVING (probes see us at once), load the model on the
+encoder thread, connect Milvus (retrying while it is unreachable), check or apply the schema, then
+report SERVING. SIGTERM/SIGINT: health NOT_SERVING, stop accepting, drain in-flight RPCs for
+``shutdown_grace_s``, stop the batcher, close Milvus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ..config import Settings
+from ..errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MilvusEmbedError,
+    ModelLoadError,
+    ResourceExhausted,
+    Unavailable,
+)
+from . import auth
+from ._generated import documents_pb2, embedder_pb2, search_pb2
+from .batcher import Batcher
+from .errors import to_status
+from .handlers import DocumentsHandlers, EmbedderHandlers, Runtime, SearchHandlers
+from .metrics import ServiceMetrics, start_metrics_endpoint
+
+log = logging.getLogger("milvus_embed_ext.service")
+
+EMBEDDER = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+DOCUMENTS = documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name
+SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+DEMO_BANNER = """
+################################################################################
+#  WARNING: DEMO MODEL IN USE - EMBEDDINGS AND SEARCH RESULTS CARRY NO MEANING  #
+################################################################################
+#  The model {model!r} is neither in the local Hugging Face cache nor
+#  downloadable from here ({reason}).
+#  The sidecar is running on a small RANDOM checkpoint built locally at
+#  {path}
+#  so that the API can be tried. Point it at the real model with
+#     MEE_MODEL=/path/to/bge-m3   (a local checkpoint directory), or make
+#     BAAI/bge-m3 downloadable / pre-download it:  huggingface-cli download BAAI/bge-m3
+#  Disable this fallback with MEE_ALLOW_DEMO_MODEL=false.
+################################################################################
+"""
+
+
+def demo_model_dir() -> Path:
+    return Path.home() / ".cache" / "milvus-embed" / "demo-model-tiny"
+
+
+def load_encoder(settings: Settings) -> Any:
+    """The M3Encoder for ``settings.model``, or the demo checkpoint when allowed and the hub is out of reach."""
+    from ..encoder import M3Encoder
+    from ..encoder.hub import looks_like_hub_id, resolve_model_path
+
+    kwargs = dict(device=settings.device, dtype=settings.dtype, max_length=settings.max_length,
+                  token_budget=settings.token_budget, max_batch=settings.max_batch)
+    try:
+        path = resolve_model_path(settings.model)
+    except ModelLoadError as exc:
+        if not (settings.allow_demo_model and looks_like_hub_id(settings.model)):
+            raise
+        from ..encoder.testmodel import ensure_test_model
+
+        try:
+            demo = ensure_test_model(demo_model_dir(), size="tiny", seed=0)
+        except OSError:  # home not writable (containers): build next to the data
+            demo = ensure_test_model(Path("data") / "demo-model-tiny", size="tiny", seed=0)
+        banner = DEMO_BANNER.format(model=settings.model, reason=str(exc).split(";")[0], path=demo)
+        print(banner, file=sys.stderr, flush=True)
+        log.warning("DEMO MODEL IN USE: results carry no meaning; set MEE_MODEL to a real BGE-M3 checkpoint",
+                    extra={"requested_model": settings.model, "demo_path": str(demo)})
+        return M3Encoder.from_pretrained(str(demo), **kwargs)
+    return M3Encoder.from_pretrained(str(path), **kwargs)
+
+
+def connect_store(settings: Settings) -> Any:
+    from ..store import MilvusStore
+
+    if settings.is_embedded:
+        Path(settings.milvus_uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return MilvusStore.connect(settings)
+
+
+def ensure_schema(settings: Settings, store: Any, encoder: Any) -> None:
+    """Bring a brand-new embedded database to the latest revision; refuse an unknown revision.
+
+    Servers (not Lite) are never migrated implicitly: ops run ``milvus-embed migrate`` deliberately;
+    we only check. FailedPrecondition stops the sidecar with a message that says what to run.
+    """
+    from .. import migrations
+
+    upgrade = getattr(migrations, "upgrade", None)
+    is_new = getattr(migrations, "is_new_database", None)
+    if settings.is_embedded and upgrade is not None and is_new is not None and is_new(settings, store=store):
+        log.info("new embedded database: applying the built-in migrations", extra={"uri": settings.milvus_uri})
+        upgrade(settings, "head")
+    check = getattr(migrations, "check_startup", None)
+    if check is not None:
+        check(settings, store=store)
+
+
+class Sidecar:
+    """One server instance. ``await start()`` returns once the port is bound; readiness comes later."""
+
+    def __init__(self, settings: Settings, *, encoder: Any = None, store: Any = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self._encoder_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
+        self.rt = Runtime(settings=settings,
+                          store_executor=ThreadPoolExecutor(max_workers=4, thread_name_prefix="mee-store"))
+        self._given_encoder = encoder
+        self._given_store = store
+        self._secrets = tuple(k for k in (*settings.api_keys, settings.milvus_token, settings.milvus_password) if k)
+        self._in_flight = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._startup: asyncio.Task[None] | None = None
+        self._metrics_server: Any = None
+        self.port: int = 0
+        self.startup_error: BaseException | None = None
+        self.ready = asyncio.Event()
+        self.failed = asyncio.Event()
+
+    # ------------------------------------------------------------------ guard
+    async def _guard(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Message]]) -> Message:
+        started = time.perf_counter()
+        code = "OK"
+        if self._in_flight >= self.settings.max_concurrent:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED.name
+            self.metrics.observe_request(rpc, code, 0.0)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many concurrent requests (max_concurrent={self.settings.max_concurrent}); "
+                                "retry with backoff or raise MEE_MAX_CONCURRENT")
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure leaves here as a status
+            status, message = to_status(exc, rpc=rpc, secrets=self._secrets)
+            code = status.name
+            await context.abort(status, message)
+            raise  # unreachable: abort raises
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_request(rpc, code, elapsed)
+            log.info("rpc", extra={"rpc": rpc, "code": code, "ms": round(elapsed * 1000, 3),
+                                   "peer": context.peer() if hasattr(context, "peer") else ""})
+
+    @staticmethod
+    def _parse(cls: type[Message], raw: bytes) -> Message:
+        try:
+            return cls.FromString(raw)
+        except DecodeError as exc:
+            raise InvalidArgument(
+                f"request is not a valid {cls.DESCRIPTOR.full_name} ({exc}); strings must be valid UTF-8 "
+                "(no lone surrogates) and fields must match the proto"
+            ) from None
+
+    def _unary(self, rpc: str, req_cls: type[Message], fn: Callable[[Any, Any], Awaitable[Message]]) -> grpc.RpcMethodHandler:
+        async def behavior(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+            return await self._guard(rpc, context, lambda: fn(self._parse(req_cls, raw), context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=None, response_serializer=lambda m: m.SerializeToString())
+
+    def _stream_unary(self, rpc: str, req_cls: type[Message],
+                      fn: Callable[[AsyncIterator[Any], Any], Awaitable[Message]]) -> grpc.RpcMethodHandler:
+        async def behavior(raw_iter: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Message:
+            async def parsed() -> AsyncIterator[Message]:
+                async for raw in raw_iter:
+                    yield self._parse(req_cls, raw)
+
+            return await self._guard(rpc, context, lambda: fn(parsed(), context))
+
+        return grpc.stream_unary_rpc_method_handler(
+            behavior, request_deserializer=None, response_serializer=lambda m: m.SerializeToString())
+
+    def _generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        emb = EmbedderHandlers(self.rt)
+        docs = DocumentsHandlers(self.rt)
+        srch = SearchHandlers(self.rt)
+        return [
+            grpc.method_handlers_generic_handler(EMBEDDER, {
+                "Embed": self._unary("Embed", embedder_pb2.EmbedRequest, emb.embed),
+            }),
+            grpc.method_handlers_generic_handler(DOCUMENTS, {
+                "Upsert": self._unary("Upsert", documents_pb2.UpsertRequest, docs.upsert),
+                "UpsertStream": self._stream_unary("UpsertStream", documents_pb2.UpsertRequest, docs.upsert_stream),
+                "Delete": self._unary("Delete", documents_pb2.DeleteRequest, docs.delete),
+                "Get": self._unary("Get", documents_pb2.GetRequest, docs.get),
+            }),
+            grpc.method_handlers_generic_handler(SEARCH, {
+                "HybridSearch": self._unary("HybridSearch", search_pb2.HybridSearchRequest, srch.hybrid_search),
+            }),
+        ]
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> int:
+        s = self.settings
+        interceptors = [auth.ApiKeyInterceptor(s.api_keys)] if s.api_keys else []
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        server.add_generic_rpc_handlers(self._generic_handlers())
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((EMBEDDER, DOCUMENTS, SEARCH, HEALTH, reflection.SERVICE_NAME), server)
+        for name in ("", EMBEDDER, DOCUMENTS, SEARCH):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        creds = auth.server_credentials(s)
+        try:
+            port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        except RuntimeError as exc:
+            raise InvalidArgument(f"cannot listen on {s.listen} ({exc}); is the port in use? set --listen / MEE_LISTEN") from None
+        if port == 0:
+            raise InvalidArgument(f"cannot listen on {s.listen}; is the port in use? set --listen / MEE_LISTEN")
+        self.port = port
+        if s.metrics_listen:
+            self._metrics_server = start_metrics_endpoint(s.metrics_listen, self.metrics)
+        await server.start()
+        self._server = server
+        log.info("listening", extra={"listen": s.listen, "port": port, "tls": bool(creds),
+                                     "mtls": bool(s.tls_client_ca), "auth": bool(s.api_keys)})
+        log.info("settings", extra={"settings": str(s.redacted())})
+        self._startup = asyncio.create_task(self._bring_up(), name="mee-startup")
+        return port
+
+    async def _bring_up(self) -> None:
+        try:
+            await self._load_model()
+            await self._health.set(EMBEDDER, health_pb2.HealthCheckResponse.SERVING)
+            await self._connect_milvus()
+            for name in ("", DOCUMENTS, SEARCH):
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.metrics.ready.set(1)
+            log.info("ready", extra={"model": str(getattr(self.rt.encoder, "model_id", "")),
+                                     "device": str(getattr(self.rt.encoder, "device", ""))})
+            self.ready.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported by serve()
+            self.startup_error = exc
+            log.error("start-up failed: %s", exc if isinstance(exc, MilvusEmbedError) else repr(exc),
+                      exc_info=not isinstance(exc, MilvusEmbedError))
+            self.failed.set()
+
+    async def _load_model(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        encoder = self._given_encoder or await loop.run_in_executor(self._encoder_executor, load_encoder, self.settings)
+        batcher = Batcher(encoder, token_budget=self.settings.token_budget, max_batch=self.settings.max_batch,
+                          max_wait_ms=self.settings.max_wait_ms, max_queue=self.settings.max_queue,
+                          max_length=self.settings.max_length, metrics=self.metrics, executor=self._encoder_executor)
+        await batcher.start()
+        self.rt.encoder, self.rt.batcher = encoder, batcher
+        log.info("model loaded", extra={"model": str(getattr(encoder, "model_id", "")),
+                                        "seconds": round(time.perf_counter() - started, 2)})
+
+    async def _connect_milvus(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                store = self._given_store or await loop.run_in_executor(self.rt.store_executor, connect_store, self.settings)
+                break
+            except Unavailable as exc:
+                log.warning("Milvus unreachable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        try:
+            await loop.run_in_executor(self.rt.store_executor, ensure_schema, self.settings, store, self.rt.encoder)
+        except BaseException:
+            if self._given_store is None:
+                with contextlib.suppress(Exception):
+                    store.close()
+            raise
+        self.rt.store = store
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", extra={"grace_s": grace, "in_flight": self._in_flight})
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._startup
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.rt.batcher is not None:
+            await self.rt.batcher.stop()
+        self._encoder_executor.shutdown(wait=False, cancel_futures=True)
+        if self.rt.store is not None and self._given_store is None:
+            with contextlib.suppress(Exception):
+                self.rt.store.close()
+        self.rt.store_executor.shutdown(wait=False, cancel_futures=True)
+        if self._metrics_server is not None:
+            with contextlib.suppress(Exception):
+                self._metrics_server.shutdown()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; raise the start-up error (model, schema) so the CLI maps its exit code."""
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    stop_wait = asyncio.create_task(stop.wait())
+    failed_wait = asyncio.create_task(sidecar.failed.wait())
+    await asyncio.wait({stop_wait, failed_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    failed_wait.cancel()
+    await sidecar.stop(0.0 if sidecar.failed.is_set() else None)
+    if sidecar.startup_error is not None:
+        exc = sidecar.startup_error
+        if isinstance(exc, MilvusEmbedError):
+            raise exc
+        raise FailedPrecondition(f"start-up failed: {type(exc).__name__}; see the log above") from exc
+    return 0
+
+
+__all__ = ["Sidecar", "serve", "load_encoder", "connect_store", "ensure_schema", "ResourceExhausted"]
