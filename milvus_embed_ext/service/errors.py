@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 import uuid
 from collections.abc import Iterable
 
@@ -77,9 +78,10 @@ def to_status(exc: BaseException, *, rpc: str = "", secrets: Iterable[str] = ())
         log.warning("milvus unreachable during %s: %s", rpc, _scrub(str(exc), secrets))
         return grpc.StatusCode.UNAVAILABLE, "Milvus is unreachable; retry later or check MEE_MILVUS_URI"
     error_id = uuid.uuid4().hex[:12]
+    trace = _scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), secrets)
     log.error(
         "internal error in %s (error_id=%s): %s", rpc, error_id, _scrub(repr(exc), secrets),
-        exc_info=(type(exc), exc, exc.__traceback__), extra={"error_id": error_id, "rpc": rpc},
+        extra={"error_id": error_id, "rpc": rpc, "traceback": trace},
     )
     return grpc.StatusCode.INTERNAL, f"internal error (error_id={error_id}); the server log has the details"
 

@@ -298,13 +298,13 @@ class Sidecar:
                 log.warning("Milvus unreachable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        try:
-            await loop.run_in_executor(self.rt.store_executor, ensure_schema, self.settings, store, self.rt.encoder)
-        except BaseException:
-            if self._given_store is None:
+        if self._given_store is None:  # a store handed in is the caller's to prepare
+            try:
+                await loop.run_in_executor(self.rt.store_executor, ensure_schema, self.settings, store, self.rt.encoder)
+            except BaseException:
                 with contextlib.suppress(Exception):
                     store.close()
-            raise
+                raise
         self.rt.store = store
 
     async def stop(self, grace: float | None = None) -> None:
