@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Validate the compose files offline (no Docker engine needed): the base file alone and base + GPU override.
+# Validate the deployment files offline (no Docker engine, no cluster): the compose files (base alone and
+# base + GPU override) and, when kubectl is installed, the Kubernetes kustomizations under deploy/k8s.
 #
 #   bash docker/validate.sh
 #
@@ -51,4 +52,23 @@ check() {
 
 check "docker-compose.yml" docker-compose.yml
 check "docker-compose.yml + docker-compose.gpu.yml" docker-compose.yml docker-compose.gpu.yml
+
+# Kubernetes manifests: render both kustomizations (offline; catches bad patches and references).
+# Schema validation needs a cluster (kubectl apply --dry-run=server) and is not done here.
+k8s="$here/../deploy/k8s"
+if [ -d "$k8s" ]; then
+  if command -v kubectl >/dev/null 2>&1; then
+    for dir in base overlays/gpu; do
+      if out="$(kubectl kustomize "$k8s/$dir" 2>&1 >/dev/null)"; then
+        echo "ok    deploy/k8s/$dir (kubectl kustomize)"
+      else
+        echo "FAIL  deploy/k8s/$dir" >&2
+        echo "$out" >&2
+        status=1
+      fi
+    done
+  else
+    echo "skip  deploy/k8s (kubectl not installed; tests/deploy checks the manifests' structure)"
+  fi
+fi
 exit $status
