@@ -1,0 +1,651 @@
+"""Executes ops against Milvus. Every op is written to be rerun after a crash:
+
+- simple ops check the live state first (an index that is already there is not created twice);
+- rows are copied by primary key in sorted batches with a checkpoint after each batch, and written with
+  ``upsert``, so a batch repeated after a crash overwrites itself: no duplicated and no lost rows;
+- a rebuild's swap inspects which collections exist, so a swap cut in half is finished, not redone.
+
+Swap strategies: where ``name`` is an alias (servers), the alias is moved to the new collection; on a
+server without an alias, two renames; on Milvus Lite (no aliases, no rename) the verified copy is
+copied back under the original name ("copy-back"), the copy being dropped only after a second check.
+Writers should be stopped during a rebuild: rows written to the old collection after their batch was
+copied would be missed (the count check then fails and says so).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConsistencyError, FailedPrecondition, InvalidArgument, NotFound
+from ..store.layout import (
+    DENSE,
+    CollectionLayout,
+    TruncatedField,
+    companion_schema,
+    main_index_params,
+    main_schema,
+    pca_schema,
+    placeholder_index_params,
+    truncated_field_name,
+)
+from ..store.projection import PcaProjection, fit_pca, prefix_project
+from .history import MigrationLock, SystemTable
+from .ops import (
+    AddField,
+    AddTruncatedDense,
+    AlterProperties,
+    CreateCollection,
+    CreateIndex,
+    DropCollection,
+    DropField,
+    DropIndex,
+    DropTruncatedDense,
+    FieldSpec,
+    IndexSpec,
+    Op,
+    RebuildCollection,
+    RunPython,
+)
+
+log = logging.getLogger(__name__)
+
+_FETCH_CHUNK = 256  # ids per `id in [...]` query
+VERIFY_SAMPLE = 32
+PCA_CHUNK_CHARS = 60000
+
+
+@dataclass
+class RunHooks:
+    """Test and progress hooks. ``after_batch(key, copied_rows)`` runs after each checkpointed batch."""
+
+    after_batch: Callable[[str, int], None] | None = None
+    on_op: Callable[[str, str, Op], None] | None = None  # (revision, direction, op) before it runs
+
+
+@dataclass
+class OpContext:
+    """What an op (and a ``run_python`` function) gets: the connection, the history table, checkpoints."""
+
+    store: Any  # MilvusStore
+    settings: Any
+    table: SystemTable
+    scope: str
+    revision: str
+    direction: str
+    op_index: int
+    lock: MigrationLock | None = None
+    hooks: RunHooks = field(default_factory=RunHooks)
+    encoder_cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client(self) -> Any:
+        return self.store.client
+
+    @property
+    def caps(self) -> Any:
+        return self.store.capabilities
+
+    @property
+    def collection(self) -> str:
+        return self.scope
+
+    def key(self, suffix: str = "") -> str:
+        """Checkpoint key of this op (unique per revision, direction and op position)."""
+        return f"{self.revision}:{self.direction}:{self.op_index}{':' + suffix if suffix else ''}"
+
+    def refresh_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.refresh()
+
+    def encoder(self) -> Any:
+        """An M3Encoder from the settings, loaded once per run (for backfills that must re-encode text)."""
+        if "m3" not in self.encoder_cache:
+            from ..encoder import M3Encoder
+
+            s = self.settings
+            self.encoder_cache["m3"] = M3Encoder.from_pretrained(
+                s.model, device=s.device, dtype=s.dtype, max_length=s.max_length,
+                token_budget=s.token_budget, max_batch=s.max_batch)
+        return self.encoder_cache["m3"]
+
+    def backfill(self, collection: str, fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,
+                 batch_size: int = 256, output_fields: Sequence[str] = ("*",), name: str = "backfill") -> int:
+        """Resumable ``fn(rows) -> rows to upsert`` over every row of ``collection`` in id order."""
+        return copy_rows(self, collection, collection, lambda rows: fn(rows), key=self.key(name),
+                         batch_size=batch_size, output_fields=output_fields)
+
+
+# ---------------------------------------------------------------------- small Milvus helpers
+def _q(value: str) -> str:
+    return json.dumps(value)
+
+
+def has(ctx: OpContext, name: str) -> bool:
+    return bool(ctx.store.call(f"look up collection {name}", ctx.client.has_collection, name))
+
+
+def describe(ctx: OpContext, name: str) -> dict[str, Any]:
+    return dict(ctx.store.call(f"describe collection {name}", ctx.client.describe_collection, name))
+
+
+def live_layout(ctx: OpContext, name: str) -> CollectionLayout:
+    if not has(ctx, name):
+        raise NotFound(f"collection {name} does not exist; `milvus-embed migrate current` shows the revision")
+    layout = CollectionLayout.from_description(describe(ctx, name).get("description", ""))
+    if layout is None:
+        raise FailedPrecondition(
+            f"collection {name} was not created by milvus-embed (no layout in its description); "
+            "migrations manage only milvus-embed collections")
+    return layout
+
+
+def ensure_loaded(ctx: OpContext, name: str) -> None:
+    ctx.store.call(f"load collection {name}", ctx.client.load_collection, name)
+
+
+def count_rows(ctx: OpContext, name: str) -> int:
+    ensure_loaded(ctx, name)
+    res = ctx.store.call(f"count rows of {name}", ctx.client.query, name, filter="",
+                         output_fields=["count(*)"], consistency_level="Strong")
+    return int(res[0]["count(*)"])
+
+
+def all_ids(ctx: OpContext, name: str, batch: int = 4096) -> list[str]:
+    """Every primary key, sorted (ids only: ~50 bytes each in memory)."""
+    ensure_loaded(ctx, name)
+    it = ctx.store.call(f"list ids of {name}", ctx.client.query_iterator, name, batch_size=batch, filter="",
+                        output_fields=["id"], consistency_level="Strong")
+    ids: list[str] = []
+    try:
+        while True:
+            page = ctx.store.call(f"list ids of {name}", it.next)
+            if not page:
+                break
+            ids.extend(str(r["id"]) for r in page)
+    finally:
+        it.close()
+    ids.sort()
+    return ids
+
+
+def fetch(ctx: OpContext, name: str, ids: Sequence[str], output_fields: Sequence[str] = ("*",)) -> list[dict]:
+    rows: list[dict] = []
+    for i in range(0, len(ids), _FETCH_CHUNK):
+        chunk = list(ids[i:i + _FETCH_CHUNK])
+        rows.extend(ctx.store.call(
+            f"read rows of {name}", ctx.client.query, name, filter=f"id in {json.dumps(chunk)}",
+            output_fields=list(output_fields), consistency_level="Strong"))
+    return [dict(r) for r in rows]
+
+
+def _layout_fields(layout: CollectionLayout) -> set[str]:
+    return {f.name for f in main_schema(layout).fields}
+
+
+def extra_fields_of(described: dict[str, Any], layout: CollectionLayout) -> list[FieldSpec]:
+    """Fields a migration added next to the layout's own (add_field), read back from the live schema."""
+    own = _layout_fields(layout)
+    out: list[FieldSpec] = []
+    for f in described.get("fields", []):
+        if f["name"] in own:
+            continue
+        dtype = getattr(f.get("type"), "name", str(f.get("type")))
+        params = f.get("params", {})
+        out.append(FieldSpec(f["name"], dtype, nullable=bool(f.get("nullable", True)),
+                             default=f.get("default_value"), max_length=params.get("max_length")))
+    return out
+
+
+def _add_field_schema(schema: Any, spec: FieldSpec) -> None:
+    from pymilvus import DataType
+
+    kwargs: dict[str, Any] = {"nullable": spec.nullable}
+    if spec.default is not None:
+        kwargs["default_value"] = spec.default
+    if spec.max_length:
+        kwargs["max_length"] = spec.max_length
+    schema.add_field(spec.name, getattr(DataType, spec.dtype), **kwargs)
+
+
+def create_main(ctx: OpContext, layout: CollectionLayout, physical: str, extra: Iterable[FieldSpec] = ()) -> None:
+    """The main collection of a resolved layout under a physical name (the layout keeps its logical name)."""
+    schema = main_schema(layout)
+    for spec in extra:
+        _add_field_schema(schema, spec)
+    ctx.store.call(f"create collection {physical}", ctx.client.create_collection, physical, schema=schema,
+                   index_params=main_index_params(layout, ctx.client), consistency_level="Strong")
+    ensure_loaded(ctx, physical)
+
+
+def drop(ctx: OpContext, name: str) -> None:
+    if has(ctx, name):
+        ctx.store.call(f"drop collection {name}", ctx.client.drop_collection, name)
+
+
+def _is_alias(ctx: OpContext, name: str) -> str | None:
+    """The collection behind alias ``name``, or None when ``name`` is not an alias (or aliases are absent)."""
+    if not ctx.caps.aliases:
+        return None
+    try:
+        info = ctx.client.describe_alias(name)
+    except Exception:  # noqa: BLE001 - "alias not found" comes back as an exception
+        return None
+    return str(info.get("collection_name") or "") or None
+
+
+# ---------------------------------------------------------------------- copying and verifying
+def copy_rows(ctx: OpContext, src: str, dst: str, transform: Callable[[list[dict]], list[dict]], *, key: str,
+              batch_size: int = 512, output_fields: Sequence[str] = ("*",)) -> int:
+    """Copy (transformed) rows in sorted-id batches, checkpointing the last id after every batch."""
+    ck = ctx.table.checkpoint(ctx.scope, key) or {}
+    last = ck.get("last_id")
+    copied = int(ck.get("copied", 0))
+    ids = all_ids(ctx, src)
+    start = bisect.bisect_right(ids, last) if last is not None else 0
+    ensure_loaded(ctx, dst)
+    for i in range(start, len(ids), batch_size):
+        batch = ids[i:i + batch_size]
+        rows = transform(fetch(ctx, src, batch, output_fields))
+        if rows:
+            ctx.store.call(f"write rows to {dst}", ctx.client.upsert, dst, rows)
+        copied += len(rows)
+        ctx.table.set_checkpoint(ctx.scope, key, {**ck, "last_id": batch[-1], "copied": copied})
+        if ctx.hooks.after_batch is not None:
+            ctx.hooks.after_batch(key, copied)
+        ctx.refresh_lock()
+    return copied
+
+
+def _norm_keys(d: dict) -> dict:
+    """Sparse vectors come back with int or str keys depending on the path; compare them as ints."""
+    try:
+        return {int(k): v for k, v in d.items()}
+    except (TypeError, ValueError):
+        return dict(d)
+
+
+def _values_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        da, db = _norm_keys(a), _norm_keys(b)
+        return da.keys() == db.keys() and all(_values_equal(da[k], db[k]) for k in da)
+    if isinstance(a, (list, tuple, np.ndarray)) and isinstance(b, (list, tuple, np.ndarray)):
+        try:
+            x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        except (TypeError, ValueError):
+            return list(a) == list(b)
+        return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-5, atol=1e-6))
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and bool(np.isclose(float(a), float(b), rtol=1e-5, atol=1e-6))
+    return a == b
+
+
+def verify_copy(ctx: OpContext, src: str, dst: str, derive: dict[str, Callable[[np.ndarray], np.ndarray]],
+                sample: int = VERIFY_SAMPLE) -> None:
+    """Counts equal, and a sample of rows equal field by field (derived fields recomputed from dense)."""
+    n_src, n_dst = count_rows(ctx, src), count_rows(ctx, dst)
+    if n_src != n_dst:
+        raise ConsistencyError(
+            f"copy of {src} into {dst} has {n_dst} rows, the source {n_src}: were rows written during the "
+            "migration? Stop writers and rerun `milvus-embed migrate upgrade` (it resumes)")
+    if n_src == 0:
+        return
+    ids = all_ids(ctx, src)
+    picked = sorted(random.Random(len(ids)).sample(ids, min(sample, len(ids))))
+    a = {r["id"]: r for r in fetch(ctx, src, picked)}
+    b = {r["id"]: r for r in fetch(ctx, dst, picked)}
+    for rid in picked:
+        ra, rb = a.get(rid), b.get(rid)
+        if ra is None or rb is None:
+            raise ConsistencyError(f"row {rid!r} is missing from {dst if rb is None else src} after the copy")
+        for name, value in rb.items():
+            if name in derive:
+                expect = derive[name](np.asarray([ra[DENSE]], dtype=np.float32))[0]
+                if not _values_equal(expect, value):
+                    raise ConsistencyError(f"row {rid!r}: {dst}.{name} does not match its backfill from {DENSE}")
+            elif name in ra and not _values_equal(ra[name], value):
+                raise ConsistencyError(f"row {rid!r}: field {name} differs between {src} and {dst}")
+
+
+def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
+            derive: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+            add: Sequence[FieldSpec] = (), remove: Sequence[str] = (), batch_size: int = 512) -> None:
+    """Rebuild ``name`` with layout ``target``: copy (resumable), verify, swap, drop the old data."""
+    derive = dict(derive or {})
+    key = ctx.key("rebuild")
+    ck = ctx.table.checkpoint(ctx.scope, key) or {}
+    if ck.get("phase") == "done":
+        return
+    tmp = ck.get("tmp") or f"{name}__m{ctx.revision[:12]}_{ctx.op_index}{ctx.direction[0]}"
+    if not ck:
+        if not has(ctx, name):
+            raise NotFound(f"cannot rebuild collection {name}: it does not exist")
+        described = describe(ctx, name)
+        extra = [f for f in extra_fields_of(described, live_layout(ctx, name)) if f.name not in set(remove)]
+        extra_names = {f.name for f in extra}
+        extra += [f for f in add if f.name not in extra_names]
+        ck = {"phase": "copy", "tmp": tmp, "extra": [f.to_dict() for f in extra]}
+        ctx.table.set_checkpoint(ctx.scope, key, ck)
+    extra = [FieldSpec.from_dict(d) for d in ck["extra"]]
+    target_fields = _layout_fields(target) | {f.name for f in extra}
+    defaults = {f.name: f.default for f in extra}
+
+    def transform(rows: list[dict]) -> list[dict]:
+        out = [{k: v for k, v in r.items() if k in target_fields} for r in rows]
+        if rows and derive:
+            dense = np.asarray([r[DENSE] for r in rows], dtype=np.float32)
+            for fname, fn in derive.items():
+                for row, vec in zip(out, fn(dense), strict=True):
+                    row[fname] = vec.astype(np.float32).tolist()
+        for row in out:
+            for fname, default in defaults.items():
+                if fname not in row and default is not None:
+                    row[fname] = default
+        return out
+
+    if ck["phase"] == "copy":
+        if not has(ctx, tmp):
+            create_main(ctx, target, tmp, extra)
+        copy_rows(ctx, name, tmp, transform, key=key + ":copy", batch_size=batch_size)
+        verify_copy(ctx, name, tmp, derive)
+        ck = {**ck, "phase": "swap"}
+        ctx.table.set_checkpoint(ctx.scope, key, ck)
+    _swap(ctx, name, tmp, target, extra, key, batch_size)
+    ctx.table.set_checkpoint(ctx.scope, key, {**ck, "phase": "done"})
+
+
+def _swap(ctx: OpContext, name: str, tmp: str, target: CollectionLayout, extra: list[FieldSpec], key: str,
+          batch_size: int) -> None:
+    physical = _is_alias(ctx, name)
+    if physical is not None:
+        if physical != tmp:
+            ctx.store.call(f"point alias {name} at {tmp}", ctx.client.alter_alias, tmp, name)
+            drop(ctx, physical)
+        return
+    if not ctx.caps.lite:  # servers: two renames, each step re-derived from which collections exist
+        old = f"{tmp}_old"
+        if has(ctx, name) and has(ctx, tmp):
+            ctx.store.call(f"rename {name}", ctx.client.rename_collection, name, old)
+        if not has(ctx, name) and has(ctx, tmp):
+            ctx.store.call(f"rename {tmp} to {name}", ctx.client.rename_collection, tmp, name)
+        drop(ctx, old)
+        return
+    # Milvus Lite: copy back under the original name; the verified copy in tmp is the source of truth.
+    ck = ctx.table.checkpoint(ctx.scope, key) or {}
+    if ck.get("phase") != "copyback":
+        ctx.table.set_checkpoint(ctx.scope, key, {**ck, "phase": "copyback"})
+    if has(ctx, name):
+        current = CollectionLayout.from_description(describe(ctx, name).get("description", ""))
+        same = current is not None and current.to_dict() == target.to_dict() and \
+            {f.name for f in extra_fields_of(describe(ctx, name), target)} == {f.name for f in extra}
+        if not same:  # still the old collection (its rows are all verified in tmp)
+            drop(ctx, name)
+    if not has(ctx, tmp):  # the copy-back finished and tmp was dropped already
+        return
+    if not has(ctx, name):
+        create_main(ctx, target, name, extra)
+    copy_rows(ctx, tmp, name, lambda rows: rows, key=key + ":copyback", batch_size=batch_size)
+    verify_copy(ctx, tmp, name, {})
+    drop(ctx, tmp)
+
+
+# ---------------------------------------------------------------------- PCA projections
+def save_pca(ctx: OpContext, layout: CollectionLayout, proj: PcaProjection) -> None:
+    """Store a fitted projection in ``<name>__pca`` (chunked base64, the layout module's format)."""
+    name = layout.pca_name
+    if not has(ctx, name):
+        ctx.store.call(f"create collection {name}", ctx.client.create_collection, name, schema=pca_schema(layout),
+                       index_params=placeholder_index_params(ctx.client), consistency_level="Strong")
+    ensure_loaded(ctx, name)
+    blob = proj.to_base64()
+    chunks = [blob[i:i + PCA_CHUNK_CHARS] for i in range(0, len(blob), PCA_CHUNK_CHARS)] or [""]
+    delete_pca(ctx, layout, proj.dim)
+    rows = [{"key": f"{proj.dim}/{i}", "dim": proj.dim, "chunk": i, "n_chunks": len(chunks), "data": c,
+             "placeholder": [0.0, 0.0]} for i, c in enumerate(chunks)]
+    ctx.store.call(f"write the PCA projection to {name}", ctx.client.upsert, name, rows)
+
+
+def load_pca(ctx: OpContext, layout: CollectionLayout, dim: int) -> PcaProjection | None:
+    name = layout.pca_name
+    if not has(ctx, name):
+        return None
+    ensure_loaded(ctx, name)
+    rows = ctx.store.call(f"read the PCA projection from {name}", ctx.client.query, name,
+                          filter=f"dim == {int(dim)}", output_fields=["chunk", "n_chunks", "data"],
+                          consistency_level="Strong")
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: r["chunk"])
+    import base64
+
+    return PcaProjection.from_bytes(base64.b64decode("".join(r["data"] for r in rows)))
+
+
+def delete_pca(ctx: OpContext, layout: CollectionLayout, dim: int) -> None:
+    name = layout.pca_name
+    if has(ctx, name):
+        ensure_loaded(ctx, name)
+        ctx.store.call(f"delete the PCA projection from {name}", ctx.client.delete, name, filter=f"dim == {int(dim)}")
+
+
+def _sample_dense(ctx: OpContext, name: str, n: int) -> np.ndarray:
+    ids = all_ids(ctx, name)
+    picked = sorted(random.Random(0).sample(ids, min(n, len(ids))))
+    rows = fetch(ctx, name, picked, [DENSE])
+    return np.asarray([r[DENSE] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+
+
+# ---------------------------------------------------------------------- the ops
+def execute(op: Op, ctx: OpContext) -> None:
+    handler = _HANDLERS.get(type(op))
+    if handler is None:  # pragma: no cover - every op class is registered below
+        raise InvalidArgument(f"no executor for op {op.kind}")
+    handler(op, ctx)
+
+
+def _create_collection(op: CreateCollection, ctx: OpContext) -> None:
+    layout = op.layout.resolved(ctx.caps)
+    if has(ctx, layout.name):
+        live = live_layout(ctx, layout.name)
+        if live.to_dict() != layout.to_dict():
+            raise FailedPrecondition(
+                f"collection {layout.name} already exists with a different layout ({live.to_dict()}); drop it, or "
+                "if it is at a known revision record that with `milvus-embed migrate stamp REV`")
+    else:
+        create_main(ctx, layout, layout.name)
+    if layout.colbert == "companion" and not has(ctx, layout.companion_name):
+        ctx.store.call(f"create collection {layout.companion_name}", ctx.client.create_collection,
+                       layout.companion_name, schema=companion_schema(layout),
+                       index_params=placeholder_index_params(ctx.client), consistency_level="Strong")
+
+
+def _drop_collection(op: DropCollection, ctx: OpContext) -> None:
+    layout = CollectionLayout.from_description(describe(ctx, op.name).get("description", "")) \
+        if has(ctx, op.name) else None
+    physical = _is_alias(ctx, op.name)
+    if physical is not None:
+        ctx.store.call(f"drop alias {op.name}", ctx.client.drop_alias, op.name)
+        drop(ctx, physical)
+    drop(ctx, op.name)
+    if layout is not None:
+        drop(ctx, layout.companion_name)
+        drop(ctx, layout.pca_name)
+
+
+def _add_field(op: AddField, ctx: OpContext) -> None:
+    described = describe(ctx, op.collection)
+    if any(f["name"] == op.field.name for f in described.get("fields", [])):
+        return  # already there (rerun after a crash)
+    if ctx.caps.add_field:
+        from pymilvus import DataType
+
+        kwargs: dict[str, Any] = {"nullable": op.field.nullable}
+        if op.field.default is not None:
+            kwargs["default_value"] = op.field.default
+        if op.field.max_length:
+            kwargs["max_length"] = op.field.max_length
+        ctx.store.call(f"add field {op.collection}.{op.field.name}", ctx.client.add_collection_field,
+                       op.collection, op.field.name, getattr(DataType, op.field.dtype), **kwargs)
+        return
+    rebuild(ctx, op.collection, live_layout(ctx, op.collection), add=[op.field])
+
+
+def _drop_field(op: DropField, ctx: OpContext) -> None:
+    described = describe(ctx, op.collection)
+    if not any(f["name"] == op.field.name for f in described.get("fields", [])) and \
+            not ctx.table.checkpoint(ctx.scope, ctx.key("rebuild")):
+        return
+    rebuild(ctx, op.collection, live_layout(ctx, op.collection), remove=[op.field.name])
+
+
+def _index_params(ctx: OpContext, spec: IndexSpec) -> Any:
+    params = ctx.client.prepare_index_params()
+    params.add_index(field_name=spec.field, index_name=spec.index_name or spec.field, index_type=spec.index_type,
+                     metric_type=spec.metric_type or None, params=dict(spec.params))
+    return params
+
+
+def _index_on(ctx: OpContext, coll: str, field_name: str) -> dict[str, Any] | None:
+    for idx in ctx.store.call(f"list indexes of {coll}", ctx.client.list_indexes, coll, field_name=field_name):
+        info = ctx.store.call(f"describe index {idx}", ctx.client.describe_index, coll, idx)
+        if info and info.get("field_name") == field_name:
+            return dict(info)
+    return None
+
+
+def _reload_if_indexed(ctx: OpContext, coll: str) -> None:
+    """Load again when every vector field has an index (Milvus refuses to load otherwise)."""
+    fields = describe(ctx, coll).get("fields", [])
+    vectors = [f["name"] for f in fields if "VECTOR" in getattr(f.get("type"), "name", str(f.get("type")))]
+    missing = [v for v in vectors if _index_on(ctx, coll, v) is None]
+    if missing:
+        log.warning("collection %s stays released: vector field(s) %s have no index", coll, ", ".join(missing))
+        return
+    ensure_loaded(ctx, coll)
+
+
+def _create_index(op: CreateIndex, ctx: OpContext) -> None:
+    current = _index_on(ctx, op.collection, op.index.field)
+    if current is not None and current.get("index_type") == op.index.index_type and \
+            (not op.index.metric_type or current.get("metric_type") == op.index.metric_type) and \
+            all(str(current.get(k)) == str(v) for k, v in op.index.params.items()):
+        return
+    ctx.store.call(f"release {op.collection}", ctx.client.release_collection, op.collection)
+    if current is not None:
+        ctx.store.call(f"drop index on {op.collection}.{op.index.field}", ctx.client.drop_index, op.collection,
+                       current.get("index_name") or op.index.field)
+    ctx.store.call(f"create index on {op.collection}.{op.index.field}", ctx.client.create_index, op.collection,
+                   _index_params(ctx, op.index))
+    _reload_if_indexed(ctx, op.collection)
+
+
+def _drop_index(op: DropIndex, ctx: OpContext) -> None:
+    current = _index_on(ctx, op.collection, op.index.field)
+    if current is None:
+        return
+    ctx.store.call(f"release {op.collection}", ctx.client.release_collection, op.collection)
+    ctx.store.call(f"drop index on {op.collection}.{op.index.field}", ctx.client.drop_index, op.collection,
+                   current.get("index_name") or op.index.field)
+    _reload_if_indexed(ctx, op.collection)
+
+
+def _alter_properties(op: AlterProperties, ctx: OpContext) -> None:
+    if ctx.caps.lite:
+        raise FailedPrecondition(
+            f"{op.describe()}: Milvus Lite ({ctx.caps.server_version}) cannot store collection properties; "
+            "run this revision against a Milvus server")
+    setting = {k: v for k, v in op.properties.items() if v is not None}
+    removing = [k for k, v in op.properties.items() if v is None]
+    if setting:
+        ctx.store.call(f"alter properties of {op.collection}", ctx.client.alter_collection_properties,
+                       op.collection, setting)
+    if removing:
+        ctx.store.call(f"drop properties of {op.collection}", ctx.client.drop_collection_properties,
+                       op.collection, removing)
+
+
+def _add_truncated(op: AddTruncatedDense, ctx: OpContext) -> None:
+    ck = ctx.table.checkpoint(ctx.scope, ctx.key("rebuild"))
+    live = live_layout(ctx, op.collection)
+    fname = truncated_field_name(op.dim)
+    if ck is None and any(t.dim == op.dim for t in live.truncated):
+        return  # applied before the crash that kept the revision open
+    if ck is not None and ck.get("phase") == "done":
+        return
+    target = live if any(t.dim == op.dim for t in live.truncated) else dataclasses.replace(
+        live, truncated=tuple(sorted((*live.truncated, TruncatedField(op.dim, op.projection)), key=lambda t: t.dim)))
+    if op.projection == "prefix":
+        def derive(dense: np.ndarray) -> np.ndarray:
+            return prefix_project(dense, op.dim)
+    else:
+        proj = load_pca(ctx, target, op.dim)
+        if proj is None:
+            sample = _sample_dense(ctx, op.collection, op.pca_sample)
+            if len(sample) < op.dim:
+                raise FailedPrecondition(
+                    f"{op.describe()}: fitting a {op.dim}-d PCA needs at least {op.dim} stored rows, "
+                    f"{op.collection} has {len(sample)}; load documents first or use projection='prefix'")
+            proj = fit_pca(sample, op.dim)
+            save_pca(ctx, target, proj)
+        derive = proj.project
+    rebuild(ctx, op.collection, target, derive={fname: derive})
+
+
+def _drop_truncated(op: DropTruncatedDense, ctx: OpContext) -> None:
+    ck = ctx.table.checkpoint(ctx.scope, ctx.key("rebuild"))
+    live = live_layout(ctx, op.collection)
+    if ck is None and not any(t.dim == op.dim for t in live.truncated):
+        return
+    if ck is not None and ck.get("phase") == "done":
+        return
+    target = dataclasses.replace(live, truncated=tuple(t for t in live.truncated if t.dim != op.dim))
+    rebuild(ctx, op.collection, target)
+    if op.projection == "pca":
+        delete_pca(ctx, target, op.dim)
+
+
+def _rebuild_collection(op: RebuildCollection, ctx: OpContext) -> None:
+    target = op.layout.resolved(ctx.caps)
+    live = live_layout(ctx, target.name)
+    ck = ctx.table.checkpoint(ctx.scope, ctx.key("rebuild"))
+    if ck is None and live.to_dict() == target.to_dict():
+        return
+    if live.dense_dim != target.dense_dim:
+        raise FailedPrecondition(
+            f"{op.describe()}: dense_dim changes from {live.dense_dim} to {target.dense_dim}, which needs every "
+            "text re-encoded; write a run_python migration with ctx.encoder() and ctx.backfill()")
+    have = {t.dim for t in live.truncated}
+    derive: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for t in target.truncated:
+        if t.dim not in have:
+            if t.projection != "prefix":
+                raise FailedPrecondition(f"{op.describe()}: use add_truncated_dense for a new PCA field dense_{t.dim}")
+            derive[t.name] = (lambda d, dim=t.dim: prefix_project(d, dim))
+    rebuild(ctx, target.name, target, derive=derive, batch_size=op.batch_size)
+
+
+def _run_python(op: RunPython, ctx: OpContext) -> None:
+    op.fn(ctx)
+
+
+_HANDLERS: dict[type, Callable[[Any, OpContext], None]] = {
+    CreateCollection: _create_collection,
+    DropCollection: _drop_collection,
+    AddField: _add_field,
+    DropField: _drop_field,
+    CreateIndex: _create_index,
+    DropIndex: _drop_index,
+    AlterProperties: _alter_properties,
+    AddTruncatedDense: _add_truncated,
+    DropTruncatedDense: _drop_truncated,
+    RebuildCollection: _rebuild_collection,
+    RunPython: _run_python,
+}
