@@ -1,0 +1,25 @@
+"""Milvus storage: collection layouts, the connection (Lite or server), documents and ColBERT codecs."""
+
+from .capabilities import Capabilities, capabilities_for, parse_version
+from .client import MilvusStore, redact_uri
+from .codecs import CODECS
+from .documents import Document, DocumentStore, StoredVectors
+from .layout import CollectionLayout, TruncatedField
+from .projection import PcaProjection, fit_pca, prefix_project
+
+__all__ = [
+    "CODECS",
+    "Capabilities",
+    "CollectionLayout",
+    "Document",
+    "DocumentStore",
+    "MilvusStore",
+    "PcaProjection",
+    "StoredVectors",
+    "TruncatedField",
+    "capabilities_for",
+    "fit_pca",
+    "parse_version",
+    "prefix_project",
+    "redact_uri",
+]

@@ -1,0 +1,140 @@
+"""ColBERT token-matrix codecs for the portable (companion collection) store.
+
+A document's ColBERT output is a float32 matrix [tokens, dim] with L2-normalised rows. Each codec
+packs it as a sequence of fixed-size per-token records, so a matrix can be split on token
+boundaries over several VARCHAR rows and every chunk decodes on its own:
+
+``fp32``   dim x float32                          (exact)
+``fp16``   dim x float16                          (IEEE half, little endian)
+``int8``   float32 scale + dim x int8             (symmetric, per-vector scale = max|x| / 127)
+``bits``   float16 scale + ceil(dim / 8) bytes    (sign bits; scale = mean|x|, the L1-optimal
+                                                   magnitude, so float queries score on the same
+                                                   scale as fp32)
+
+Pure numpy; no Milvus here, so this module is unit-tested and benchmarked on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidArgument
+
+CODECS: tuple[str, ...] = ("fp32", "fp16", "int8", "bits")
+
+# A VARCHAR holds at most 65535 bytes; base64 turns 3 raw bytes into 4 characters.
+MAX_VARCHAR_BYTES = 65535
+MAX_RAW_BYTES_PER_ROW = (MAX_VARCHAR_BYTES // 4) * 3  # 49149 raw bytes -> 65532 base64 chars
+
+
+def record_size(codec: str, dim: int) -> int:
+    """Bytes one token vector takes in the given codec."""
+    if dim <= 0:
+        raise InvalidArgument(f"ColBERT dim must be positive, got {dim}")
+    if codec == "fp32":
+        return 4 * dim
+    if codec == "fp16":
+        return 2 * dim
+    if codec == "int8":
+        return 4 + dim
+    if codec == "bits":
+        return 2 + (dim + 7) // 8
+    raise InvalidArgument(f"unknown ColBERT codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def tokens_per_row(codec: str, dim: int) -> int:
+    """Token vectors that fit in one companion row (base64 in a 65535-byte VARCHAR)."""
+    n = MAX_RAW_BYTES_PER_ROW // record_size(codec, dim)
+    if n < 1:
+        raise InvalidArgument(
+            f"a {dim}-d ColBERT vector in codec {codec} does not fit in one 65535-byte VARCHAR row; "
+            "use fp16, int8 or bits"
+        )
+    return n
+
+
+def encode(matrix: np.ndarray, codec: str) -> bytes:
+    """Pack a float [tokens, dim] matrix as ``tokens`` fixed-size records."""
+    m = np.asarray(matrix, dtype=np.float32)
+    if m.ndim != 2:
+        raise InvalidArgument(f"ColBERT vectors must be a 2-d [tokens, dim] matrix, got shape {m.shape}")
+    n, dim = m.shape
+    size = record_size(codec, dim)
+    if n == 0:
+        return b""
+    if codec == "fp32":
+        return m.astype("<f4").tobytes()
+    if codec == "fp16":
+        return m.astype("<f2").tobytes()
+    out = np.empty((n, size), dtype=np.uint8)
+    if codec == "int8":
+        scale = np.abs(m).max(axis=1) / 127.0
+        safe = np.where(scale > 0, scale, 1.0)
+        q = np.clip(np.rint(m / safe[:, None]), -127, 127).astype(np.int8)
+        out[:, :4] = scale.astype("<f4").reshape(n, 1).view(np.uint8)
+        out[:, 4:] = q.view(np.uint8)
+        return out.tobytes()
+    # bits
+    scale = np.abs(m).mean(axis=1)
+    out[:, :2] = scale.astype("<f2").reshape(n, 1).view(np.uint8)
+    out[:, 2:] = np.packbits(m >= 0, axis=1)
+    return out.tobytes()
+
+
+def decode(data: bytes, codec: str, dim: int) -> np.ndarray:
+    """Inverse of :func:`encode`: float32 [tokens, dim]."""
+    size = record_size(codec, dim)
+    if len(data) % size:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {codec} records of {size} bytes")
+    n = len(data) // size
+    if n == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    if codec == "fp32":
+        return np.frombuffer(data, dtype="<f4").reshape(n, dim).astype(np.float32)
+    if codec == "fp16":
+        return np.frombuffer(data, dtype="<f2").reshape(n, dim).astype(np.float32)
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(n, size)
+    if codec == "int8":
+        scale = raw[:, :4].copy().view("<f4").reshape(n).astype(np.float32)
+        q = raw[:, 4:].copy().view(np.int8).astype(np.float32)
+        return q * scale[:, None]
+    scale = raw[:, :2].copy().view("<f2").reshape(n).astype(np.float32)
+    signs = np.unpackbits(raw[:, 2:], axis=1, count=dim).astype(np.float32) * 2.0 - 1.0
+    return signs * scale[:, None]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    n_tokens: int
+    payload: str  # base64 text for a VARCHAR field
+
+
+def to_chunks(matrix: np.ndarray, codec: str) -> list[Chunk]:
+    """Encode and split on token boundaries into base64 payloads that fit one VARCHAR each."""
+    m = np.asarray(matrix, dtype=np.float32)
+    per_row = tokens_per_row(codec, m.shape[1])
+    chunks = []
+    for i, start in enumerate(range(0, m.shape[0], per_row)):
+        part = m[start:start + per_row]
+        chunks.append(Chunk(i, part.shape[0], base64.b64encode(encode(part, codec)).decode("ascii")))
+    return chunks
+
+
+def from_chunks(payloads: Iterator[str] | list[str], codec: str, dim: int) -> np.ndarray:
+    """Decode base64 payloads given in chunk order and stack them into one matrix."""
+    parts = [decode(base64.b64decode(p), codec, dim) for p in payloads]
+    if not parts:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+def stored_bytes_per_token(codec: str, dim: int) -> float:
+    """Characters stored per token once base64-packed into full rows (the payload, not row overhead)."""
+    per_row = tokens_per_row(codec, dim)
+    raw = per_row * record_size(codec, dim)
+    return 4 * -(-raw // 3) / per_row

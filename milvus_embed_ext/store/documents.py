@@ -1,0 +1,738 @@
+"""Documents in one collection: validated writes of every representation, reads for the planner.
+
+Write protocol (portable "companion" ColBERT store), which keeps every reader consistent:
+
+1. ColBERT rows are written to ``<name>__colbert`` under a fresh version per document. Versions are
+   ``<20-digit ns clock><8 hex>.<6-digit index>``: unique, and ordered by write time.
+2. The main row (dense, truncated, sparse, text, metadata) is upserted with ``colbert_version`` and
+   ``colbert_rows``. This is the commit point: readers only use ColBERT rows whose version the main
+   row names, so a half-written document is never seen.
+3. ColBERT rows of the same ids with an older version are deleted (this also sweeps rows left by an
+   earlier failed attempt).
+
+A failure in step 1 leaves the old document intact and is reported as the mapped Milvus error. A
+failure in step 2 or 3 raises :class:`ConsistencyError`: the same call, retried, converges, because
+writes are idempotent by id and every successful write sweeps all older versions. Deletes remove the
+main row first (the commit point) and then all older ColBERT rows.
+
+Within one process writes to a collection are serialised; concurrent writers of the *same ids* from
+several processes are not coordinated (last main-row write wins; its ColBERT rows can have been
+swept by the other writer, which readers then report as missing ColBERT vectors).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import (
+    AlreadyExists,
+    ConsistencyError,
+    FailedPrecondition,
+    InvalidArgument,
+    MilvusEmbedError,
+    NotFound,
+)
+from . import codecs
+from .client import MilvusStore
+from .layout import (
+    COLBERT,
+    COLBERT_ROWS,
+    COLBERT_SUBFIELD,
+    COLBERT_VERSION,
+    DENSE,
+    ID,
+    MAX_JSON_BYTES,
+    MAX_VARCHAR,
+    METADATA,
+    NATIVE_MAX_TOKENS,
+    PLACEHOLDER_DIM,
+    SPARSE,
+    TEXT,
+    CollectionLayout,
+    companion_schema,
+    main_index_params,
+    main_schema,
+    pca_schema,
+    placeholder_index_params,
+    schema_problems,
+    search_params,
+)
+from .projection import PcaProjection, fit_pca, prefix_project
+
+if TYPE_CHECKING:  # the encoder is imported lazily: the store works without torch
+    from ..encoder import M3Encoder, M3Output
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_K = 16384  # Milvus topk limit
+IDS_PER_EXPR = 512  # ids per `in [...]` expression
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # rough cap on one insert/upsert request
+MAX_ROWS_PER_REQUEST = 1000
+_PLACEHOLDER = [0.0] * PLACEHOLDER_DIM
+
+_write_locks: dict[tuple[str, str], threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+_clock_guard = threading.Lock()
+_last_ns = 0
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
+class StoredVectors:
+    """What the planner re-scores with: stored vectors of one document, decoded to float32."""
+
+    id: str
+    dense: np.ndarray
+    sparse: dict[int, float]
+    colbert: np.ndarray | None  # [tokens, dim]; None when the collection has none or rows are missing
+    truncated: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _now_ns() -> int:
+    """Strictly increasing nanosecond clock within this process (versions must not collide)."""
+    global _last_ns
+    with _clock_guard:
+        _last_ns = max(time.time_ns(), _last_ns + 1)
+        return _last_ns
+
+
+def new_version_prefix() -> str:
+    return f"{_now_ns():020d}{secrets.token_hex(4)}"
+
+
+def literal(value: str) -> str:
+    """A Milvus expression string literal (ids are validated to contain no control characters)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def in_expr(field_name: str, values: Sequence[str]) -> str:
+    return f"{field_name} in [{','.join(literal(v) for v in values)}]"
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _row_bytes(row: Mapping[str, Any]) -> int:
+    total = 64
+    for v in row.values():
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, (list, np.ndarray)):
+            total += 4 * len(v)
+        elif isinstance(v, dict):
+            total += 12 * len(v) + (len(json.dumps(v)) if v and not isinstance(next(iter(v)), int) else 0)
+    return total
+
+
+def _request_batches(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        b = _row_bytes(row)
+        if batch and (size + b > MAX_REQUEST_BYTES or len(batch) >= MAX_ROWS_PER_REQUEST):
+            yield batch
+            batch, size = [], 0
+        batch.append(row)
+        size += b
+    if batch:
+        yield batch
+
+
+def _as_document(doc: Any) -> Document:
+    if isinstance(doc, Document):
+        return doc
+    if isinstance(doc, Mapping):
+        unknown = set(doc) - {"id", "text", "metadata"}
+        if unknown:
+            raise InvalidArgument(f"document has unknown keys {sorted(unknown)}; use id, text, metadata")
+        return Document(id=doc.get("id"), text=doc.get("text"), metadata=doc.get("metadata"))  # type: ignore[arg-type]
+    raise InvalidArgument(f"documents must be Document objects or mappings, got {type(doc).__name__}")
+
+
+class DocumentStore:
+    """One collection described by a :class:`CollectionLayout`."""
+
+    def __init__(self, store: MilvusStore, layout: CollectionLayout) -> None:
+        self.store = store
+        self.layout = layout.resolved(store.capabilities) if "auto" in (layout.colbert, layout.index_type) else layout
+        self._pca: dict[int, PcaProjection] = {}
+        key = (store.target, self.layout.name)
+        with _write_locks_guard:
+            self._lock = _write_locks.setdefault(key, threading.Lock())
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    @property
+    def client(self) -> Any:
+        return self.store.client
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.store.call(f"{what} ({self.name})", fn, *args, **kwargs)
+
+    # ================================================================== lifecycle
+    @classmethod
+    def create(cls, store: MilvusStore, layout: CollectionLayout, *, exist_ok: bool = False) -> DocumentStore:
+        """Create the main collection (and its companion / projection collections) from a layout.
+
+        The main collection is created last, so its existence means the whole layout exists.
+        With ``exist_ok`` an existing collection is accepted when its stored layout matches.
+        """
+        resolved = layout.resolved(store.capabilities)
+        if store.has_collection(resolved.name):
+            if not exist_ok:
+                raise AlreadyExists(f"collection {resolved.name} already exists; drop it or use a new name")
+            existing = cls.open(store, resolved.name)
+            if existing.layout.to_dict() | {"extra": {}} != resolved.to_dict() | {"extra": {}}:
+                raise FailedPrecondition(
+                    f"collection {resolved.name} exists with a different layout: "
+                    f"{existing.layout.to_dict()} (wanted {resolved.to_dict()}); migrate it")
+            return existing
+        self = cls(store, resolved)
+        client = store.client
+        if resolved.colbert == "companion" and not store.has_collection(resolved.companion_name):
+            self._call("create the ColBERT companion collection", client.create_collection,
+                       resolved.companion_name, schema=companion_schema(resolved),
+                       index_params=placeholder_index_params(client), consistency_level="Strong")
+        if resolved.has_pca and not store.has_collection(resolved.pca_name):
+            self._call("create the projection collection", client.create_collection, resolved.pca_name,
+                       schema=pca_schema(resolved), index_params=placeholder_index_params(client),
+                       consistency_level="Strong")
+        self._call("create the collection", client.create_collection, resolved.name, schema=main_schema(resolved),
+                   index_params=main_index_params(resolved, client), consistency_level="Strong")
+        log.info("created collection %s (%s)", resolved.name, resolved.to_dict())
+        return self
+
+    @classmethod
+    def open(cls, store: MilvusStore, name: str) -> DocumentStore:
+        """Bind to an existing collection, reading its layout back from the collection description."""
+        if not store.has_collection(name):
+            raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate up` "
+                           "or DocumentStore.create")
+        described = store.call(f"describe collection {name}", store.client.describe_collection, name)
+        layout = CollectionLayout.from_description(described.get("description", ""))
+        if layout is None:
+            raise FailedPrecondition(f"collection {name} was not created by milvus-embed (no layout in its "
+                                     "description); use another collection name")
+        self = cls(store, layout)
+        problems = schema_problems(layout, described)
+        if problems:
+            raise FailedPrecondition(f"collection {name} does not match its layout: {'; '.join(problems)}")
+        if layout.colbert == "companion" and not store.has_collection(layout.companion_name):
+            raise FailedPrecondition(f"collection {name} lacks its ColBERT companion collection "
+                                     f"{layout.companion_name}; recreate the collection")
+        return self
+
+    def exists(self) -> bool:
+        return self.store.has_collection(self.name)
+
+    def check(self) -> list[str]:
+        """Differences between the live collection and this layout (empty when they match)."""
+        if not self.exists():
+            return [f"collection {self.name} does not exist"]
+        described = self._call("describe collection", self.client.describe_collection, self.name)
+        problems = schema_problems(self.layout, described)
+        stored = CollectionLayout.from_description(described.get("description", ""))
+        if stored is None:
+            problems.append("the collection description holds no milvus-embed layout")
+        elif stored.to_dict() | {"extra": {}} != self.layout.to_dict() | {"extra": {}}:
+            problems.append(f"stored layout {stored.to_dict()} differs from {self.layout.to_dict()}")
+        if self.layout.colbert == "companion" and not self.store.has_collection(self.layout.companion_name):
+            problems.append(f"companion collection {self.layout.companion_name} is missing")
+        if self.layout.has_pca and not self.store.has_collection(self.layout.pca_name):
+            problems.append(f"projection collection {self.layout.pca_name} is missing")
+        return problems
+
+    def drop(self) -> None:
+        """Drop the collection and its companion and projection collections."""
+        for name in (self.name, self.layout.companion_name, self.layout.pca_name):
+            if self.store.has_collection(name):
+                self._call(f"drop {name}", self.client.drop_collection, name)
+        self._pca.clear()
+
+    def count(self) -> int:
+        res = self._call("count documents", self.client.query, self.name, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"]) if res else 0
+
+    # ================================================================== validation
+    def validate(self, docs: Sequence[Document | Mapping[str, Any]]) -> list[Document]:
+        """Check a batch before anything is written; raise InvalidArgument naming the first bad document."""
+        out = [_as_document(d) for d in docs]
+        seen: set[str] = set()
+        lite = self.store.capabilities.lite
+        for i, d in enumerate(out):
+            where = f"document {i}"
+            self._check_id(d.id, where, lite=lite)
+            where = f"document {d.id!r}"
+            if d.id in seen:
+                raise InvalidArgument(f"{where} appears more than once in the batch; send each id once")
+            seen.add(d.id)
+            if not isinstance(d.text, str):
+                raise InvalidArgument(f"{where}: text must be a string, got {type(d.text).__name__}")
+            if not d.text.strip():
+                raise InvalidArgument(f"{where}: text is empty; every document needs some text to embed")
+            if self.layout.store_text and len(d.text.encode("utf-8")) > MAX_VARCHAR:
+                raise InvalidArgument(
+                    f"{where}: text is {len(d.text.encode('utf-8'))} bytes; the collection stores at most "
+                    f"{MAX_VARCHAR} bytes of text: split the document")
+            if d.metadata is not None:
+                if not isinstance(d.metadata, Mapping):
+                    raise InvalidArgument(f"{where}: metadata must be a JSON object (dict), got "
+                                          f"{type(d.metadata).__name__}")
+                try:
+                    encoded = json.dumps(d.metadata, allow_nan=False, ensure_ascii=False)
+                except (TypeError, ValueError) as exc:
+                    raise InvalidArgument(f"{where}: metadata is not JSON-serialisable ({exc})") from None
+                if len(encoded.encode("utf-8")) > MAX_JSON_BYTES:
+                    raise InvalidArgument(f"{where}: metadata is larger than {MAX_JSON_BYTES} bytes as JSON")
+        return out
+
+    def _check_id(self, doc_id: Any, where: str, *, lite: bool) -> None:
+        if not isinstance(doc_id, str):
+            raise InvalidArgument(f"{where}: id must be a string, got {type(doc_id).__name__}")
+        if not doc_id:
+            raise InvalidArgument(f"{where}: id is empty")
+        n = len(doc_id.encode("utf-8"))
+        if n > self.layout.max_id_length:
+            raise InvalidArgument(f"{where}: id is {n} bytes; the collection allows at most "
+                                  f"{self.layout.max_id_length} bytes (max_id_length)")
+        if any(unicodedata.category(c) == "Cc" for c in doc_id):
+            raise InvalidArgument(f"{where}: id {doc_id!r} contains control characters")
+        if lite and "'" in doc_id:
+            # Milvus Lite 2.5 builds an SQL statement from upserted keys and fails on a quote.
+            raise InvalidArgument(f"{where}: id {doc_id!r} contains a single quote, which Milvus Lite cannot "
+                                  "store; use another id or a Milvus server")
+
+    def _ids(self, ids: Iterable[str]) -> list[str]:
+        if isinstance(ids, str):
+            ids = [ids]
+        out: list[str] = []
+        seen: set[str] = set()
+        for i in ids:
+            self._check_id(i, "id", lite=False)
+            if i not in seen:
+                seen.add(i)
+                out.append(i)
+        return out
+
+    def _check_encoded(self, docs: Sequence[Document], enc: M3Output) -> None:
+        n = len(docs)
+        if enc.dense is None or enc.sparse is None:
+            raise InvalidArgument("the encoder output must include dense and sparse vectors")
+        dense = np.asarray(enc.dense)
+        if dense.ndim != 2 or dense.shape[0] != n or len(enc.sparse) != n:
+            raise InvalidArgument(f"encoder output holds {dense.shape[0] if dense.ndim else 0} rows for {n} documents")
+        if dense.shape[1] != self.layout.dense_dim:
+            raise FailedPrecondition(
+                f"collection {self.name} stores {self.layout.dense_dim}-d dense vectors but the model produces "
+                f"{dense.shape[1]}-d ones; use a collection created for this model (or migrate)")
+        if not np.all(np.isfinite(dense)):
+            raise InvalidArgument("the encoder produced NaN or infinite dense values")
+        if self.layout.colbert != "none":
+            if enc.colbert is None or len(enc.colbert) != n:
+                raise InvalidArgument(f"collection {self.name} stores ColBERT vectors; encode with colbert=True")
+            for d, m in zip(docs, enc.colbert, strict=True):
+                m = np.asarray(m)
+                if m.ndim != 2 or m.shape[1] != self.layout.dense_dim:
+                    raise FailedPrecondition(
+                        f"document {d.id!r}: ColBERT vectors have shape {m.shape}; the collection expects "
+                        f"[tokens, {self.layout.dense_dim}]")
+                if self.layout.colbert == "native" and m.shape[0] > NATIVE_MAX_TOKENS:
+                    raise InvalidArgument(f"document {d.id!r} has {m.shape[0]} ColBERT vectors; native fields hold "
+                                          f"at most {NATIVE_MAX_TOKENS}: lower max_length or split the document")
+        for t in self.layout.truncated:
+            if t.projection == "pca":
+                self._projection(t.dim)  # FailedPrecondition when not fitted yet
+
+    # ================================================================== writes
+    def upsert(self, docs: Sequence[Document | Mapping[str, Any]], encoder: M3Encoder) -> None:
+        """Validate, encode (one pass for every representation) and write."""
+        checked = self.validate(docs)
+        if not checked:
+            return
+        prefix_dims = [t.dim for t in self.layout.truncated if t.projection == "prefix"]
+        enc = encoder.encode([d.text for d in checked], dense=True, sparse=True,
+                             colbert=self.layout.colbert != "none", truncate_dims=prefix_dims)
+        self.write(checked, enc)
+
+    def write(self, docs: Sequence[Document | Mapping[str, Any]], encoded: M3Output) -> None:
+        """Write every representation of already-encoded documents (row i of ``encoded`` is docs[i])."""
+        checked = self.validate(docs)
+        if not checked:
+            return
+        self._check_encoded(checked, encoded)
+        with self._lock:
+            if self.layout.colbert == "companion":
+                self._write_companion(checked, encoded)
+            else:
+                rows = self._main_rows(checked, encoded)
+                if self.layout.colbert == "native":
+                    for row, m in zip(rows, encoded.colbert or [], strict=True):
+                        row[COLBERT] = [{COLBERT_SUBFIELD: v} for v in np.asarray(m, dtype=np.float32).tolist()]
+                for batch in _request_batches(rows):
+                    self._call("upsert documents", self.client.upsert, self.name, batch)
+
+    def _main_rows(self, docs: Sequence[Document], enc: M3Output) -> list[dict[str, Any]]:
+        dense = np.asarray(enc.dense, dtype=np.float32)
+        truncated: dict[int, np.ndarray] = {}
+        for t in self.layout.truncated:
+            given = (enc.truncated or {}).get(t.dim) if t.projection == "prefix" else None
+            truncated[t.dim] = (np.asarray(given, dtype=np.float32) if given is not None
+                                else self.project(dense, t.dim))
+        rows = []
+        for i, d in enumerate(docs):
+            row: dict[str, Any] = {ID: d.id, METADATA: dict(d.metadata or {}), DENSE: dense[i].tolist()}
+            if self.layout.store_text:
+                row[TEXT] = d.text
+            for t in self.layout.truncated:
+                row[t.name] = truncated[t.dim][i].tolist()
+            row[SPARSE] = {int(k): float(v) for k, v in (enc.sparse[i] or {}).items() if v > 0}
+            rows.append(row)
+        return rows
+
+    def _write_companion(self, docs: Sequence[Document], enc: M3Output) -> None:
+        rows = self._main_rows(docs, enc)
+        prefix = new_version_prefix()
+        codec = self.layout.colbert_codec
+        companion: list[dict[str, Any]] = []
+        for i, (row, m) in enumerate(zip(rows, enc.colbert or [], strict=True)):
+            version = f"{prefix}.{i:06d}"
+            chunks = codecs.to_chunks(np.asarray(m, dtype=np.float32), codec)
+            row[COLBERT_VERSION] = version
+            row[COLBERT_ROWS] = len(chunks)
+            for c in chunks:
+                companion.append({"key": f"{version}/{c.index}", "doc_id": row[ID], "version": version,
+                                  "chunk": c.index, "codec": codec, "n_tokens": c.n_tokens, "data": c.payload,
+                                  "placeholder": _PLACEHOLDER})
+        ids = [r[ID] for r in rows]
+        # 1. ColBERT rows under fresh versions: invisible until a main row points at them.
+        try:
+            for batch in _request_batches(companion):
+                self._call("write ColBERT rows", self.client.upsert, self.layout.companion_name, batch)
+        except MilvusEmbedError:
+            self._discard_versions(ids, prefix)
+            raise
+        # 2. Commit point.
+        try:
+            for batch in _request_batches(rows):
+                self._call("write documents", self.client.upsert, self.name, batch)
+        except MilvusEmbedError as exc:
+            raise ConsistencyError(
+                f"writing {len(rows)} documents to {self.name} failed after their ColBERT vectors were stored "
+                f"({exc}); some documents may keep their previous version. Retry the same upsert: it is "
+                "idempotent by id and removes the leftovers") from None
+        # 3. Sweep every older version of these ids (including leftovers of failed attempts).
+        try:
+            self._delete_colbert(ids, before=prefix)
+        except MilvusEmbedError as exc:
+            raise ConsistencyError(
+                f"{len(rows)} documents were written to {self.name}, but their previous ColBERT rows could not be "
+                f"removed ({exc}). Searches are correct; retry the same upsert to reclaim the space") from None
+
+    def _discard_versions(self, ids: Sequence[str], prefix: str) -> None:
+        """Best effort: remove ColBERT rows of a failed step 1 (main rows never pointed at them)."""
+        try:
+            for part in _chunks(ids, IDS_PER_EXPR):
+                self._call("discard ColBERT rows", self.client.delete, self.layout.companion_name,
+                           filter=f"{in_expr('doc_id', part)} && version >= {literal(prefix)}")
+        except MilvusEmbedError:
+            log.warning("could not discard ColBERT rows of a failed write to %s; the next write sweeps them",
+                        self.name)
+
+    def _delete_colbert(self, ids: Sequence[str], *, before: str) -> None:
+        for part in _chunks(ids, IDS_PER_EXPR):
+            self._call("remove old ColBERT rows", self.client.delete, self.layout.companion_name,
+                       filter=f"{in_expr('doc_id', part)} && version < {literal(before)}")
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete documents and every trace of them; returns how many existed."""
+        wanted = self._ids(ids)
+        if not wanted:
+            return 0
+        with self._lock:
+            before = new_version_prefix()  # rows of writes that start after this delete are kept
+            existing = 0
+            for part in _chunks(wanted, IDS_PER_EXPR):
+                expr = in_expr(ID, part)
+                existing += len(self._call("look up documents", self.client.query, self.name, filter=expr,
+                                           output_fields=[ID]))
+                self._call("delete documents", self.client.delete, self.name, filter=expr)
+            if self.layout.colbert == "companion":
+                try:
+                    self._delete_colbert(wanted, before=before)
+                except MilvusEmbedError as exc:
+                    raise ConsistencyError(
+                        f"documents were deleted from {self.name} but their ColBERT rows could not be removed "
+                        f"({exc}); retry the same delete") from None
+            return existing
+
+    # ================================================================== reads
+    def get(self, ids: Iterable[str], output_fields: Sequence[str] | None = None,
+            with_vectors: bool = False) -> list[dict[str, Any]]:
+        """Stored documents in the order of ``ids`` (missing ids are skipped).
+
+        Fields: id, text (when stored), metadata; with_vectors adds dense, dense_<d>, sparse and
+        colbert (float32 numpy arrays / dict).
+        """
+        wanted = self._ids(ids)
+        allowed = self.layout.scalar_fields
+        fields = list(output_fields) if output_fields else list(allowed)
+        bad = [f for f in fields if f not in allowed]
+        if bad:
+            raise InvalidArgument(f"unknown output fields {bad}; choose from {', '.join(allowed)}")
+        if ID not in fields:
+            fields.insert(0, ID)
+        found: dict[str, dict[str, Any]] = {}
+        for part in _chunks(wanted, IDS_PER_EXPR):
+            for row in self._call("get documents", self.client.query, self.name, filter=in_expr(ID, part),
+                                  output_fields=fields):
+                found[row[ID]] = {f: row.get(f) for f in fields}
+        if with_vectors and found:
+            vectors = self.fetch_vectors(list(found))
+            for doc_id, doc in found.items():
+                v = vectors.get(doc_id)
+                if v is None:
+                    continue
+                doc[DENSE] = v.dense
+                for dim, arr in v.truncated.items():
+                    doc[f"{DENSE}_{dim}"] = arr
+                doc[SPARSE] = v.sparse
+                if self.layout.colbert != "none":
+                    doc["colbert"] = v.colbert
+        return [found[i] for i in wanted if i in found]
+
+    def iter_documents(self, batch_size: int = 256, output_fields: Sequence[str] | None = None,
+                       filter: str = "") -> Iterator[list[dict[str, Any]]]:
+        """All documents in batches (for backfills and exports), scalar fields only."""
+        fields = list(output_fields or self.layout.scalar_fields)
+        it = self._call("scan documents", self.client.query_iterator, self.name, batch_size=batch_size,
+                        filter=filter, output_fields=fields)
+        try:
+            while True:
+                batch = self._call("scan documents", it.next)
+                if not batch:
+                    return
+                yield [dict(r) for r in batch]
+        finally:
+            it.close()
+
+    def fetch_vectors(self, ids: Iterable[str]) -> dict[str, StoredVectors]:
+        """Stored vectors of the given documents; only ColBERT rows the main row commits to are used."""
+        wanted = self._ids(ids)
+        fields = [ID, DENSE, SPARSE, *(t.name for t in self.layout.truncated)]
+        if self.layout.colbert == "companion":
+            fields += [COLBERT_VERSION, COLBERT_ROWS]
+        elif self.layout.colbert == "native":
+            fields.append(COLBERT)
+        rows: list[dict[str, Any]] = []
+        for part in _chunks(wanted, IDS_PER_EXPR):
+            rows += self._call("fetch vectors", self.client.query, self.name, filter=in_expr(ID, part),
+                               output_fields=fields)
+        colbert: dict[str, np.ndarray | None] = {}
+        if self.layout.colbert == "companion":
+            colbert = self._fetch_colbert(rows)
+        out: dict[str, StoredVectors] = {}
+        for row in rows:
+            doc_id = row[ID]
+            cb: np.ndarray | None = None
+            if self.layout.colbert == "companion":
+                cb = colbert.get(doc_id)
+            elif self.layout.colbert == "native":
+                items = row.get(COLBERT) or []
+                cb = np.asarray([it[COLBERT_SUBFIELD] for it in items], dtype=np.float32).reshape(
+                    -1, self.layout.dense_dim)
+            out[doc_id] = StoredVectors(
+                id=doc_id,
+                dense=np.asarray(row[DENSE], dtype=np.float32),
+                sparse={int(k): float(v) for k, v in (row.get(SPARSE) or {}).items()},
+                colbert=cb,
+                truncated={t.dim: np.asarray(row[t.name], dtype=np.float32) for t in self.layout.truncated},
+            )
+        return out
+
+    def _fetch_colbert(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray | None]:
+        keys: list[str] = []
+        expected: dict[str, tuple[str, int]] = {}
+        for row in rows:
+            version, n = row.get(COLBERT_VERSION) or "", int(row.get(COLBERT_ROWS) or 0)
+            expected[row[ID]] = (version, n)
+            keys += [f"{version}/{c}" for c in range(n)]
+        found: dict[str, list[tuple[int, str, str]]] = {}
+        for part in _chunks(keys, IDS_PER_EXPR):
+            for r in self._call("fetch ColBERT rows", self.client.query, self.layout.companion_name,
+                                filter=in_expr("key", part), output_fields=["version", "chunk", "codec", "data"]):
+                found.setdefault(r["version"], []).append((int(r["chunk"]), r["codec"], r["data"]))
+        out: dict[str, np.ndarray | None] = {}
+        dim = self.layout.dense_dim
+        for doc_id, (version, n) in expected.items():
+            parts = sorted(found.get(version, []))
+            if len(parts) != n or any(c != i for i, (c, _, _) in enumerate(parts)):
+                log.warning("document %r in %s: %d of %d ColBERT rows of its version are missing",
+                            doc_id, self.name, n - len(parts), n)
+                out[doc_id] = None
+                continue
+            mats = [codecs.from_chunks([data], codec, dim) for _, codec, data in parts]
+            out[doc_id] = np.concatenate(mats) if mats else np.zeros((0, dim), dtype=np.float32)
+        return out
+
+    # ================================================================== search (planner's stage 1)
+    def _check_search(self, limit: int, filter: str) -> None:
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_TOP_K:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_TOP_K}, got {limit!r}")
+        if not isinstance(filter, str):
+            raise InvalidArgument("filter must be a string (a Milvus boolean expression)")
+
+    def search_dense(self, field: str, query: np.ndarray, limit: int, filter: str = "") -> list[tuple[str, float]]:
+        """ANN search on ``dense`` or ``dense_<d>``; a full-size query is projected for truncated fields."""
+        self._check_search(limit, filter)
+        dim = self.layout.field_dim(field)
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] == self.layout.dense_dim and dim != self.layout.dense_dim:
+            q = self.project(q, dim)
+        if q.shape[0] != dim:
+            raise InvalidArgument(f"query for {field} has {q.shape[0]} dims, expected {dim}")
+        params = {"metric_type": "IP", "params": search_params(self.layout.index_type, limit)}
+        res = self._call(f"search {field}", self.client.search, self.name, data=[q.tolist()], anns_field=field,
+                         limit=limit, filter=filter, search_params=params, output_fields=[ID])
+        return [(hit["id"], float(hit["distance"])) for hit in res[0]] if res else []
+
+    def search_sparse(self, query: Mapping[int, float], limit: int, filter: str = "") -> list[tuple[str, float]]:
+        """Inner-product search on the sparse lexical weights (empty query -> no hits)."""
+        self._check_search(limit, filter)
+        q = {int(k): float(v) for k, v in query.items() if v > 0}
+        if not q:
+            return []
+        params = {"metric_type": "IP", "params": {}}
+        res = self._call("search sparse", self.client.search, self.name, data=[q], anns_field=SPARSE, limit=limit,
+                         filter=filter, search_params=params, output_fields=[ID])
+        return [(hit["id"], float(hit["distance"])) for hit in res[0]] if res else []
+
+    def search_colbert(self, query: np.ndarray, limit: int, filter: str = "") -> list[tuple[str, float]]:
+        """Native MaxSim search over the ColBERT field (servers with multi-vector fields only).
+
+        Milvus' MAX_SIM_IP sums over query vectors; the score is divided by their number to match
+        ``colbert_score`` (the mean).
+        """
+        self._check_search(limit, filter)
+        if self.layout.colbert != "native":
+            raise FailedPrecondition(f"collection {self.name} has no native ColBERT field; re-score the "
+                                     "candidates with fetch_vectors instead")
+        from pymilvus.client.embedding_list import EmbeddingList
+
+        q = np.asarray(query, dtype=np.float32)
+        emb = EmbeddingList()
+        for v in q:
+            emb.add(v)
+        res = self._call("search colbert", self.client.search, self.name, data=[emb],
+                         anns_field=f"{COLBERT}[{COLBERT_SUBFIELD}]", limit=limit, filter=filter,
+                         search_params={"metric_type": "MAX_SIM_IP"}, output_fields=[ID])
+        n = max(1, q.shape[0])
+        return [(hit["id"], float(hit["distance"]) / n) for hit in res[0]] if res else []
+
+    # ================================================================== projections
+    def project(self, dense: np.ndarray, dim: int) -> np.ndarray:
+        """Map full dense vectors ([hidden] or [n, hidden]) to the truncated field of ``dim``."""
+        t = self.layout.truncated_field(dim)
+        if t.projection == "prefix":
+            return prefix_project(dense, dim)
+        return self._projection(dim).project(dense)
+
+    def projection(self, dim: int) -> PcaProjection | None:
+        """The fitted PCA of a ``pca`` field, or None when not fitted yet."""
+        if dim in self._pca:
+            return self._pca[dim]
+        if self.layout.truncated_field(dim).projection != "pca":
+            return None
+        rows = self._call("read the PCA projection", self.client.query, self.layout.pca_name,
+                          filter=f"dim == {int(dim)}", output_fields=["chunk", "n_chunks", "data"])
+        if not rows:
+            return None
+        rows.sort(key=lambda r: r["chunk"])
+        n = int(rows[0]["n_chunks"])
+        if len(rows) != n or [r["chunk"] for r in rows] != list(range(n)):
+            raise FailedPrecondition(f"the PCA projection of {self.name}.dense_{dim} is incomplete "
+                                     f"({len(rows)} of {n} parts); fit it again with replace=True")
+        pca = PcaProjection.from_bytes(base64.b64decode("".join(r["data"] for r in rows)))
+        if pca.dim != dim or pca.hidden != self.layout.dense_dim:
+            raise FailedPrecondition(f"the stored PCA projection of {self.name}.dense_{dim} has shape "
+                                     f"[{pca.dim}, {pca.hidden}]")
+        self._pca[dim] = pca
+        return pca
+
+    def _projection(self, dim: int) -> PcaProjection:
+        pca = self.projection(dim)
+        if pca is None:
+            raise FailedPrecondition(
+                f"field dense_{dim} of {self.name} uses a PCA projection that has not been fitted: call "
+                f"DocumentStore.fit_projection({dim}, sample) with dense vectors of a corpus sample first")
+        return pca
+
+    def set_projection(self, dim: int, pca: PcaProjection, *, replace: bool = False) -> None:
+        """Store the PCA rotation of a ``pca`` field. Replacing one invalidates stored dense_<dim> vectors,
+        so it needs ``replace=True`` and a backfill of that field afterwards."""
+        if self.layout.truncated_field(dim).projection != "pca":
+            raise InvalidArgument(f"field dense_{dim} of {self.name} uses the prefix projection, not PCA")
+        if pca.dim != dim or pca.hidden != self.layout.dense_dim:
+            raise InvalidArgument(f"projection has shape [{pca.dim}, {pca.hidden}], expected [{dim}, "
+                                  f"{self.layout.dense_dim}]")
+        with self._lock:
+            self._pca.pop(dim, None)
+            existing = self.projection(dim) if not replace else None
+            if existing is not None:
+                raise FailedPrecondition(
+                    f"field dense_{dim} of {self.name} already has a PCA projection; documents were projected "
+                    "with it. Pass replace=True and re-project every document")
+            text = pca.to_base64()
+            size = (MAX_VARCHAR // 4) * 4
+            parts = [text[i:i + size] for i in range(0, len(text), size)]
+            self._call("clear the PCA projection", self.client.delete, self.layout.pca_name,
+                       filter=f"dim == {int(dim)}")
+            rows = [{"key": f"{dim}/{i}", "dim": dim, "chunk": i, "n_chunks": len(parts), "data": p,
+                     "placeholder": _PLACEHOLDER} for i, p in enumerate(parts)]
+            for batch in _request_batches(rows):
+                self._call("store the PCA projection", self.client.upsert, self.layout.pca_name, batch)
+            self._pca[dim] = pca
+
+    def fit_projection(self, dim: int, dense_sample: np.ndarray, *, replace: bool = False) -> PcaProjection:
+        """Fit a PCA of ``dim`` components on corpus dense vectors and store it with the collection."""
+        pca = fit_pca(dense_sample, dim)
+        self.set_projection(dim, pca, replace=replace)
+        return pca
+
+    def sample_dense(self, n: int) -> np.ndarray:
+        """Up to ``n`` stored dense vectors (to fit a projection on an existing collection)."""
+        if n <= 0:
+            raise InvalidArgument("sample size must be positive")
+        rows = self._call("sample dense vectors", self.client.query, self.name, filter="",
+                          output_fields=[DENSE], limit=min(n, MAX_TOP_K))
+        if not rows:
+            return np.zeros((0, self.layout.dense_dim), dtype=np.float32)
+        return np.asarray([r[DENSE] for r in rows], dtype=np.float32)
+
+
+def colbert_bytes_per_token(codec: str, dim: int) -> float:
+    """Stored payload characters per token in the companion collection (for docs and benchmarks)."""
+    return codecs.stored_bytes_per_token(codec, dim)
+
+
+__all__ = ["Document", "DocumentStore", "StoredVectors", "literal", "in_expr", "new_version_prefix"]
