@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -240,9 +241,12 @@ class SearchResult:
     route_hits: dict[str, int]
     query_tokens: int = 0
     degraded: tuple[str, ...] = ()
-    """Routes that failed and were skipped (only with ``allow_partial``); empty when complete."""
+    """What is missing from this answer, one line each: routes that failed and were skipped (only with
+    ``allow_partial``), candidates left out because their stored vectors are incomplete. Empty: complete."""
     dropped: int = 0
     """Candidates deleted between stage 1 and stage 2 (or before fields were read): not returned."""
+    candidate_ids: tuple[str, ...] = field(default=(), repr=False)
+    """The re-scored candidates (sorted): what stage 1 found, for diagnostics and recall checks."""
 
     @property
     def complete(self) -> bool:
@@ -365,11 +369,15 @@ class HybridSearcher:
         if not isinstance(request.filter, str):
             raise InvalidArgument("filter must be a string (a Milvus boolean expression, or empty)")
         if request.timeout_s is not None and not request.timeout_s > 0:
-            raise InvalidArgument(f"timeout_s must be > 0, got {request.timeout_s}")
+            raise DeadlineExceeded("the request's deadline passed before the search started")
         self._check_output_fields(request.output_fields)
 
     def _check_output_fields(self, output_fields: Iterable[str]) -> None:
-        available = [f for f in OUTPUT_FIELDS if f != "text" or getattr(self.layout, "store_text", True)]
+        scalar = getattr(self.layout, "scalar_fields", None)
+        if scalar is None:
+            available = [f for f in OUTPUT_FIELDS if f != "text" or getattr(self.layout, "store_text", True)]
+        else:
+            available = [f for f in scalar if f != "id"]
         if isinstance(output_fields, str):
             raise InvalidArgument("output_fields must be a list of field names, not a string")
         for f in output_fields:
@@ -416,6 +424,13 @@ class HybridSearcher:
         timings["fetch"] = _ms(t)
         ids = [i for i in union if i in stored]
         dropped = len(union) - len(ids)
+        lacking = [i for i in ids if any(_stored_value(stored[i], r) is None for r in reps)]
+        if lacking:
+            # e.g. ColBERT rows missing for a committed version: never score such a candidate partly
+            gone = set(lacking)
+            ids = [i for i in ids if i not in gone]
+            degraded.append(f"rescore: {len(lacking)} candidate(s) lack stored vectors for {list(reps)} and were "
+                            f"left out (first: {lacking[0]!r})")
         t = time.perf_counter()
         scores = self._rescore(q, ids, stored, reps)
         timings["rescore"] = _ms(t)
@@ -455,6 +470,7 @@ class HybridSearcher:
             query_tokens=q.tokens,
             degraded=tuple(degraded),
             dropped=dropped,
+            candidate_ids=tuple(ids),
         )
 
     def _candidates(
@@ -511,7 +527,8 @@ class HybridSearcher:
         code = getattr(exc, "code", None)
         looks_like_filter = bool(filter_expr) and (code == 1100 or "expr" in message.lower())
         if looks_like_filter:
-            return InvalidArgument(f"invalid filter expression {filter_expr!r}; Milvus says: {message}")
+            reason = re.sub(r"^invalid filter expression:\s*", "", message, flags=re.IGNORECASE)
+            return InvalidArgument(f"invalid filter expression {filter_expr!r}; Milvus says: {reason}")
         if isinstance(exc, MilvusEmbedError):
             return exc
         return Unavailable(f"candidate search on field {route.field} failed: {message}")
@@ -579,8 +596,12 @@ class _QueryVectors:
         )
 
 
+def _stored_value(row: Any, name: str) -> Any:
+    return row.get(name) if isinstance(row, Mapping) else getattr(row, name, None)
+
+
 def _stored(row: Any, name: str) -> Any:
-    value = row.get(name) if isinstance(row, Mapping) else getattr(row, name, None)
+    value = _stored_value(row, name)
     if value is None:
         raise FailedPrecondition(f"stored vectors lack {name}; the collection cannot be re-scored with it")
     return value

@@ -255,6 +255,25 @@ def test_output_fields_and_deleted_between_stages(store: FakeStore, searcher) ->
     assert first not in [h.id for h in res2.hits] and res2.dropped == 1
 
 
+def test_candidate_without_colbert_rows_is_left_out_and_flagged(store: FakeStore, searcher) -> None:
+    full = searcher.search(SearchRequest("q", top_k=3, plan={"depth": 60}))
+    first = full.hits[0].id
+    original = store.fetch_vectors
+
+    def fetch_missing_colbert(ids):
+        out = original(ids)
+        out[first] = {**out[first], "colbert": None}
+        return out
+
+    store.fetch_vectors = fetch_missing_colbert  # type: ignore[method-assign]
+    res = searcher.search(SearchRequest("q", top_k=3, plan={"depth": 60}))
+    assert first not in [h.id for h in res.hits]
+    assert not res.complete and "lack stored vectors" in res.degraded[0]
+    # without ColBERT in the plan the same candidate is complete
+    res2 = searcher.search(SearchRequest("q", top_k=3, plan={"depth": 60, "representations": ["dense", "sparse"]}))
+    assert res2.complete
+
+
 def test_precomputed_query_encoding_skips_encode(searcher) -> None:
     res = searcher.search(SearchRequest("q", top_k=2), query_encoding=encode(["q"]))
     assert "encode" not in res.timings_ms
