@@ -18,7 +18,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _config(args: argparse.Namespace) -> runner.MigrationConfig:
     return runner.config_from_settings(_settings(args), lock_ttl_s=getattr(args, "lock_ttl", 120.0),
-                                       lock_wait_s=getattr(args, "lock_wait", 5.0))
+                                       lock_wait_s=getattr(args, "lock_wait", 5.0),
+                                       batch_size=getattr(args, "batch_size", 512))
 
 
 def _ts(value: Any) -> str:
@@ -147,6 +148,8 @@ def register(subparsers: Any) -> None:
                            help="seconds to wait for another run's lock before giving up (default 5)")
             p.add_argument("--lock-ttl", type=float, default=120.0,
                            help="lock expiry in seconds, renewed while the run is alive (default 120)")
+            p.add_argument("--batch-size", type=int, default=512,
+                           help="rows per backfill batch; progress is checkpointed after each (default 512)")
         p.set_defaults(handler=handler)
         return p
 

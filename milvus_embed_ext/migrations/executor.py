@@ -40,6 +40,7 @@ from ..store.layout import (
 from ..store.projection import PcaProjection, fit_pca, prefix_project
 from .history import MigrationLock, SystemTable
 from .ops import (
+    LAYOUT_INDEX,
     AddField,
     AddTruncatedDense,
     AlterProperties,
@@ -84,6 +85,7 @@ class OpContext:
     op_index: int
     lock: MigrationLock | None = None
     hooks: RunHooks = field(default_factory=RunHooks)
+    batch_size: int = 512  # rows per backfill batch (and per checkpoint)
     encoder_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,10 +120,10 @@ class OpContext:
         return self.encoder_cache["m3"]
 
     def backfill(self, collection: str, fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,
-                 batch_size: int = 256, output_fields: Sequence[str] = ("*",), name: str = "backfill") -> int:
+                 batch_size: int | None = None, output_fields: Sequence[str] = ("*",), name: str = "backfill") -> int:
         """Resumable ``fn(rows) -> rows to upsert`` over every row of ``collection`` in id order."""
-        return copy_rows(self, collection, collection, lambda rows: fn(rows), key=self.key(name),
-                         batch_size=batch_size, output_fields=output_fields)
+        return copy_rows(self, collection, collection, fn, key=self.key(name),
+                         batch_size=batch_size or self.batch_size, output_fields=output_fields)
 
 
 # ---------------------------------------------------------------------- small Milvus helpers
@@ -317,9 +319,10 @@ def verify_copy(ctx: OpContext, src: str, dst: str, derive: dict[str, Callable[[
 
 def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
             derive: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
-            add: Sequence[FieldSpec] = (), remove: Sequence[str] = (), batch_size: int = 512) -> None:
+            add: Sequence[FieldSpec] = (), remove: Sequence[str] = (), batch_size: int | None = None) -> None:
     """Rebuild ``name`` with layout ``target``: copy (resumable), verify, swap, drop the old data."""
     derive = dict(derive or {})
+    batch_size = batch_size or ctx.batch_size
     key = ctx.key("rebuild")
     ck = ctx.table.checkpoint(ctx.scope, key) or {}
     if ck.get("phase") == "done":
@@ -506,6 +509,18 @@ def _drop_field(op: DropField, ctx: OpContext) -> None:
     rebuild(ctx, op.collection, live_layout(ctx, op.collection), remove=[op.field.name])
 
 
+def _layout_index(ctx: OpContext, coll: str, field_name: str) -> IndexSpec:
+    """The index the collection's layout gives ``field_name`` (what ``index_type='layout'`` stands for)."""
+    params = main_index_params(live_layout(ctx, coll), ctx.client)
+    for idx in params:
+        if idx.field_name == field_name:
+            configs = dict(getattr(idx, "_configs", None) or idx.params or {})
+            metric = str(configs.pop("metric_type", "") or "")
+            configs.pop("params", None)
+            return IndexSpec(field_name, idx.index_type, metric, configs, idx.index_name)
+    raise InvalidArgument(f"the layout of {coll} defines no index for field {field_name!r}")
+
+
 def _index_params(ctx: OpContext, spec: IndexSpec) -> Any:
     params = ctx.client.prepare_index_params()
     params.add_index(field_name=spec.field, index_name=spec.index_name or spec.field, index_type=spec.index_type,
@@ -533,17 +548,18 @@ def _reload_if_indexed(ctx: OpContext, coll: str) -> None:
 
 
 def _create_index(op: CreateIndex, ctx: OpContext) -> None:
-    current = _index_on(ctx, op.collection, op.index.field)
-    if current is not None and current.get("index_type") == op.index.index_type and \
-            (not op.index.metric_type or current.get("metric_type") == op.index.metric_type) and \
-            all(str(current.get(k)) == str(v) for k, v in op.index.params.items()):
+    spec = _layout_index(ctx, op.collection, op.index.field) if op.index.index_type == LAYOUT_INDEX else op.index
+    current = _index_on(ctx, op.collection, spec.field)
+    if current is not None and current.get("index_type") == spec.index_type and \
+            (not spec.metric_type or current.get("metric_type") == spec.metric_type) and \
+            all(str(current.get(k)) == str(v) for k, v in spec.params.items()):
         return
     ctx.store.call(f"release {op.collection}", ctx.client.release_collection, op.collection)
     if current is not None:
         ctx.store.call(f"drop index on {op.collection}.{op.index.field}", ctx.client.drop_index, op.collection,
                        current.get("index_name") or op.index.field)
-    ctx.store.call(f"create index on {op.collection}.{op.index.field}", ctx.client.create_index, op.collection,
-                   _index_params(ctx, op.index))
+    ctx.store.call(f"create index on {op.collection}.{spec.field}", ctx.client.create_index, op.collection,
+                   _index_params(ctx, spec))
     _reload_if_indexed(ctx, op.collection)
 
 

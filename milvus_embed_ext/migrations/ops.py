@@ -17,6 +17,7 @@ from ..errors import FailedPrecondition, InvalidArgument
 if TYPE_CHECKING:  # pragma: no cover
     from ..store.layout import CollectionLayout
 
+LAYOUT_INDEX = "layout"  # IndexSpec.index_type meaning "the index the collection layout gives this field"
 SCALAR_TYPES = ("BOOL", "INT8", "INT16", "INT32", "INT64", "FLOAT", "DOUBLE", "VARCHAR", "JSON")
 
 
@@ -93,6 +94,10 @@ def _layout_obj(d: dict[str, Any]) -> CollectionLayout:
     from ..store.layout import CollectionLayout
 
     return CollectionLayout.from_dict(d)
+
+
+def _vector_fields(layout: dict[str, Any]) -> set[str]:
+    return {"dense", "sparse", *(f"dense_{t['dim']}" for t in layout.get("truncated", []))}
 
 
 class Op:
@@ -218,6 +223,8 @@ class CreateIndex(Op):
 
     def describe(self) -> str:
         i = self.index
+        if i.index_type == LAYOUT_INDEX:
+            return f"create_index {self.collection}.{i.field} (the layout's own index; release, replace, load)"
         params = f" {i.params}" if i.params else ""
         return (f"create_index {self.collection}.{i.field} {i.index_type} {i.metric_type}{params} "
                 "(release, replace the field's index, load)")
@@ -331,7 +338,7 @@ class RebuildCollection(Op):
 
     layout: Any  # target CollectionLayout (same name)
     previous: Any = None  # the layout before, for reverse()
-    batch_size: int = 512
+    batch_size: int | None = None  # None: the run's batch size
     kind: ClassVar[str] = "rebuild_collection"
     backfills: ClassVar[bool] = True
 
@@ -457,6 +464,8 @@ class Operations:
                      *, collection: str | None = None, index_name: str = "") -> Op:
         coll = collection or self.collection
         previous = self.model[coll].indexes.get(field) if coll in self.model else None
+        if previous is None and coll in self.model and field in _vector_fields(self.model[coll].layout):
+            previous = IndexSpec(field, LAYOUT_INDEX)  # the reverse restores the layout's own index
         spec = IndexSpec(field, index_type, metric_type, dict(params or {}), index_name)
         return self._add(CreateIndex(coll, spec, replaces=previous))
 
@@ -486,7 +495,7 @@ class Operations:
                     projection = t.get("projection", "prefix")
         return self._add(DropTruncatedDense(coll, int(dim), projection))
 
-    def rebuild_collection(self, layout: CollectionLayout, *, batch_size: int = 512) -> Op:
+    def rebuild_collection(self, layout: CollectionLayout, *, batch_size: int | None = None) -> Op:
         previous = _layout_obj(self.model[layout.name].layout) if layout.name in self.model else None
         return self._add(RebuildCollection(layout, previous, batch_size))
 

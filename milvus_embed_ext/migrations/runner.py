@@ -33,12 +33,15 @@ class MigrationConfig:
     scope: str  # the migrated collection (Settings.collection): history and lock are kept per scope
     lock_ttl_s: float = 120.0
     lock_wait_s: float = 5.0
+    batch_size: int = 512  # rows per backfill batch and checkpoint
 
 
 def config_from_settings(settings: Settings, *, migrations_dir: str | Path | None = None,
-                         lock_ttl_s: float = 120.0, lock_wait_s: float = 5.0) -> MigrationConfig:
+                         lock_ttl_s: float = 120.0, lock_wait_s: float = 5.0, batch_size: int = 512) -> MigrationConfig:
+    if batch_size <= 0:
+        raise InvalidArgument(f"batch size must be > 0, got {batch_size}")
     directory = resolve_migrations_dir(migrations_dir if migrations_dir is not None else settings.migrations_dir)
-    return MigrationConfig(settings, directory, settings.collection, lock_ttl_s, lock_wait_s)
+    return MigrationConfig(settings, directory, settings.collection, lock_ttl_s, lock_wait_s, batch_size)
 
 
 def _cfg(config: MigrationConfig | Settings) -> MigrationConfig:
@@ -194,7 +197,7 @@ def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step
             continue
         if hooks.on_op is not None:
             hooks.on_op(rev, direction, op)
-        ctx = OpContext(st, cfg.settings, table, scope, rev, direction, i, lock, hooks)
+        ctx = OpContext(st, cfg.settings, table, scope, rev, direction, i, lock, hooks, cfg.batch_size)
         execute(op, ctx)
         table.set_progress(scope, rev, direction, script.checksum, i + 1)
         lock.refresh()

@@ -1,0 +1,46 @@
+"""Fixtures for the migrations tests: one Milvus Lite server for the whole session (startup costs seconds);
+each test migrates its own collection (its own history scope), so tests do not see each other."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mig_helpers import DENSE_DIM
+
+_names = itertools.count()
+
+
+@dataclass
+class Lite:
+    settings: Any
+    store: Any
+    socket_uri: str  # unix:... of the Lite server, for other processes
+    root: Path
+
+    def scope(self, scripts: Path | None = None, **overrides: Any) -> Any:
+        """Settings for a fresh collection migrated with the given scripts."""
+        name = f"c{next(_names)}"
+        return self.settings.replace(collection=name, migrations_dir=str(scripts) if scripts else "", **overrides)
+
+
+@pytest.fixture(scope="session")
+def lite(tmp_path_factory: pytest.TempPathFactory) -> Lite:
+    from milvus_embed_ext.config import load_settings
+    from milvus_embed_ext.store.client import MilvusStore
+
+    root = tmp_path_factory.mktemp("migrations-lite")
+    model = root / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"hidden_size": DENSE_DIM}))
+    settings = load_settings(env={}, overrides={"milvus_uri": str(root / "milvus.db"), "model": str(model)})
+    store = MilvusStore.connect(settings)
+    from milvus_lite.server_manager import server_manager_instance
+
+    socket_uri = server_manager_instance.start_and_get_uri(str(root / "milvus.db"))
+    yield Lite(settings, store, socket_uri, root)
+    store.close()
