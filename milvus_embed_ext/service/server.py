@@ -60,6 +60,8 @@ DEMO_BANNER = """
 #     MEE_MODEL=/path/to/bge-m3   (a local checkpoint directory), or make
 #     BAAI/bge-m3 downloadable / pre-download it:  huggingface-cli download BAAI/bge-m3
 #  Disable this fallback with MEE_ALLOW_DEMO_MODEL=false.
+#  Collection {collection!r} in {uri} gets the demo's small vectors: drop it
+#  (milvus-embed migrate downgrade base) before switching to the real model.
 ################################################################################
 """
 
@@ -68,8 +70,9 @@ def demo_model_dir() -> Path:
     return Path.home() / ".cache" / "milvus-embed" / "demo-model-tiny"
 
 
-def load_encoder(settings: Settings) -> Any:
-    """The M3Encoder for ``settings.model``, or the demo checkpoint when allowed and the hub is out of reach."""
+def load_encoder(settings: Settings) -> tuple[Any, Path]:
+    """The M3Encoder for ``settings.model`` and its local directory; the demo checkpoint when allowed and the
+    hub is out of reach (a loud banner on stderr says so)."""
     from ..encoder import M3Encoder
     from ..encoder.hub import looks_like_hub_id, resolve_model_path
 
@@ -83,15 +86,15 @@ def load_encoder(settings: Settings) -> Any:
         from ..encoder.testmodel import ensure_test_model
 
         try:
-            demo = ensure_test_model(demo_model_dir(), size="tiny", seed=0)
+            path = ensure_test_model(demo_model_dir(), size="tiny", seed=0)
         except OSError:  # home not writable (containers): build next to the data
-            demo = ensure_test_model(Path("data") / "demo-model-tiny", size="tiny", seed=0)
-        banner = DEMO_BANNER.format(model=settings.model, reason=str(exc).split(";")[0], path=demo)
+            path = ensure_test_model(Path("data") / "demo-model-tiny", size="tiny", seed=0)
+        banner = DEMO_BANNER.format(model=settings.model, reason=str(exc).split(";")[0], path=path,
+                                    collection=settings.collection, uri=settings.milvus_uri)
         print(banner, file=sys.stderr, flush=True)
         log.warning("DEMO MODEL IN USE: results carry no meaning; set MEE_MODEL to a real BGE-M3 checkpoint",
-                    extra={"requested_model": settings.model, "demo_path": str(demo)})
-        return M3Encoder.from_pretrained(str(demo), **kwargs)
-    return M3Encoder.from_pretrained(str(path), **kwargs)
+                    extra={"requested_model": settings.model, "demo_path": str(path)})
+    return M3Encoder.from_pretrained(str(path), **kwargs), Path(path)
 
 
 def connect_store(settings: Settings) -> Any:
@@ -102,22 +105,24 @@ def connect_store(settings: Settings) -> Any:
     return MilvusStore.connect(settings)
 
 
-def ensure_schema(settings: Settings, store: Any, encoder: Any) -> None:
-    """Bring a brand-new embedded database to the latest revision; refuse an unknown revision.
+def ensure_schema(settings: Settings, store: Any) -> tuple[str, ...]:
+    """Bring a brand-new embedded database to the latest revision; refuse an unknown or pending revision.
 
-    Servers (not Lite) are never migrated implicitly: ops run ``milvus-embed migrate`` deliberately;
-    we only check. FailedPrecondition stops the sidecar with a message that says what to run.
+    Only an embedded (Lite) database with no migration history and no collection of that name is
+    migrated implicitly, so that ``milvus-embed serve`` works in one command. Servers are never
+    migrated implicitly: ops run ``milvus-embed migrate upgrade`` deliberately. Anything else that is not
+    at the scripts' head raises FailedPrecondition saying what to run. Returns the current revision(s).
     """
     from .. import migrations
 
-    upgrade = getattr(migrations, "upgrade", None)
-    is_new = getattr(migrations, "is_new_database", None)
-    if settings.is_embedded and upgrade is not None and is_new is not None and is_new(settings, store=store):
-        log.info("new embedded database: applying the built-in migrations", extra={"uri": settings.milvus_uri})
-        upgrade(settings, "head")
-    check = getattr(migrations, "check_startup", None)
-    if check is not None:
-        check(settings, store=store)
+    if settings.is_embedded:
+        state = migrations.current(settings, store=store)
+        if not state.applied and not store.has_collection(settings.collection):
+            log.info("new embedded database: applying the built-in migrations",
+                     extra={"uri": settings.milvus_uri, "collection": settings.collection})
+            applied = migrations.upgrade(settings, "head", store=store)
+            log.info("migrated", extra={"revisions": ",".join(applied)})
+    return migrations.check_revision_known(settings, store=store, require_head=True)
 
 
 class Sidecar:
@@ -131,6 +136,7 @@ class Sidecar:
                           store_executor=ThreadPoolExecutor(max_workers=4, thread_name_prefix="mee-store"))
         self._given_encoder = encoder
         self._given_store = store
+        self.schema_settings = settings
         self._secrets = tuple(k for k in (*settings.api_keys, settings.milvus_token, settings.milvus_password) if k)
         self._in_flight = 0
         self._server: grpc.aio.Server | None = None
@@ -258,9 +264,16 @@ class Sidecar:
 
     async def _bring_up(self) -> None:
         try:
-            await self._load_model()
+            # Model and Milvus come up concurrently; the schema check needs both (dense width of the model).
+            connecting = asyncio.create_task(self._connect_milvus())
+            try:
+                await self._load_model()
+            except BaseException:
+                connecting.cancel()
+                raise
             await self._health.set(EMBEDDER, health_pb2.HealthCheckResponse.SERVING)
-            await self._connect_milvus()
+            store = await connecting
+            await self._check_schema(store)
             for name in ("", DOCUMENTS, SEARCH):
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
             self.metrics.ready.set(1)
@@ -278,7 +291,12 @@ class Sidecar:
     async def _load_model(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        encoder = self._given_encoder or await loop.run_in_executor(self._encoder_executor, load_encoder, self.settings)
+        if self._given_encoder is not None:
+            encoder = self._given_encoder
+        else:
+            encoder, path = await loop.run_in_executor(self._encoder_executor, load_encoder, self.settings)
+            # migrations size the dense fields from the checkpoint actually loaded (the demo one included)
+            self.schema_settings = self.settings.replace(model=str(path))
         batcher = Batcher(encoder, token_budget=self.settings.token_budget, max_batch=self.settings.max_batch,
                           max_wait_ms=self.settings.max_wait_ms, max_queue=self.settings.max_queue,
                           max_length=self.settings.max_length, metrics=self.metrics, executor=self._encoder_executor)
@@ -287,24 +305,30 @@ class Sidecar:
         log.info("model loaded", extra={"model": str(getattr(encoder, "model_id", "")),
                                         "seconds": round(time.perf_counter() - started, 2)})
 
-    async def _connect_milvus(self) -> None:
+    async def _connect_milvus(self) -> Any:
+        """Connect, retrying with backoff while Milvus is unreachable (health stays NOT_SERVING)."""
+        if self._given_store is not None:
+            return self._given_store
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
             try:
-                store = self._given_store or await loop.run_in_executor(self.rt.store_executor, connect_store, self.settings)
-                break
+                return await loop.run_in_executor(self.rt.store_executor, connect_store, self.settings)
             except Unavailable as exc:
                 log.warning("Milvus unreachable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _check_schema(self, store: Any) -> None:
         if self._given_store is None:  # a store handed in is the caller's to prepare
+            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self.rt.store_executor, ensure_schema, self.settings, store, self.rt.encoder)
+                revisions = await loop.run_in_executor(self.rt.store_executor, ensure_schema, self.schema_settings, store)
             except BaseException:
                 with contextlib.suppress(Exception):
                     store.close()
                 raise
+            log.info("schema ok", extra={"collection": self.settings.collection, "revision": ",".join(revisions)})
         self.rt.store = store
 
     async def stop(self, grace: float | None = None) -> None:
