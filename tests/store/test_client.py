@@ -1,0 +1,92 @@
+"""Connection handling without a server: capabilities, URI redaction, error mapping, failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from milvus_embed_ext.config import load_settings
+from milvus_embed_ext.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from milvus_embed_ext.store import MilvusStore, capabilities_for, parse_version, redact_uri
+
+
+@pytest.mark.parametrize(("version", "add_field", "native", "f16"), [
+    ("v2.3.9", False, False, False),
+    ("v2.4.0", False, False, True),
+    ("v2.6.0", True, False, True),
+    ("v2.6.3", True, False, True),
+    ("2.6.4-rc1", True, True, True),
+    ("v2.7.0-gpu", True, True, True),
+])
+def test_capabilities_from_server_versions(version: str, add_field: bool, native: bool, f16: bool) -> None:
+    caps = capabilities_for(version, lite=False)
+    assert (caps.add_field, caps.native_multivector, caps.float16_vectors, caps.lite) == (add_field, native, f16, False)
+    assert caps.aliases and caps.default_index_type == "HNSW"
+
+
+def test_lite_and_unknown_versions() -> None:
+    lite = capabilities_for("2.5.1", lite=True)
+    assert lite.lite and not lite.aliases and not lite.add_field and not lite.native_multivector
+    assert lite.index_types == ("FLAT", "IVF_FLAT") and lite.server_version == "milvus-lite 2.5.1"
+    unknown = capabilities_for("nightly", lite=False)
+    assert not unknown.native_multivector and not unknown.add_field
+    assert parse_version("v2.6.4") == (2, 6, 4) and parse_version("2.6") == (2, 6, 0) and parse_version("x") is None
+
+
+def test_redact_uri() -> None:
+    assert redact_uri("https://root:Milvus@db.example:19530/prod") == "https://db.example:19530/prod"
+    assert redact_uri("http://localhost:19530") == "http://localhost:19530"
+
+
+class _Exc(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (_Exc(1100, "Invalid expr: foo =="), InvalidArgument),
+    (_Exc(100, "collection not found[collection=x]"), NotFound),
+    (_Exc(2, "Fail connecting to server on db:19530, illegal connection params or server unavailable"), Unavailable),
+    (_Exc(1800, "auth check failure, please check username and password"), Unauthenticated),
+    (_Exc(0, "UNIMPLEMENTED"), FailedPrecondition),
+])
+def test_error_mapping(exc: Exception, kind: type) -> None:
+    store = MilvusStore(None, capabilities_for("2.5.1", lite=True), target="t", secrets=("s3cret",))
+    mapped = store.map_error("do it", exc)
+    assert isinstance(mapped, kind)
+
+
+def test_secrets_are_scrubbed_from_messages() -> None:
+    store = MilvusStore(None, capabilities_for("", lite=False), target="https://db:19530", secrets=("tok-123",))
+    err = store.map_error("connect", _Exc(2, "failed with token tok-123 at https://u:pw@db:19530"))
+    assert "tok-123" not in str(err) and "pw@" not in str(err)
+
+
+def test_unreachable_server_is_unavailable_without_credentials() -> None:
+    settings = load_settings(env={}, overrides={
+        "milvus_uri": "http://user:hunter2@127.0.0.1:9", "milvus_token": "tok-secret-42", "milvus_timeout_s": 1.5})
+    with pytest.raises(Unavailable) as info:
+        MilvusStore.connect(settings)
+    text = str(info.value)
+    assert "127.0.0.1:9" in text
+    assert "hunter2" not in text and "tok-secret-42" not in text
+
+
+def test_lite_path_must_end_in_db(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(InvalidArgument, match=r"\.db"):
+        MilvusStore.connect(load_settings(env={}, overrides={"milvus_uri": str(tmp_path / "milvus.sqlite")}))
+
+
+def test_tls_ca_needs_https(tmp_path) -> None:  # noqa: ANN001
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    settings = load_settings(env={}, overrides={"milvus_uri": "http://db:19530", "milvus_tls_ca": str(ca)})
+    with pytest.raises(InvalidArgument, match="https"):
+        MilvusStore.connect(settings)
