@@ -218,14 +218,43 @@ def _add_field_schema(schema: Any, spec: FieldSpec) -> None:
     schema.add_field(spec.name, getattr(DataType, spec.dtype), **kwargs)
 
 
-def create_main(ctx: OpContext, layout: CollectionLayout, physical: str, extra: Iterable[FieldSpec] = ()) -> None:
-    """The main collection of a resolved layout under a physical name (the layout keeps its logical name)."""
+def create_main(ctx: OpContext, layout: CollectionLayout, physical: str, extra: Iterable[FieldSpec] = (),
+                indexes: Iterable[IndexSpec] = ()) -> None:
+    """The main collection of a resolved layout under a physical name (the layout keeps its logical name).
+
+    ``indexes`` replace the layout's own index on their fields (a rebuild keeps indexes set by revisions).
+    """
     schema = main_schema(layout)
     for spec in extra:
         _add_field_schema(schema, spec)
+    overrides = {i.field: i for i in indexes}
+    params = ctx.client.prepare_index_params()
+    for idx in main_index_params(layout, ctx.client):
+        spec = overrides.get(idx.field_name)
+        if spec is None:
+            params.add_index(field_name=idx.field_name, index_name=idx.index_name, index_type=idx.index_type,
+                             **dict(getattr(idx, "_configs", {}) or {}))
+        else:
+            params.add_index(field_name=spec.field, index_name=spec.index_name or spec.field,
+                             index_type=spec.index_type, metric_type=spec.metric_type or None, params=dict(spec.params))
     ctx.store.call(f"create collection {physical}", ctx.client.create_collection, physical, schema=schema,
-                   index_params=main_index_params(layout, ctx.client), consistency_level="Strong")
+                   index_params=params, consistency_level="Strong")
     ensure_loaded(ctx, physical)
+
+
+def live_indexes(ctx: OpContext, name: str, fields: Iterable[str]) -> list[IndexSpec]:
+    """The indexes now on ``fields`` of collection ``name``, as specs a rebuild can recreate."""
+    out: list[IndexSpec] = []
+    for f in fields:
+        info = _index_on(ctx, name, f)
+        if info is None:
+            continue
+        skip = {"index_type", "metric_type", "field_name", "index_name", "total_rows", "indexed_rows",
+                "pending_index_rows", "state", "dim"}
+        params = {k: v for k, v in info.items() if k not in skip}
+        out.append(IndexSpec(f, str(info["index_type"]), str(info.get("metric_type") or ""), params,
+                             str(info.get("index_name") or f)))
+    return out
 
 
 def drop(ctx: OpContext, name: str) -> None:
@@ -335,9 +364,12 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
         extra = [f for f in extra_fields_of(described, live_layout(ctx, name)) if f.name not in set(remove)]
         extra_names = {f.name for f in extra}
         extra += [f for f in add if f.name not in extra_names]
-        ck = {"phase": "copy", "tmp": tmp, "extra": [f.to_dict() for f in extra]}
+        kept = _layout_fields(target) & {f["name"] for f in described.get("fields", [])}
+        ck = {"phase": "copy", "tmp": tmp, "extra": [f.to_dict() for f in extra],
+              "indexes": [i.to_dict() for i in live_indexes(ctx, name, sorted(kept))]}
         ctx.table.set_checkpoint(ctx.scope, key, ck)
     extra = [FieldSpec.from_dict(d) for d in ck["extra"]]
+    indexes = [IndexSpec(**d) for d in ck.get("indexes", [])]
     target_fields = _layout_fields(target) | {f.name for f in extra}
     defaults = {f.name: f.default for f in extra}
 
@@ -356,17 +388,17 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
 
     if ck["phase"] == "copy":
         if not has(ctx, tmp):
-            create_main(ctx, target, tmp, extra)
+            create_main(ctx, target, tmp, extra, indexes)
         copy_rows(ctx, name, tmp, transform, key=key + ":copy", batch_size=batch_size)
         verify_copy(ctx, name, tmp, derive)
         ck = {**ck, "phase": "swap"}
         ctx.table.set_checkpoint(ctx.scope, key, ck)
-    _swap(ctx, name, tmp, target, extra, key, batch_size)
+    _swap(ctx, name, tmp, target, extra, indexes, key, batch_size)
     ctx.table.set_checkpoint(ctx.scope, key, {**ck, "phase": "done"})
 
 
-def _swap(ctx: OpContext, name: str, tmp: str, target: CollectionLayout, extra: list[FieldSpec], key: str,
-          batch_size: int) -> None:
+def _swap(ctx: OpContext, name: str, tmp: str, target: CollectionLayout, extra: list[FieldSpec],
+          indexes: list[IndexSpec], key: str, batch_size: int) -> None:
     physical = _is_alias(ctx, name)
     if physical is not None:
         if physical != tmp:
@@ -394,7 +426,7 @@ def _swap(ctx: OpContext, name: str, tmp: str, target: CollectionLayout, extra: 
     if not has(ctx, tmp):  # the copy-back finished and tmp was dropped already
         return
     if not has(ctx, name):
-        create_main(ctx, target, name, extra)
+        create_main(ctx, target, name, extra, indexes)
     copy_rows(ctx, tmp, name, lambda rows: rows, key=key + ":copyback", batch_size=batch_size)
     verify_copy(ctx, tmp, name, {})
     drop(ctx, tmp)
@@ -487,6 +519,11 @@ def _add_field(op: AddField, ctx: OpContext) -> None:
     described = describe(ctx, op.collection)
     if any(f["name"] == op.field.name for f in described.get("fields", [])):
         return  # already there (rerun after a crash)
+    if ctx.caps.lite:
+        raise FailedPrecondition(
+            f"{op.describe()}: Milvus Lite ({ctx.caps.server_version}) has neither add_collection_field nor "
+            "nullable fields or defaults, so rows written later could not leave the field empty; "
+            "run this revision against a Milvus server (2.5+: rebuild, 2.6+: in place)")
     if ctx.caps.add_field:
         from pymilvus import DataType
 
