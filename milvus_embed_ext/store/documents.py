@@ -546,8 +546,7 @@ class DocumentStore:
             fields.append(COLBERT)
         rows: list[dict[str, Any]] = []
         for part in _chunks(wanted, IDS_PER_EXPR):
-            rows += self._call("fetch vectors", self.client.query, self.name, filter=in_expr(ID, part),
-                               output_fields=fields)
+            rows += self._query_vectors("fetch vectors", filter=in_expr(ID, part), output_fields=fields)
         colbert: dict[str, np.ndarray | None] = {}
         if self.layout.colbert == "companion":
             colbert = self._fetch_colbert(rows)
@@ -569,6 +568,16 @@ class DocumentStore:
                 truncated={t.dim: np.asarray(row[t.name], dtype=np.float32) for t in self.layout.truncated},
             )
         return out
+
+    def _query_vectors(self, what: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Query with vector output fields. Milvus Lite 2.5 fails such queries on a collection that was
+        never written to ("Growing segment loss raw data"); an empty collection has no vectors."""
+        try:
+            return list(self._call(what, self.client.query, self.name, **kwargs))
+        except MilvusEmbedError as exc:
+            if "raw data" in str(exc) and self.count() == 0:
+                return []
+            raise
 
     def _fetch_colbert(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray | None]:
         keys: list[str] = []
@@ -723,8 +732,7 @@ class DocumentStore:
         """Up to ``n`` stored dense vectors (to fit a projection on an existing collection)."""
         if n <= 0:
             raise InvalidArgument("sample size must be positive")
-        rows = self._call("sample dense vectors", self.client.query, self.name, filter="",
-                          output_fields=[DENSE], limit=min(n, MAX_TOP_K))
+        rows = self._query_vectors("sample dense vectors", filter="", output_fields=[DENSE], limit=min(n, MAX_TOP_K))
         if not rows:
             return np.zeros((0, self.layout.dense_dim), dtype=np.float32)
         return np.asarray([r[DENSE] for r in rows], dtype=np.float32)

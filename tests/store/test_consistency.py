@@ -1,0 +1,187 @@
+"""Failures injected between the writes of one upsert/delete: readers never see a half-written
+document, the call reports the failure, and retrying converges with no orphan ColBERT rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from pymilvus.exceptions import MilvusException
+
+from milvus_embed_ext.errors import ConsistencyError, Unavailable
+from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore
+
+from .conftest import fake_output
+
+DIM = 32
+
+
+class FlakyClient:
+    """Forwards to a real MilvusClient; fails or runs a hook on chosen (method, collection) calls."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.fail: dict[tuple[str, str], int] = {}  # -> calls that still succeed before failing (once)
+        self.before: dict[tuple[str, str], Callable[[], None]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._client, name)
+        if name not in {"upsert", "delete", "insert"}:
+            return target
+
+        def call(collection_name: str, *args: Any, **kwargs: Any) -> Any:
+            key = (name, collection_name)
+            hook = self.before.pop(key, None)
+            if hook is not None:
+                hook()
+            if key in self.fail:
+                if self.fail[key] == 0:
+                    del self.fail[key]
+                    raise MilvusException(code=2, message="injected failure: server unavailable")
+                self.fail[key] -= 1
+            return target(collection_name, *args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def flaky(lite_store: MilvusStore, collection_name: str) -> tuple[DocumentStore, FlakyClient]:
+    client = FlakyClient(lite_store.client)
+    store = MilvusStore.from_client(client, lite_store.capabilities, target=f"flaky-{collection_name}")
+    # fp32 so that stored ColBERT vectors can be compared exactly; 32-d records -> 383 tokens per row
+    layout = CollectionLayout(collection_name, DIM, colbert="companion", colbert_codec="fp32")
+    return DocumentStore.create(store, layout), client
+
+
+def docs(*ids: str, tag: str = "v1") -> list[Document]:
+    return [Document(i, f"text of {i} {tag}", {"tag": tag}) for i in ids]
+
+
+def companion_rows(ds: DocumentStore, ids: list[str]) -> list[dict[str, Any]]:
+    from milvus_embed_ext.store.documents import in_expr
+
+    return ds.client.query(ds.layout.companion_name, filter=in_expr("doc_id", ids),
+                           output_fields=["doc_id", "version", "chunk"])
+
+
+def assert_no_orphans(ds: DocumentStore, ids: list[str]) -> None:
+    """Every ColBERT row of these ids belongs to the version its main row commits to."""
+    from milvus_embed_ext.store.documents import in_expr
+
+    mains = ds.client.query(ds.name, filter=in_expr("id", ids), output_fields=["id", "colbert_version",
+                                                                                "colbert_rows"])
+    committed = {m["colbert_version"]: int(m["colbert_rows"]) for m in mains}
+    rows = companion_rows(ds, ids)
+    assert {r["version"] for r in rows} == set(committed)
+    assert len(rows) == sum(committed.values())
+
+
+def assert_stored(ds: DocumentStore, ids: list[str], enc: Any, tag: str) -> None:
+    got = ds.fetch_vectors(ids)
+    meta = {d["id"]: d["metadata"]["tag"] for d in ds.get(ids)}
+    for i, doc_id in enumerate(ids):
+        assert meta[doc_id] == tag
+        np.testing.assert_allclose(got[doc_id].dense, enc.dense[i], rtol=1e-6)
+        assert got[doc_id].colbert is not None
+        np.testing.assert_array_equal(got[doc_id].colbert, enc.colbert[i])
+
+
+def test_colbert_write_failure_keeps_the_old_document(flaky: tuple[DocumentStore, FlakyClient],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from milvus_embed_ext.store import documents
+
+    ds, client = flaky
+    ids = ["a", "b"]
+    old = fake_output(2, DIM, seed=1, tokens=[5, 900])
+    ds.write(docs(*ids), old)
+    new = fake_output(2, DIM, seed=2, tokens=[800, 900])  # 3 + 3 ColBERT rows
+    monkeypatch.setattr(documents, "MAX_ROWS_PER_REQUEST", 2)  # -> three requests
+    client.fail[("upsert", ds.layout.companion_name)] = 1  # the second one fails
+    with pytest.raises(Unavailable, match="injected"):
+        ds.write(docs(*ids, tag="v2"), new)
+    assert_stored(ds, ids, old, "v1")
+    assert_no_orphans(ds, ids)  # the partial new version was discarded
+
+
+def test_main_write_failure_is_a_consistency_error_and_retry_converges(
+        flaky: tuple[DocumentStore, FlakyClient]) -> None:
+    ds, client = flaky
+    ids = ["a", "b", "c"]
+    old = fake_output(3, DIM, seed=3, tokens=[4, 500, 7])
+    ds.write(docs(*ids), old)
+    new = fake_output(3, DIM, seed=4, tokens=[900, 2, 6])
+    seen: dict[str, Any] = {}
+
+    def read_between_the_writes() -> None:  # ColBERT rows of the new version exist, main rows are old
+        seen.update(ds.fetch_vectors(ids))
+        seen["hits"] = ds.search_dense("dense", new.dense[0], 3, "")
+
+    client.before[("upsert", ds.name)] = read_between_the_writes
+    client.fail[("upsert", ds.name)] = 0
+    with pytest.raises(ConsistencyError, match="Retry the same upsert"):
+        ds.write(docs(*ids, tag="v2"), new)
+    for i, doc_id in enumerate(ids):  # readers in the middle saw the old document, whole
+        np.testing.assert_array_equal(seen[doc_id].colbert, old.colbert[i])
+        np.testing.assert_allclose(seen[doc_id].dense, old.dense[i], rtol=1e-6)
+    assert {h for h, _ in seen["hits"]} == set(ids)
+    assert_stored(ds, ids, old, "v1")
+    assert len(companion_rows(ds, ids)) > 3  # uncommitted rows are left for the retry to sweep
+    ds.write(docs(*ids, tag="v2"), new)  # retry
+    assert_stored(ds, ids, new, "v2")
+    assert_no_orphans(ds, ids)
+
+
+def test_new_documents_are_invisible_until_committed(flaky: tuple[DocumentStore, FlakyClient]) -> None:
+    ds, client = flaky
+    enc = fake_output(2, DIM, seed=5)
+    client.fail[("upsert", ds.name)] = 0
+    with pytest.raises(ConsistencyError):
+        ds.write(docs("n1", "n2"), enc)
+    assert ds.get(["n1", "n2"]) == [] and ds.fetch_vectors(["n1", "n2"]) == {}
+    assert ds.search_dense("dense", enc.dense[0], 5, "") == []
+    ds.write(docs("n1", "n2"), enc)
+    assert_stored(ds, ["n1", "n2"], enc, "v1")
+    assert_no_orphans(ds, ["n1", "n2"])
+
+
+def test_sweep_failure_reports_and_retry_removes_old_versions(flaky: tuple[DocumentStore, FlakyClient]) -> None:
+    ds, client = flaky
+    ids = ["x", "y"]
+    ds.write(docs(*ids), fake_output(2, DIM, seed=6, tokens=[900, 3]))
+    new = fake_output(2, DIM, seed=7, tokens=[2, 3])
+    client.fail[("delete", ds.layout.companion_name)] = 0
+    with pytest.raises(ConsistencyError, match="previous ColBERT rows"):
+        ds.write(docs(*ids, tag="v2"), new)
+    assert_stored(ds, ids, new, "v2")  # committed: readers see the new version only
+    with pytest.raises(AssertionError):
+        assert_no_orphans(ds, ids)
+    ds.write(docs(*ids, tag="v2"), new)
+    assert_stored(ds, ids, new, "v2")
+    assert_no_orphans(ds, ids)
+
+
+def test_shrinking_a_document_leaves_no_rows_behind(flaky: tuple[DocumentStore, FlakyClient]) -> None:
+    ds, _ = flaky
+    ds.write(docs("long"), fake_output(1, DIM, seed=8, tokens=[1200]))  # 4 companion rows
+    assert len(companion_rows(ds, ["long"])) == 4
+    short = fake_output(1, DIM, seed=9, tokens=[3])
+    ds.write(docs("long", tag="v2"), short)
+    assert len(companion_rows(ds, ["long"])) == 1
+    assert_stored(ds, ["long"], short, "v2")
+
+
+def test_delete_failure_after_the_main_row_and_retry(flaky: tuple[DocumentStore, FlakyClient]) -> None:
+    ds, client = flaky
+    enc = fake_output(3, DIM, seed=10, tokens=[900, 4, 5])
+    ds.write(docs("d1", "d2", "keep"), enc)
+    client.fail[("delete", ds.layout.companion_name)] = 0
+    with pytest.raises(ConsistencyError, match="retry the same delete"):
+        ds.delete(["d1", "d2"])
+    assert ds.get(["d1", "d2"]) == []
+    assert {h for h, _ in ds.search_dense("dense", enc.dense[0], 10, "")} == {"keep"}
+    assert ds.delete(["d1", "d2"]) == 0  # retry: nothing left to delete in the main collection...
+    assert companion_rows(ds, ["d1", "d2"]) == []  # ...and the ColBERT rows are gone
+    assert_stored(ds, ["keep"], fake_output(3, DIM, seed=10, tokens=[900, 4, 5]).select([2]), "v1")
+    assert_no_orphans(ds, ["keep"])
