@@ -181,6 +181,11 @@ class Sidecar:
             log.info("rpc", extra={"rpc": rpc, "code": code, "ms": round(elapsed * 1000, 3),
                                    "peer": context.peer() if hasattr(context, "peer") else ""})
 
+    def _rejected(self, method: str) -> None:
+        rpc = method.rsplit("/", 1)[-1]
+        self.metrics.observe_request(rpc, grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
+        log.info("rpc", extra={"rpc": rpc, "code": grpc.StatusCode.UNAUTHENTICATED.name, "ms": 0.0})
+
     @staticmethod
     def _parse(cls: type[Message], raw: bytes) -> Message:
         try:
@@ -232,7 +237,7 @@ class Sidecar:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
         s = self.settings
-        interceptors = [auth.ApiKeyInterceptor(s.api_keys)] if s.api_keys else []
+        interceptors = [auth.ApiKeyInterceptor(s.api_keys, on_reject=self._rejected)] if s.api_keys else []
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
