@@ -363,6 +363,17 @@ def _schema_drift(cfg: MigrationConfig, st: Any, model: SchemaModel) -> list[str
         live_extra = {f.name for f in extra_fields_of(described, expected)}
         for missing in sorted(extra_expected - live_extra):
             problems.append(f"collection {name}: added field {missing} is missing")
+        for fname in (*expected.dense_fields, "sparse"):
+            if fname in coll.indexes:
+                continue  # a revision set this field's index: compared below
+            from .executor import _index_on
+
+            idx = _index_on(ctx, name, fname)
+            if idx is None:
+                problems.append(f"collection {name}: field {fname} has no index (the layout gives it one)")
+            elif fname != "sparse" and idx.get("index_type") != expected.index_type:
+                problems.append(f"collection {name}: index on {fname} is {idx.get('index_type')}, "
+                                f"the layout says {expected.index_type}")
         for fname, spec in sorted(coll.indexes.items()):
             from .executor import _index_on
 
