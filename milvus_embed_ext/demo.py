@@ -1,0 +1,299 @@
+"""``milvus-embed demo``: load the sample corpus and run a few hybrid searches, in-process.
+
+No server needed: the demo uses the library directly (encoder + store + searcher) on embedded Milvus Lite
+under ``./data`` (or a server with ``--milvus-uri``). It brings its own collection (``demo_corpus``) to the
+latest schema revision with the project's migrations, upserts the corpus by id (a second run writes only
+what changed), and prints each hit with every representation's exact score (dense, sparse, ColBERT), the
+fused score and the stage timings.
+
+Also registers ``milvus-embed health`` (the gRPC health probe, see :mod:`milvus_embed_ext.healthcheck`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import Settings
+from .errors import FailedPrecondition, InvalidArgument
+
+CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus" / "sample.jsonl"
+DEMO_COLLECTION = "demo_corpus"
+UPSERT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class DemoQuery:
+    text: str
+    filter: str = ""
+    note: str = ""
+
+
+# Chosen to show what each representation contributes: paraphrase and cross-lingual matches (dense,
+# ColBERT), exact terms (sparse), the near-contradictory pairs of the corpus, and a metadata filter.
+DEFAULT_QUERIES = (
+    DemoQuery("Are probiotics good for the stomach?",
+              note="near-contradictory pair en-00 / en-01 and its translations"),
+    DemoQuery("Wie wirkt sich täglicher Kaffee auf den Blutdruck aus?", note="German query, every language"),
+    DemoQuery("电动汽车真的比汽油车更环保吗？", note="Chinese query"),
+    DemoQuery("¿Se puede ver la Gran Muralla desde el espacio?", filter='metadata["lang"] in ["en", "ja"]',
+              note="Spanish query, English and Japanese passages only"),
+    DemoQuery("remote work productivity", filter='metadata["topic"] == "technology"',
+              note="keywords, filtered to one topic"),
+)
+
+
+# ------------------------------------------------------------------------------------------ corpus
+
+
+def load_corpus(path: str | Path = CORPUS_PATH) -> list[Any]:
+    """The corpus as ``store.Document`` s, in file order; InvalidArgument names the bad line."""
+    from .store import Document
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidArgument(f"corpus file {p} does not exist")
+    docs = []
+    seen: set[str] = set()
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            doc_id, text, metadata = row["id"], row["text"], row.get("metadata") or {}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"{p}:{n}: expected a JSON object with id, text and metadata ({exc})") from None
+        if not isinstance(doc_id, str) or not isinstance(text, str) or not isinstance(metadata, dict):
+            raise InvalidArgument(f"{p}:{n}: id and text must be strings and metadata an object")
+        if doc_id in seen:
+            raise InvalidArgument(f"{p}:{n}: duplicate id {doc_id!r}")
+        seen.add(doc_id)
+        docs.append(Document(id=doc_id, text=text, metadata=metadata))
+    if not docs:
+        raise InvalidArgument(f"corpus file {p} holds no documents")
+    return docs
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def load_demo_encoder(settings: Settings) -> tuple[Any, bool]:
+    """The encoder for ``settings.model`` and whether it is the meaningless demo checkpoint.
+
+    The fallback itself (hub unreachable -> locally built demo checkpoint, loud banner) is the service's
+    ``load_encoder``, so ``serve`` and ``demo`` behave the same.
+    """
+    from .service.server import demo_model_dir, load_encoder
+
+    encoder, path = load_encoder(settings)
+    path = Path(path).expanduser().resolve()
+    demo_dirs = {demo_model_dir().expanduser().resolve(), (Path("data") / "demo-model-tiny").resolve()}
+    return encoder, path in demo_dirs
+
+
+def demo_warning(model: str) -> str:
+    return (
+        "NOTE: these results come from a small RANDOM demo checkpoint, because the model "
+        f"{model!r} is neither cached nor downloadable here: the scores above carry NO meaning.\n"
+        "      Point the demo at the real model: MEE_MODEL=/path/to/bge-m3 milvus-embed demo "
+        "(or --model), or pre-download it with `huggingface-cli download BAAI/bge-m3`."
+    )
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def ensure_collection(settings: Settings, store: Any) -> Any:
+    """Bring the demo collection to the latest revision (idempotent) and open it."""
+    from . import migrations
+    from .store import DocumentStore
+
+    try:
+        applied = migrations.upgrade(migrations.config_from_settings(settings), "head", store=store)
+        doc_store = DocumentStore.open(store, settings.collection)
+    except FailedPrecondition as exc:
+        raise FailedPrecondition(f"{exc}. For the demo's own collection, rerun with --reset (drops and rebuilds "
+                                 "it) or choose another --collection") from exc
+    return doc_store, applied
+
+
+def load_documents(doc_store: Any, encoder: Any, docs: Sequence[Any], out: TextIO) -> tuple[int, float]:
+    """Upsert the documents whose text or metadata differ from what is stored; returns (written, seconds)."""
+    stored = {row["id"]: row for row in doc_store.get([d.id for d in docs], output_fields=["text", "metadata"])}
+    todo = [d for d in docs
+            if d.id not in stored or stored[d.id].get("text") != d.text
+            or (stored[d.id].get("metadata") or {}) != (d.metadata or {})]
+    started = time.perf_counter()
+    progress = bool(getattr(out, "isatty", lambda: False)())
+    for i in range(0, len(todo), UPSERT_BATCH):
+        doc_store.upsert(todo[i:i + UPSERT_BATCH], encoder)
+        if progress:
+            print(f"\r  encoded and written {min(i + UPSERT_BATCH, len(todo))}/{len(todo)}", end="", file=out,
+                  flush=True)
+    if todo and progress:
+        print(file=out)
+    return len(todo), time.perf_counter() - started
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_result(query: DemoQuery, result: Any, out: TextIO, *, width: int = 72) -> None:
+    print(f"\nquery: {query.text}", file=out)
+    if query.filter or query.note:
+        print("       " + "  ".join(x for x in (f"filter: {query.filter}" if query.filter else "", query.note) if x),
+              file=out)
+    print(f"  {'#':>2}  {'id':<6} {'fused':>7} {'dense':>7} {'sparse':>7} {'colbert':>7}  text", file=out)
+    for rank, hit in enumerate(result.hits, start=1):
+        s = hit.scores
+        cols = " ".join(f"{s[r]:7.4f}" if r in s else f"{'-':>7}" for r in ("dense", "sparse", "colbert"))
+        text = _clip(str(hit.fields.get("text", "")), width)
+        print(f"  {rank:>2}  {hit.id:<6} {hit.score:7.4f} {cols}  {text}", file=out)
+    if not result.hits:
+        print("  (no hits)", file=out)
+    t = result.timings_ms
+    stages = [("encode", "encode"), ("candidates", "candidates"), ("fetch", "fetch"), ("rescore", "rescore"),
+              ("fuse", "fuse"), ("fields", "fields"), ("total", "total")]
+    shown = "  ".join(f"{label} {t[key]:.1f}" for label, key in stages if key in t)
+    routes = "  ".join(f"{k.split('.', 1)[1]} {v:.1f}" for k, v in sorted(t.items()) if k.startswith("candidates."))
+    print(f"  timings ms: {shown}", file=out)
+    if routes:
+        print(f"  stage 1 per field ms: {routes}   ({result.candidates} candidates re-scored)", file=out)
+
+
+def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERIES, top_k: int = 5,
+             corpus: str | Path = CORPUS_PATH, fusion: str | None = None, reset: bool = False,
+             load: bool = True, out: TextIO = sys.stdout, encoder: Any = None) -> dict[str, Any]:
+    """The whole demo; returns a summary (documents, written, results) for tests and scripts.
+
+    ``encoder``: an already loaded M3Encoder to use instead of loading ``settings.model``.
+    """
+    from .search import HybridSearcher, SearchRequest
+    from .store import DocumentStore, MilvusStore
+
+    docs = load_corpus(corpus) if load else []
+    print(f"model: {settings.model}  (device {settings.device}, dtype {settings.dtype})", file=out)
+    t0 = time.perf_counter()
+    if encoder is None:
+        encoder, is_demo_model = load_demo_encoder(settings)
+    else:
+        is_demo_model = False
+        settings = settings.replace(model=str(encoder.model_id))
+    print(f"  loaded {encoder.model_id} on {encoder.device}/{encoder.dtype} in {time.perf_counter() - t0:.1f} s",
+          file=out)
+    requested_model = settings.model
+    if is_demo_model:
+        # Migrations size the collection from settings.model: make it the checkpoint actually loaded.
+        settings = settings.replace(model=str(encoder.model_id))
+
+    if settings.is_embedded:
+        Path(settings.milvus_uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    store = MilvusStore.connect(settings)
+    searcher = None
+    try:
+        from .store.client import redact_uri
+
+        print(f"milvus: {redact_uri(settings.milvus_uri)}  collection {settings.collection}", file=out)
+        if reset and store.has_collection(settings.collection):
+            DocumentStore.open(store, settings.collection).drop()
+            _forget_history(settings, store)
+            print(f"  dropped {settings.collection} (--reset)", file=out)
+        doc_store, applied = ensure_collection(settings, store)
+        if applied:
+            print(f"  schema: applied {', '.join(applied)}", file=out)
+        if doc_store.layout.dense_dim != encoder.hidden_size:
+            raise FailedPrecondition(
+                f"collection {settings.collection} holds {doc_store.layout.dense_dim}-d vectors but the model "
+                f"makes {encoder.hidden_size}-d ones (it was loaded with another model); rerun with --reset "
+                "or choose another --collection")
+        written = 0
+        if load:
+            written, secs = load_documents(doc_store, encoder, docs, out)
+            rate = f" in {secs:.1f} s" if written else ""
+            print(f"  corpus: {len(docs)} passages, {written} upserted{rate}, "
+                  f"{len(docs) - written} already stored unchanged; collection holds {doc_store.count()}", file=out)
+
+        searcher = HybridSearcher(doc_store, encoder.encode, settings=settings)
+        plan = {"fusion": fusion} if fusion else None
+        results = []
+        for q in queries:
+            request = SearchRequest(query=q.text, top_k=top_k, filter=q.filter, output_fields=("text", "metadata"),
+                                    plan=plan)
+            result = searcher.search(request)
+            print_result(q, result, out)
+            results.append(result)
+        print(f"\nfusion: {searcher.plan_for(SearchRequest(query='', plan=plan)).fusion}; scores are exact "
+              "(re-scored from the stored vectors): dense = cosine, sparse = lexical weight product, "
+              "colbert = MaxSim mean.", file=out)
+        if is_demo_model:
+            print("\n" + demo_warning(requested_model), file=out)
+        return {"documents": len(docs), "written": written, "results": results, "demo_model": is_demo_model,
+                "collection": settings.collection}
+    finally:
+        if searcher is not None:
+            searcher.close()
+        store.close()
+
+
+def _forget_history(settings: Settings, store: Any) -> None:
+    """After dropping the demo collection, its migration history must go too, or upgrade thinks it exists."""
+    from . import migrations
+
+    migrations.stamp(migrations.config_from_settings(settings), "base", store=store)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .cli import add_settings_args
+
+    p = subparsers.add_parser(
+        "demo", help="load the sample corpus and run a few hybrid searches (in-process, no server)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    add_settings_args(p, "--model", "--device", "--dtype", "--milvus-uri", "--migrations-dir")
+    p.add_argument("--collection", default=DEMO_COLLECTION,
+                   help=f"collection for the demo (default {DEMO_COLLECTION}; MEE_COLLECTION is not used, so the "
+                        "demo never writes into your documents)")
+    p.add_argument("--query", action="append", default=None,
+                   help="search this instead of the built-in queries (repeatable)")
+    p.add_argument("--filter", default="", help="Milvus filter for --query searches, e.g. 'metadata[\"lang\"] == \"de\"'")
+    p.add_argument("--top-k", type=int, default=5, help="hits per query (default 5)")
+    p.add_argument("--fusion", choices=("m3", "rrf", "weighted", "dbsf"), default=None,
+                   help="fusion method (default: the collection's, m3)")
+    p.add_argument("--corpus", default=str(CORPUS_PATH), help="JSONL corpus {id, text, metadata} (default: the sample)")
+    p.add_argument("--no-load", action="store_true", help="skip loading the corpus; search what is stored")
+    p.add_argument("--reset", action="store_true", help="drop the demo collection first (e.g. after changing model)")
+    p.set_defaults(handler=cmd_demo)
+
+    from . import healthcheck
+
+    h = subparsers.add_parser(
+        "health", help="ask a running sidecar for its gRPC health (exit 0 when SERVING)",
+        description=(healthcheck.__doc__ or "").split("\n\n")[0],
+    )
+    healthcheck.add_arguments(h)
+    h.set_defaults(handler=healthcheck.run)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .cli import settings_from_args
+
+    if args.top_k <= 0:
+        raise InvalidArgument(f"--top-k must be > 0, got {args.top_k}")
+    if args.filter and not args.query:
+        raise InvalidArgument("--filter applies to --query searches; give at least one --query")
+    settings = settings_from_args(args, collection=args.collection)
+    queries = tuple(DemoQuery(q, filter=args.filter) for q in args.query) if args.query else DEFAULT_QUERIES
+    run_demo(settings, queries=queries, top_k=args.top_k, corpus=args.corpus, fusion=args.fusion,
+             reset=args.reset, load=not args.no_load)
+    return 0
