@@ -8,6 +8,7 @@ with the first key of ``MEE_API_KEYS`` when it is set. Output is JSON, one objec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -153,15 +154,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
-    stream: TextIO
-    if path == "-":
-        stream = sys.stdin
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise InvalidArgument(f"{p} does not exist; pass a JSONL file or - for stdin")
-        stream = p.open(encoding="utf-8")
-    with stream if path != "-" else _nullctx(stream):
+    """Documents from a JSONL file (or stdin for ``-``), read lazily so bulk loads stream."""
+    if path != "-" and not Path(path).is_file():
+        raise InvalidArgument(f"{path} does not exist; pass a JSONL file or - for stdin")
+    with contextlib.ExitStack() as stack:
+        stream: TextIO = sys.stdin if path == "-" else stack.enter_context(Path(path).open(encoding="utf-8"))
         for lineno, line in enumerate(stream, 1):
             if not line.strip():
                 continue
@@ -172,17 +169,6 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
             if not isinstance(doc, dict):
                 raise InvalidArgument(f"{path}:{lineno}: expected an object {{\"id\",\"text\",\"metadata\"}}")
             yield doc
-
-
-class _nullctx:
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __enter__(self) -> Any:
-        return self.obj
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def cmd_upsert(args: argparse.Namespace) -> int:

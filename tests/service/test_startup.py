@@ -1,0 +1,98 @@
+"""Start-up behaviour: demo-model fallback, health while Milvus is unreachable, refusal on a bad schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from milvus_embed_ext.config import load_settings
+from milvus_embed_ext.encoder import hub
+from milvus_embed_ext.errors import FailedPrecondition, ModelLoadError, Unavailable
+from milvus_embed_ext.service import server as server_mod
+
+
+def _offline(monkeypatch):
+    def unreachable(value, **_kw):
+        raise ModelLoadError(f"could not download model {value!r} from the Hugging Face Hub (ConnectionError); ...")
+
+    monkeypatch.setattr(hub, "resolve_model_path", unreachable)
+
+
+def test_demo_fallback_is_loud(monkeypatch, capsys, caplog, tiny_model_dir):
+    _offline(monkeypatch)
+    monkeypatch.setattr(server_mod, "demo_model_dir", lambda: tiny_model_dir)
+    settings = load_settings(env={}, overrides={"model": "BAAI/bge-m3", "device": "cpu", "max_length": 128})
+    encoder, path = server_mod.load_encoder(settings)
+    err = capsys.readouterr().err
+    assert "DEMO MODEL IN USE" in err and "MEE_MODEL" in err and "BAAI/bge-m3" in err
+    assert "DEMO MODEL IN USE" in caplog.text
+    assert path == tiny_model_dir and encoder.encode(["x"], sparse=False, colbert=False).dense.shape[0] == 1
+
+
+def test_no_fallback_when_disabled_or_for_a_local_path(monkeypatch, tmp_path):
+    _offline(monkeypatch)
+    with pytest.raises(ModelLoadError):
+        server_mod.load_encoder(load_settings(env={}, overrides={"model": "BAAI/bge-m3", "allow_demo_model": False}))
+    with pytest.raises(ModelLoadError):
+        server_mod.load_encoder(load_settings(env={}, overrides={"model": str(tmp_path / "missing")}))
+
+
+def test_health_not_serving_until_milvus_answers(monkeypatch, tiny_encoder):
+    attempts = {"n": 0}
+
+    class FakeStore:
+        def close(self) -> None:
+            pass
+
+    def connect(_settings):
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise Unavailable("connection refused")
+        return FakeStore()
+
+    monkeypatch.setattr(server_mod, "connect_store", connect)
+    monkeypatch.setattr(server_mod, "ensure_schema", lambda settings, store: ("0001",))
+
+    async def main():
+        settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "milvus_uri": "http://127.0.0.1:1"})
+        sc = server_mod.Sidecar(settings, encoder=tiny_encoder)
+        port = await sc.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                statuses = []
+                while not sc.ready.is_set():
+                    resp = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+                    statuses.append(resp.status)
+                    await asyncio.sleep(0.05)
+                final = await stub.Check(health_pb2.HealthCheckRequest(service="milvus_embed_ext.v1.Search"))
+            assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+            assert final.status == health_pb2.HealthCheckResponse.SERVING
+            assert attempts["n"] == 3
+        finally:
+            await sc.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_serve_refuses_an_unknown_revision(monkeypatch, tiny_encoder, tmp_path):
+    def unknown_revision(settings, store):
+        raise FailedPrecondition("collection 'documents' is at revision(s) 9999_future, which this sidecar's "
+                                 "migration scripts do not know")
+
+    class FakeStore:
+        closed = False
+
+        def close(self) -> None:
+            FakeStore.closed = True
+
+    monkeypatch.setattr(server_mod, "load_encoder", lambda s: (tiny_encoder, tmp_path))
+    monkeypatch.setattr(server_mod, "connect_store", lambda s: FakeStore())
+    monkeypatch.setattr(server_mod, "ensure_schema", unknown_revision)
+    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "milvus_uri": str(tmp_path / "m.db")})
+    with pytest.raises(FailedPrecondition, match="9999_future"):
+        asyncio.run(asyncio.wait_for(server_mod.serve(settings), 60))
+    assert FakeStore.closed
