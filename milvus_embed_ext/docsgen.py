@@ -51,7 +51,7 @@ device = "cuda"
 dtype = "fp16"
 milvus_uri = "http://milvus:19530"
 listen = "0.0.0.0:50051"
-truncate_dims = [256]
+metrics_listen = "0.0.0.0:9464"
 ```
 """
 
