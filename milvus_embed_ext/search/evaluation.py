@@ -8,13 +8,15 @@ stages and the re-scoring code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..encoder import M3Output, colbert_score, dense_score, lexical_score
 from . import fusion
-from .planner import DEFAULT_WEIGHTS, REPRESENTATIONS
+from .planner import DEFAULT_WEIGHTS, REPRESENTATIONS, HybridSearcher, SearchRequest
 
 
 def brute_force_scores(
@@ -69,4 +71,89 @@ def recall_at_k(found: Sequence[str], truth: Sequence[str], k: int) -> float:
     return len(set(list(found)[:k]) & set(truth_k)) / len(truth_k)
 
 
-__all__ = ["brute_force_dense", "brute_force_m3", "brute_force_scores", "recall_at_k"]
+@dataclass
+class RecallRow:
+    """Recall@k of one configuration, per query (``mean`` for the table)."""
+
+    what: str  # "pipeline" | "prefetch"
+    projection: str  # "prefix" | "pca" | "full"
+    dim: int
+    depth: int
+    recalls: list[float]
+    candidates: list[int] = field(default_factory=list)
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.recalls)) if self.recalls else float("nan")
+
+
+def pipeline_recall(
+    searcher: HybridSearcher,
+    queries: Sequence[str],
+    query_encodings: M3Output,
+    truths: Sequence[Sequence[str]],
+    dims: Sequence[int],
+    depths: Sequence[int],
+    k: int = 10,
+    plan: Mapping[str, Any] | None = None,
+    projection: str = "prefix",
+) -> list[RecallRow]:
+    """Recall@k of the full pipeline (truncated dense + sparse candidates, exact m3) against ``truths``."""
+    rows = []
+    for dim in dims:
+        for depth in depths:
+            row = RecallRow("pipeline", projection, dim, depth, [])
+            for i, (text, truth) in enumerate(zip(queries, truths, strict=True)):
+                res = searcher.search(
+                    SearchRequest(text, top_k=k, plan={**(plan or {}), "truncate_dim": dim, "depth": depth}),
+                    query_encoding=query_encodings.row(i),
+                )
+                if not res.complete:
+                    raise RuntimeError(f"incomplete search result in a recall run: {res.degraded}")
+                row.recalls.append(recall_at_k([h.id for h in res.hits], truth, k))
+                row.candidates.append(res.candidates)
+                for stage, ms in res.timings_ms.items():
+                    row.stage_ms.setdefault(stage, []).append(ms)
+            rows.append(row)
+    return rows
+
+
+def prefetch_recall(
+    doc_store: Any,
+    query_dense: np.ndarray,
+    corpus_dense: np.ndarray,
+    ids: Sequence[str],
+    dims: Sequence[int],
+    depths: Sequence[int],
+    k: int = 10,
+    projection: str = "prefix",
+) -> list[RecallRow]:
+    """Recall@k of the truncated-field ANN prefetch (Milvus) against exact full-dense top-``k``.
+
+    Recall at depth ``d``: the share of the full-dense top-k that the truncated search returns in its
+    first ``d`` hits (what stage 1 hands to the re-scorer).
+    """
+    truths = [brute_force_dense(q, corpus_dense, ids, k) for q in query_dense]
+    rows = []
+    for dim in dims:
+        field_name = f"dense_{dim}"
+        for depth in depths:
+            row = RecallRow("prefetch", projection, dim, depth, [])
+            for q, truth in zip(query_dense, truths, strict=True):
+                projected = doc_store.project(np.asarray(q)[None, :], dim).reshape(-1)
+                hits = doc_store.search_dense(field_name, projected, depth, "")
+                row.recalls.append(len({i for i, _ in hits} & set(truth)) / len(truth))
+            rows.append(row)
+    return rows
+
+
+__all__ = [
+    "RecallRow",
+    "brute_force_dense",
+    "brute_force_m3",
+    "brute_force_scores",
+    "pipeline_recall",
+    "prefetch_recall",
+    "recall_at_k",
+]

@@ -68,15 +68,17 @@ def _join(words: list[str], lang: str) -> str:
     return ("" if lang in _CJK_LANGS else " ").join(words)
 
 
-def generate_corpus(n_docs: int, seed: int = 0) -> list[SyntheticDoc]:
-    """``n_docs`` documents of 8-40 words, ids ``syn-00000``…; metadata has lang, topic and n."""
+def generate_corpus(n_docs: int, seed: int = 0, min_words: int = 8, max_words: int = 40) -> list[SyntheticDoc]:
+    """``n_docs`` documents of ``min_words``-``max_words`` words, ids ``syn-00000``…; metadata: lang, topic, n."""
+    if not 0 < min_words <= max_words:
+        raise ValueError("need 0 < min_words <= max_words")
     by_lang, by_topic = _vocabularies()
     rng = np.random.default_rng(seed)
     pairs = sorted(by_topic)
     docs = []
     for i in range(n_docs):
         lang, topic = pairs[int(rng.integers(len(pairs)))]
-        length = int(rng.integers(8, 41))
+        length = int(rng.integers(min_words, max_words + 1))
         n_topic = int(round(length * 0.6))
         words = _zipf_pick(rng, by_topic[(lang, topic)], n_topic) + _zipf_pick(rng, by_lang[lang], length - n_topic)
         rng.shuffle(words)
