@@ -258,7 +258,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "demo", help="load the sample corpus and run a few hybrid searches (in-process, no server)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=__doc__.split("\n\n")[1].replace("``", "") if __doc__ else None,
     )
     add_settings_args(p, "--model", "--device", "--dtype", "--milvus-uri", "--migrations-dir")
     p.add_argument("--collection", default=DEMO_COLLECTION,
