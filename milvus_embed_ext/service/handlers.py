@@ -76,6 +76,9 @@ async def in_store_thread(rt: Runtime, context: grpc.aio.ServicerContext, fn: Ca
         return await asyncio.wait_for(fut, timeout) if timeout is not None else await fut
     except asyncio.TimeoutError:
         raise DeadlineExceeded("deadline passed while waiting for Milvus; raise the client timeout") from None
+    except NotFound:
+        rt.doc_stores.clear()  # a collection vanished (dropped, renamed by a migration): re-open on next use
+        raise
 
 
 def _ms(seconds: float) -> float:
@@ -378,22 +381,25 @@ class SearchHandlers:
     def __init__(self, rt: Runtime, documents: DocumentsHandlers | None = None) -> None:
         self.rt = rt
         self.documents = documents or DocumentsHandlers(rt)
-        self._searchers: dict[int, Any] = {}
+        self._searchers: dict[str, tuple[Any, Any]] = {}
 
     def _searcher(self, doc_store: Any) -> Any:
+        """One HybridSearcher per open collection (rebuilt when the collection is re-opened)."""
         from ..search.planner import HybridSearcher
 
-        key = id(doc_store)
-        searcher = self._searchers.get(key)
-        if searcher is None:
-            loop = asyncio.get_running_loop()
-            batcher = self.rt.require_encoder()[1]
+        cached = self._searchers.get(doc_store.name)
+        if cached is not None and cached[0] is doc_store:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        loop = asyncio.get_running_loop()
+        batcher = self.rt.require_encoder()[1]
 
-            def encode_fn(texts: Any, **kwargs: Any) -> Any:  # only used when no query encoding is passed
-                return asyncio.run_coroutine_threadsafe(batcher.encode(list(texts), **kwargs), loop).result().output
+        def encode_fn(texts: Any, **kwargs: Any) -> Any:  # only used when no query encoding is passed
+            return asyncio.run_coroutine_threadsafe(batcher.encode(list(texts), **kwargs), loop).result().output
 
-            searcher = HybridSearcher(doc_store, encode_fn, settings=self.rt.settings)
-            self._searchers[key] = searcher
+        searcher = HybridSearcher(doc_store, encode_fn, settings=self.rt.settings)
+        self._searchers[doc_store.name] = (doc_store, searcher)
         return searcher
 
     async def hybrid_search(self, req: search_pb2.HybridSearchRequest,
