@@ -30,7 +30,6 @@ from ..store.layout import (
     DENSE,
     CollectionLayout,
     TruncatedField,
-    companion_schema,
     main_index_params,
     main_schema,
     pca_schema,
@@ -487,19 +486,11 @@ def execute(op: Op, ctx: OpContext) -> None:
 
 
 def _create_collection(op: CreateCollection, ctx: OpContext) -> None:
-    layout = op.layout.resolved(ctx.caps)
-    if has(ctx, layout.name):
-        live = live_layout(ctx, layout.name)
-        if live.to_dict() != layout.to_dict():
-            raise FailedPrecondition(
-                f"collection {layout.name} already exists with a different layout ({live.to_dict()}); drop it, or "
-                "if it is at a known revision record that with `milvus-embed migrate stamp REV`")
-    else:
-        create_main(ctx, layout, layout.name)
-    if layout.colbert == "companion" and not has(ctx, layout.companion_name):
-        ctx.store.call(f"create collection {layout.companion_name}", ctx.client.create_collection,
-                       layout.companion_name, schema=companion_schema(layout),
-                       index_params=placeholder_index_params(ctx.client), consistency_level="Strong")
+    """Through the store, which creates companion/projection collections first and the main one last."""
+    from ..store.documents import DocumentStore
+
+    DocumentStore.create(ctx.store, op.layout, exist_ok=True)
+    ensure_loaded(ctx, op.layout.name)
 
 
 def _drop_collection(op: DropCollection, ctx: OpContext) -> None:
