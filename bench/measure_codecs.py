@@ -1,0 +1,182 @@
+"""Measure the ColBERT storage codecs and write the "ColBERT codecs" section of bench/RESULTS.md.
+
+    .venv/bin/python bench/measure_codecs.py                       # tiny test checkpoint (64-d)
+    .venv/bin/python bench/measure_codecs.py --size full --docs 300  # full-size random checkpoint (1024-d)
+    .venv/bin/python bench/measure_codecs.py --model /models/bge-m3  # a real BGE-M3 checkpoint
+
+For every codec (fp32, fp16, int8 with a per-vector scale, 1-bit signs with a per-vector scale) it
+encodes the ColBERT vectors of a deterministic synthetic corpus (milvus_embed_ext.search.synthetic),
+decodes them as the store does, and scores a fixed query set with MaxSim (float32 queries, as at search
+time) against every document. Fidelity is measured against fp32 MaxSim: Spearman rank correlation over
+the whole corpus and over the fp32 top-100 (mean over queries), top-10 overlap, and the largest absolute
+score error. Bytes per token: the packed record, and the base64 payload stored in the companion
+collection's VARCHAR rows (row overhead — key, doc id, version, placeholder vector — listed apart).
+
+Only the section between the markers in RESULTS.md is replaced; the rest of the file is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+START = "<!-- colbert-codecs:start -->"
+END = "<!-- colbert-codecs:end -->"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="", help="checkpoint dir; empty: a locally built test checkpoint")
+    p.add_argument("--size", default="tiny", choices=["tiny", "full"], help="test checkpoint size when no --model")
+    p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
+    p.add_argument("--no-write", action="store_true", help="print the section, do not touch RESULTS.md")
+    p.add_argument("--append", action="store_true", help="add this run's table to the section instead of replacing it")
+    return p.parse_args(argv)
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's rho needs."""
+    order = np.argsort(x, kind="mergesort")
+    r = np.empty(len(x), dtype=np.float64)
+    r[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    if np.any(counts > 1):
+        sums = np.bincount(inverse, weights=r)
+        r = sums[inverse] / counts[inverse]
+    return r
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = ranks(a), ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else 1.0
+
+
+def maxsim_all(queries: list[np.ndarray], docs: list[np.ndarray]) -> np.ndarray:
+    """[n_queries, n_docs] MaxSim (mean over query vectors of the best document vector)."""
+    flat = np.concatenate(docs).astype(np.float32)
+    starts = np.cumsum([0] + [d.shape[0] for d in docs[:-1]])
+    out = np.empty((len(queries), len(docs)), dtype=np.float64)
+    for i, q in enumerate(queries):
+        sims = q.astype(np.float32) @ flat.T  # [q_tokens, all doc tokens]
+        out[i] = np.maximum.reduceat(sims, starts, axis=1).mean(axis=0)
+    return out
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" ---: " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from milvus_embed_ext.encoder import M3Encoder, ensure_test_model
+    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
+    from milvus_embed_ext.store import codecs
+    from milvus_embed_ext.store.documents import new_version_prefix
+    from milvus_embed_ext.store.layout import PLACEHOLDER_DIM
+
+    if args.model:
+        model_dir, label = Path(args.model), f"checkpoint {Path(args.model).name}"
+    else:
+        model_dir = ensure_test_model(REPO / ".cache" / f"test-model-{args.size}", size=args.size, seed=0)
+        label = f"{args.size} test checkpoint (random weights)"
+    encoder = M3Encoder.from_pretrained(str(model_dir), device="cpu", dtype="fp32", max_length=512)
+    corpus = generate_corpus(args.docs, seed=args.seed)
+    queries = generate_queries(corpus, args.queries, seed=args.seed + 1)
+    t0 = time.perf_counter()
+    docs = encoder.encode([d.text for d in corpus], dense=False, sparse=False, colbert=True).colbert
+    qs = encoder.encode(queries, dense=False, sparse=False, colbert=True).colbert
+    encode_s = time.perf_counter() - t0
+    assert docs is not None and qs is not None
+    dim = int(docs[0].shape[1])
+    n_tokens = sum(d.shape[0] for d in docs)
+    reference = maxsim_all(qs, docs)
+
+    rows = []
+    for codec in codecs.CODECS:
+        decoded = [codecs.decode(codecs.encode(d, codec), codec, dim) for d in docs]
+        scores = maxsim_all(qs, decoded)
+        rho_all, rho_top, overlap = [], [], []
+        for ref, got in zip(reference, scores, strict=True):
+            rho_all.append(spearman(ref, got))
+            top100 = np.argsort(-ref, kind="mergesort")[:100]
+            rho_top.append(spearman(ref[top100], got[top100]))
+            top10_ref = set(np.argsort(-ref, kind="mergesort")[:10].tolist())
+            top10_got = set(np.argsort(-got, kind="mergesort")[:10].tolist())
+            overlap.append(len(top10_ref & top10_got) / 10)
+        chunks = [codecs.to_chunks(d, codec) for d in docs]
+        payload = sum(len(c.payload) for cs in chunks for c in cs)
+        n_rows = sum(len(cs) for cs in chunks)
+        rows.append([
+            codec,
+            str(codecs.record_size(codec, dim)),
+            f"{payload / n_tokens:.1f}",
+            f"{codecs.tokens_per_row(codec, dim)}",
+            f"{n_rows / len(docs):.2f}",
+            f"{np.mean(rho_all):.4f}",
+            f"{np.mean(rho_top):.4f}",
+            f"{np.mean(overlap):.3f}",
+            f"{np.abs(scores - reference).max():.2e}",
+        ])
+
+    mean_doc_tokens = n_tokens / len(docs)
+    version = new_version_prefix() + ".000000"
+    # key "<version>/<chunk>" + version + chunk, n_tokens (int32) + codec name + 2-d float32 placeholder
+    overhead = len(version) + 4 + len(version) + 4 + 4 + len("fp16") + 4 * PLACEHOLDER_DIM
+    body = "\n".join([
+        f"### {label}: {dim}-d ColBERT vectors",
+        "",
+        f"{len(corpus)} synthetic documents ({n_tokens} ColBERT vectors, {mean_doc_tokens:.1f} per document), "
+        f"{len(queries)} queries, seed {args.seed}; float32 queries against decoded documents. "
+        f"Encoding took {encode_s:.0f} s on {platform.processor() or platform.machine()} "
+        f"({sys.platform}, {platform.python_version()}).",
+        "",
+        table(["codec", "bytes/token (record)", "bytes/token (stored base64)", "tokens/row", "rows/doc",
+               "Spearman (all docs)", "Spearman (fp32 top-100)", "top-10 overlap", "max abs score error"], rows),
+        "",
+        f"Each companion row also carries about {overhead} bytes besides the payload, plus the document id "
+        "(key, version, chunk, codec, n_tokens, a 2-d placeholder vector).",
+    ])
+    section = "\n".join([
+        START,
+        "## ColBERT codecs",
+        "",
+        "Regenerate: `.venv/bin/python bench/measure_codecs.py` (add `--size full --docs 300 --append` for 1024-d).",
+        "Measured by bench/measure_codecs.py; codecs in milvus_embed_ext/store/codecs.py.",
+        "",
+        body,
+        END,
+    ])
+    if args.no_write:
+        print(section)
+        return 0
+    path = Path(args.results)
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        old, tail = rest.split(END, 1)
+        if args.append:
+            section = START + old.rstrip() + "\n\n" + body + "\n" + END
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
