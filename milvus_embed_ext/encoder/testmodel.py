@@ -31,7 +31,7 @@ from ..errors import InvalidArgument, ModelLoadError
 log = logging.getLogger(__name__)
 
 # Bump whenever the produced checkpoint changes: ensure_test_model rebuilds stale caches.
-BUILDER_VERSION = 5
+BUILDER_VERSION = 6
 STAMP_FILE = ".milvus-embed-test-model.json"
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, exactly like XLM-R / BGE-M3
 MASK_TOKEN = "<mask>"
@@ -97,7 +97,10 @@ def _train_tokenizer(vocab_size: int):
     for i, name in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(name) != i:  # pragma: no cover - guards the trainer's contract
             raise RuntimeError(f"tokenizer trainer put {name} at {tok.token_to_id(name)}, expected {i}")
-    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0), add_prefix_space=False)
+    # XLM-R's own post-processor (as in BGE-M3's tokenizer.json): <s> A </s> and <s> A </s></s> B </s>.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
     return tok
 
 
