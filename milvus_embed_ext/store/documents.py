@@ -472,11 +472,17 @@ class DocumentStore:
         with self._lock:
             before = new_version_prefix()  # rows of writes that start after this delete are kept
             existing = 0
-            for part in _chunks(wanted, IDS_PER_EXPR):
+            for n, part in enumerate(_chunks(wanted, IDS_PER_EXPR)):
                 expr = in_expr(ID, part)
-                existing += len(self._call("look up documents", self.client.query, self.name, filter=expr,
-                                           output_fields=[ID]))
-                self._call("delete documents", self.client.delete, self.name, filter=expr)
+                try:
+                    existing += len(self._call("look up documents", self.client.query, self.name, filter=expr,
+                                               output_fields=[ID]))
+                    self._call("delete documents", self.client.delete, self.name, filter=expr)
+                except MilvusEmbedError as exc:
+                    if n == 0:
+                        raise
+                    raise ConsistencyError(f"deleting {len(wanted)} documents from {self.name} failed part-way "
+                                           f"({exc}); retry the same delete") from None
             if self.layout.colbert == "companion":
                 try:
                     self._delete_colbert(wanted, before=before)
@@ -550,12 +556,24 @@ class DocumentStore:
         colbert: dict[str, np.ndarray | None] = {}
         if self.layout.colbert == "companion":
             colbert = self._fetch_colbert(rows)
+            for _ in range(2):
+                # A writer may have committed a newer version and swept ours between the two reads:
+                # read those documents again, main row and ColBERT rows together.
+                stale = [r[ID] for r in rows if colbert.get(r[ID]) is None and int(r.get(COLBERT_ROWS) or 0) > 0]
+                if not stale:
+                    break
+                fresh = self._query_vectors("fetch vectors", filter=in_expr(ID, stale), output_fields=fields)
+                rows = [r for r in rows if r[ID] not in set(stale)] + fresh
+                colbert.update(self._fetch_colbert(fresh))
         out: dict[str, StoredVectors] = {}
         for row in rows:
             doc_id = row[ID]
             cb: np.ndarray | None = None
             if self.layout.colbert == "companion":
                 cb = colbert.get(doc_id)
+                if cb is None:
+                    log.warning("document %r in %s: the ColBERT rows its main row names are missing (a concurrent "
+                                "writer of the same id in another process?); re-upsert it", doc_id, self.name)
             elif self.layout.colbert == "native":
                 items = row.get(COLBERT) or []
                 cb = np.asarray([it[COLBERT_SUBFIELD] for it in items], dtype=np.float32).reshape(
@@ -596,8 +614,8 @@ class DocumentStore:
         for doc_id, (version, n) in expected.items():
             parts = sorted(found.get(version, []))
             if len(parts) != n or any(c != i for i, (c, _, _) in enumerate(parts)):
-                log.warning("document %r in %s: %d of %d ColBERT rows of its version are missing",
-                            doc_id, self.name, n - len(parts), n)
+                log.debug("document %r in %s: %d of %d ColBERT rows of its version are missing",
+                          doc_id, self.name, n - len(parts), n)
                 out[doc_id] = None
                 continue
             mats = [codecs.from_chunks([data], codec, dim) for _, codec, data in parts]

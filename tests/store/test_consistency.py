@@ -28,7 +28,7 @@ class FlakyClient:
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._client, name)
-        if name not in {"upsert", "delete", "insert"}:
+        if name not in {"upsert", "delete", "insert", "query"}:
             return target
 
         def call(collection_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -185,3 +185,18 @@ def test_delete_failure_after_the_main_row_and_retry(flaky: tuple[DocumentStore,
     assert companion_rows(ds, ["d1", "d2"]) == []  # ...and the ColBERT rows are gone
     assert_stored(ds, ["keep"], fake_output(3, DIM, seed=10, tokens=[900, 4, 5]).select([2]), "v1")
     assert_no_orphans(ds, ["keep"])
+
+
+def test_reader_racing_a_writer_gets_one_whole_version(flaky: tuple[DocumentStore, FlakyClient]) -> None:
+    ds, client = flaky
+    ids = ["r1", "r2"]
+    old = fake_output(2, DIM, seed=11, tokens=[6, 7])
+    new = fake_output(2, DIM, seed=12, tokens=[8, 900])
+    ds.write(docs(*ids), old)
+    # The writer commits and sweeps after the reader read the main rows, before it reads the ColBERT rows.
+    client.before[("query", ds.layout.companion_name)] = lambda: ds.write(docs(*ids, tag="v2"), new)
+    got = ds.fetch_vectors(ids)
+    for i, doc_id in enumerate(ids):
+        np.testing.assert_allclose(got[doc_id].dense, new.dense[i], rtol=1e-6)
+        np.testing.assert_array_equal(got[doc_id].colbert, new.colbert[i])
+    assert_no_orphans(ds, ids)
