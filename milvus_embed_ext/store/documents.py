@@ -667,9 +667,10 @@ class DocumentStore:
         from pymilvus.client.embedding_list import EmbeddingList
 
         q = np.asarray(query, dtype=np.float32)
-        emb = EmbeddingList()
-        for v in q:
-            emb.add(v)
+        if q.ndim != 2 or q.shape[1] != self.layout.dense_dim or q.shape[0] == 0:
+            raise InvalidArgument(f"ColBERT query must be a non-empty [tokens, {self.layout.dense_dim}] matrix, "
+                                  f"got shape {q.shape}")
+        emb = EmbeddingList(q, dim=self.layout.dense_dim)
         res = self._call("search colbert", self.client.search, self.name, data=[emb],
                          anns_field=f"{COLBERT}[{COLBERT_SUBFIELD}]", limit=limit, filter=filter,
                          search_params={"metric_type": "MAX_SIM_IP"}, output_fields=[ID])
