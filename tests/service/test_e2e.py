@@ -4,25 +4,20 @@ started once for the module, every RPC through the client and through raw gRPC s
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from _sidecar import start_sidecar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from milvus_embed_ext import cli
-from milvus_embed_ext.client import SidecarClient
 from milvus_embed_ext.errors import InvalidArgument, NotFound, Unauthenticated
 from milvus_embed_ext.service._generated import (
     documents_pb2,
@@ -48,67 +43,14 @@ DOCS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, address: str, metrics: str, log_path: Path) -> None:
-        self.proc, self.address, self.metrics, self.log_path = proc, address, metrics, log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def client(self, key: str | None = KEYS[0], **kw) -> SidecarClient:
-        return SidecarClient(self.address, api_key=key, max_message_bytes=4 * MAX_MESSAGE, **kw)
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address, options=[("grpc.max_send_message_length", 4 * MAX_MESSAGE)])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    port, mport = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEE_")}
-    env.update({
-        "MEE_MODEL": str(tiny_model_dir), "MEE_DEVICE": "cpu", "MEE_DTYPE": "fp32", "MEE_MAX_LENGTH": "512",
-        "MEE_MILVUS_URI": str(work / "milvus.db"), "MEE_LISTEN": f"127.0.0.1:{port}",
-        "MEE_METRICS_LISTEN": f"127.0.0.1:{mport}", "MEE_API_KEYS": ",".join(KEYS),
-        "MEE_MAX_TEXTS_PER_REQUEST": str(MAX_TEXTS), "MEE_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
-        "MEE_SHUTDOWN_GRACE_S": "20", "MEE_ALLOW_DEMO_MODEL": "false",
-    })
-    exe = Path(sys.executable).with_name("milvus-embed")
-    cmd = [str(exe), "serve"] if exe.exists() else [sys.executable, "-m", "milvus_embed_ext.cli", "serve"]
-    log_path = work / "server.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    srv = Server(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{mport}/metrics", log_path)
+    srv = start_sidecar(tiny_model_dir, tmp_path_factory.mktemp("e2e"), keys=KEYS, max_texts_per_request=MAX_TEXTS,
+                        max_message_bytes=MAX_MESSAGE, shutdown_grace_s=20)
     try:
-        with grpc.insecure_channel(srv.address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited with {proc.returncode} during start-up:\n{srv.log()[-4000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not SERVING after 180 s:\n{srv.log()[-4000:]}")
-                try:  # health needs no key
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.25)
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        srv.stop()
 
 
 @pytest.fixture(scope="module")
