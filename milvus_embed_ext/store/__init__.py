@@ -3,7 +3,7 @@
 from .capabilities import Capabilities, capabilities_for, parse_version
 from .client import MilvusStore, redact_uri
 from .codecs import CODECS
-from .documents import Document, DocumentStore, StoredVectors
+from .documents import Document, DocumentStore, StoredVectors, in_expr, literal
 from .layout import CollectionLayout, TruncatedField
 from .projection import PcaProjection, fit_pca, prefix_project
 
@@ -19,6 +19,8 @@ __all__ = [
     "TruncatedField",
     "capabilities_for",
     "fit_pca",
+    "in_expr",
+    "literal",
     "parse_version",
     "prefix_project",
     "redact_uri",

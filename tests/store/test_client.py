@@ -90,3 +90,21 @@ def test_tls_ca_needs_https(tmp_path) -> None:  # noqa: ANN001
     settings = load_settings(env={}, overrides={"milvus_uri": "http://db:19530", "milvus_tls_ca": str(ca)})
     with pytest.raises(InvalidArgument, match="https"):
         MilvusStore.connect(settings)
+
+
+def test_lite_file_held_by_another_process_is_unavailable(tmp_path) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\n"
+         "MilvusClient(uri=sys.argv[1]); print('ready', flush=True); time.sleep(120)", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(Unavailable, match="one process"):
+            MilvusStore.connect(load_settings(env={}, overrides={"milvus_uri": str(db)}))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
