@@ -1,0 +1,232 @@
+"""GPU check: the CUDA path of M3Encoder on the full-size (BGE-M3-shaped) checkpoint.
+
+Run by ``bench/gpu_check.sh`` on a CUDA machine in well under 5 minutes:
+  1. builds (or reuses) the full-size random checkpoint (24 layers, hidden 1024, vocab 250002);
+  2. parity of fp16 and bf16 against fp32 on the same GPU: dense cosine / max abs diff, lexical weights,
+     ColBERT vectors, and M3 scores of query/passage pairs (tolerances printed beside the figures);
+  3. throughput: tokens/s on passages of mixed length (50-500 tokens) per dtype, one-query latency p50/p99.
+Writes a Markdown section (``--markdown``) and a JSON file (``--json``); prints both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Tolerances the fp16/bf16 path must stay within, relative to fp32 on the same device.
+# Scores are compared relative to max(1, |fp32 score|): lexical scores are unbounded sums of weight products.
+TOLERANCES = {
+    "fp16": {"dense_cos_min": 0.999, "m3_score_rel": 1e-2, "spearman_min": 0.99},
+    "bf16": {"dense_cos_min": 0.99, "m3_score_rel": 5e-2, "spearman_min": 0.95},
+}
+
+
+def make_texts(encoder, rng: random.Random, n: int, lo: int, hi: int) -> list[str]:
+    """Texts whose token counts spread over [lo, hi], built from the tokenizer's multilingual corpus."""
+    from milvus_embed_ext.encoder.testmodel import _corpus_lines
+
+    words = " ".join(_corpus_lines()).split()
+    texts = []
+    for _ in range(n):
+        target = rng.randint(lo, hi)
+        start = rng.randrange(len(words))
+        count = max(8, target // 2)
+        text = " ".join(words[(start + i) % len(words)] for i in range(count))
+        while encoder.count_tokens([text])[0] < target:
+            text += " " + " ".join(rng.choice(words) for _ in range(16))
+        texts.append(text)
+    return texts
+
+
+def parity(ref, test, queries: list[str], passages: list[str]) -> dict[str, float]:
+    from milvus_embed_ext.encoder import m3_score
+
+    a = ref.encode(passages)
+    b = test.encode(passages)
+    cos = np.sum(a.dense * b.dense, axis=1)
+    colbert_diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a.colbert, b.colbert, strict=True))
+    lexical = []
+    for x, y in zip(a.sparse, b.sparse, strict=True):
+        for k in set(x) | set(y):
+            lexical.append(abs(x.get(k, 0.0) - y.get(k, 0.0)))
+    qa = ref.encode(queries)
+    qb = test.encode(queries)
+    ref_scores, test_scores = [], []
+    for i in range(len(queries)):
+        for j in range(len(passages)):
+            ref_scores.append(m3_score(qa.select([i]), a.select([j])))
+            test_scores.append(m3_score(qb.select([i]), b.select([j])))
+    r, t = np.asarray(ref_scores), np.asarray(test_scores)
+    max_weight = max((max(x.values(), default=0.0) for x in a.sparse), default=1.0) or 1.0
+    return {
+        "dense_cos_min": float(cos.min()),
+        "dense_abs_max": float(np.max(np.abs(a.dense - b.dense))),
+        "lexical_rel_max": float(max(lexical, default=0.0) / max_weight),
+        "colbert_abs_max": colbert_diff,
+        "m3_score_rel_max": float(np.max(np.abs(r - t) / np.maximum(1.0, np.abs(r)))),
+        "m3_spearman": spearman(r, t),
+    }
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        _sync()
+
+
+def throughput(encoder, passages: list[str], seconds: float) -> dict[str, float]:
+    tokens = sum(encoder.count_tokens(passages))
+    encoder.encode(passages[:64])  # warm-up (kernels, allocator)
+    _sync()
+    runs, started = 0, time.perf_counter()
+    while True:
+        encoder.encode(passages)
+        _sync()
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            break
+    return {"tokens_per_s": tokens * runs / elapsed, "texts_per_s": len(passages) * runs / elapsed}
+
+
+def query_latency(encoder, queries: list[str], repeats: int) -> dict[str, float]:
+    for q in queries[:5]:
+        encoder.encode([q])
+    samples = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        encoder.encode([queries[i % len(queries)]])
+        _sync()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return {"p50_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * (len(samples) - 1))]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", default=".cache/test-model-full")
+    ap.add_argument("--seconds", type=float, default=15.0, help="throughput measuring time per dtype")
+    ap.add_argument("--size", default="full", choices=("tiny", "full"), help="tiny: a smoke run of this script")
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script without a GPU")
+    ap.add_argument("--passages", type=int, default=512, help="passages in the throughput set")
+    ap.add_argument("--markdown", default="")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible; run this on a GPU machine", file=sys.stderr)
+        return 2
+    from milvus_embed_ext.encoder import M3Encoder, ensure_test_model
+
+    t0 = time.perf_counter()
+    model_dir = ensure_test_model(args.model_dir, size=args.size, seed=0)
+    build_s = time.perf_counter() - t0
+    print(f"gpu_check: checkpoint ready in {build_s:.1f}s", flush=True)
+    rng = random.Random(1234)
+    encoders = {dt: M3Encoder.from_pretrained(str(model_dir), device=args.device, dtype=dt, max_length=8192,
+                                              token_budget=65536, max_batch=256) for dt in ("fp32", "fp16", "bf16")}
+    ref = encoders["fp32"]
+    queries = make_texts(ref, rng, 8, 8, 24)
+    parity_passages = make_texts(ref, rng, 16, 50, 500)
+    bench_passages = make_texts(ref, rng, args.passages, 50, 500)
+
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "checkpoint": ("full-size random BGE-M3 layout (24 layers, hidden 1024, vocab 250002)" if args.size == "full"
+                       else "tiny test checkpoint (smoke run)"),
+        "checkpoint_ready_s": round(build_s, 1),
+        "bench_passages": len(bench_passages),
+        "bench_tokens": int(sum(ref.count_tokens(bench_passages))),
+        "parity": {},
+        "throughput": {},
+        "query_latency": {},
+    }
+    ok = True
+    for dt in ("fp16", "bf16"):
+        try:
+            res = parity(ref, encoders[dt], queries, parity_passages)
+        except Exception as exc:  # noqa: BLE001 - report the failure, keep measuring the rest
+            print(f"gpu_check: parity {dt} failed: {exc!r}", file=sys.stderr)
+            ok = False
+            continue
+        tol = TOLERANCES[dt]
+        res["within_tolerance"] = (res["dense_cos_min"] >= tol["dense_cos_min"]
+                                   and res["m3_score_rel_max"] <= tol["m3_score_rel"]
+                                   and res["m3_spearman"] >= tol["spearman_min"])
+        ok &= res["within_tolerance"]
+        report["parity"][dt] = res
+        print(json.dumps({dt: res}), flush=True)
+    for dt, enc in encoders.items():
+        try:
+            report["throughput"][dt] = throughput(enc, bench_passages, args.seconds)
+            report["query_latency"][dt] = query_latency(enc, queries, 100)
+        except Exception as exc:  # noqa: BLE001
+            print(f"gpu_check: throughput {dt} failed: {exc!r}", file=sys.stderr)
+            ok = False
+            continue
+        print(json.dumps({dt: [report["throughput"][dt], report["query_latency"][dt]]}), flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    report["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0
+
+    md = to_markdown(report)
+    print(md)
+    print(json.dumps(report, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(md, encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0 if ok else 1
+
+
+def to_markdown(r: dict) -> str:
+    fp32 = r["throughput"].get("fp32", {}).get("tokens_per_s", float("nan"))
+    lines = [
+        f"Device: {r['device']}; torch {r['torch']}, transformers {r['transformers']}, Python {r['python']}.",
+        f"Checkpoint: {r['checkpoint']}. Throughput set: {r['bench_passages']} passages, "
+        f"{r['bench_tokens']} tokens (50-500 tokens each), token budget 65536, max batch 256.",
+        "",
+        "| dtype | tokens/s | texts/s | x fp32 | one query p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for dt, t in r["throughput"].items():
+        q = r["query_latency"][dt]
+        lines.append(f"| {dt} | {t['tokens_per_s']:,.0f} | {t['texts_per_s']:,.1f} | {t['tokens_per_s'] / fp32:.2f} "
+                     f"| {q['p50_ms']:.1f} | {q['p99_ms']:.1f} |")
+    lines += ["", "Parity against fp32 on the same GPU (16 passages, 8 queries, all 128 pairs):", "",
+              "| dtype | dense cos min | dense max abs | lexical max rel | ColBERT max abs | M3 score max rel "
+              "| M3 Spearman | tolerance | ok |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for dt, p in r["parity"].items():
+        tol = TOLERANCES[dt]
+        lines.append(f"| {dt} | {p['dense_cos_min']:.6f} | {p['dense_abs_max']:.2e} | {p['lexical_rel_max']:.2e} "
+                     f"| {p['colbert_abs_max']:.2e} | {p['m3_score_rel_max']:.2e} | {p['m3_spearman']:.4f} "
+                     f"| cos >= {tol['dense_cos_min']}, score rel <= {tol['m3_score_rel']}, "
+                     f"Spearman >= {tol['spearman_min']} | {'yes' if p['within_tolerance'] else 'NO'} |")
+    lines += ["", f"Peak GPU memory: {r['peak_gpu_mem_gib']} GiB. Checkpoint build/reuse: {r['checkpoint_ready_s']} s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
