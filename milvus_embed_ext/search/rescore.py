@@ -6,13 +6,53 @@ Each function scores a whole candidate set in a few numpy calls and agrees with 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument
 
 _SIM_BUDGET = 1 << 22  # float32 cells of one query-by-candidate-tokens similarity block (16 MiB)
+
+# Re-scoring products are small (a query's dozen vectors against a few thousand candidate tokens). A
+# multi-threaded BLAS spends longer waking and syncing its threads than computing them, and on a busy host
+# (encoder threads, concurrent searches) far longer: measured on the 2-core dev box under load, one
+# 12 x 64 by 64 x 9500 product took 21-75 ms with 2 OpenBLAS threads and 2-3 ms with one. So the product
+# runs with BLAS limited to one thread; concurrent searches still run in parallel on the thread pool.
+# The limit is process-wide (BLAS has no per-thread setting), so it is reference-counted: set by the first
+# search that enters, restored by the last that leaves. Torch's encoder uses OpenMP, which this leaves alone.
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter: Any = None
+_blas_controller: Any = None
+
+
+@contextlib.contextmanager
+def single_thread_blas() -> Iterator[None]:
+    """Run the enclosed numpy products with one BLAS thread (no-op without threadpoolctl)."""
+    global _blas_users, _blas_limiter, _blas_controller
+    with _blas_lock:
+        if _blas_users == 0:
+            try:
+                if _blas_controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    _blas_controller = ThreadpoolController()
+                _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
+            except Exception:  # noqa: BLE001 - threadpoolctl absent or unable: run unlimited
+                _blas_limiter = None
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def dense_scores(query: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -85,7 +125,8 @@ def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
             raise InvalidArgument(
                 f"colbert re-score: query is {dim}-d, stored token vectors are {stacked.shape}"
             )
-        sims = q @ stacked.T  # [query tokens, chunk tokens]
+        with single_thread_blas():
+            sims = q @ stacked.T  # [query tokens, chunk tokens]
         starts = np.concatenate([[0], np.cumsum(lengths[members])[:-1]])
         best = np.maximum.reduceat(sims, starts, axis=1)  # [query tokens, chunk docs]
         out[members] = best.mean(axis=0, dtype=np.float64)

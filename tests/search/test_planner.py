@@ -161,6 +161,23 @@ def test_colbert_rescore_chunks_and_empty_docs(monkeypatch: pytest.MonkeyPatch, 
     assert lexical_scores({1: 1.0}, [{}, {}]).tolist() == [0.0, 0.0]
 
 
+def test_blas_limit_is_restored_after_concurrent_searches(store: FakeStore) -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from milvus_embed_ext.search import rescore
+
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    q = encode(["query"]).colbert[0]
+    expected = [colbert_score(q, c) for c in store.colbert]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: rescore.colbert_scores(q, store.colbert), range(16)))
+    for got in results:
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+    assert rescore._blas_users == 0
+
+
 # ---------------------------------------------------------------- results
 
 
