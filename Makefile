@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 TEST_MODEL := .cache/test-model-tiny
 
-.PHONY: setup run demo test test-slow lint proto proto-check bench bench-compare gpu-check clean
+.PHONY: setup run demo test test-slow lint proto proto-check bench bench-compare bench-report gpu-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: setup
 
 bench-compare: setup
 	$(PY) bench/compare.py --storage .benchmarks --threshold 0.25
+
+bench-report: setup
+	$(PY) bench/report.py --storage .benchmarks
 
 gpu-check:
 	bash bench/gpu_check.sh

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,6 +28,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     group.addoption("--no-baseline", action="store_true", default=False,
                     help="skip FlagEmbedding (e.g. where it is not installed)")
+    # service-level suites (test_search.py, test_ingest.py, test_storage.py; helpers in benchlib.py)
+    group.addoption("--quick", action="store_true", default=False,
+                    help="small sizes and short durations: checks the suites work; figures are not comparable")
+    group.addoption("--search-docs", type=int, default=None,
+                    help="documents in the search data (default 10000, --quick 1000; 100000 for the large run; "
+                         "built once, cached under .cache/bench/)")
+    group.addoption("--search-queries", type=int, default=None, help="distinct queries (default 50, --quick 20)")
+    group.addoption("--duration", type=float, default=None,
+                    help="seconds per concurrency level in the throughput tests (default 10, --quick 2)")
+    group.addoption("--concurrency", default=None,
+                    help="comma-separated client counts for the throughput tests (default 1,4,16; --quick 1,8)")
+    group.addoption("--ingest-docs", type=int, default=None, help="documents per ingestion round (default 512, --quick 64)")
+    group.addoption("--storage-docs", type=int, default=None, help="documents per storage collection (default 300, --quick 60)")
+    group.addoption("--sidecar-address", default=None,
+                    help="host:port of a running sidecar to measure instead of starting one (baselines are skipped); "
+                         "API key from MEE_BENCH_API_KEY, else the first key of MEE_API_KEYS")
+    group.addoption("--sidecar-collection", default="", help="collection to search on --sidecar-address (default: its own)")
+    group.addoption("--sidecar-ingest-collection", default="",
+                    help="with --sidecar-address: collection the ingestion test may write to (ids mee-bench-*, deleted "
+                         "afterwards); without it ingestion is not measured on a live sidecar")
+    group.addoption("--sidecar-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the sidecar started here (repeatable), e.g. OMP_NUM_THREADS=1")
+    group.addoption("--sidecar-tls", action="store_true", default=False, help="TLS to --sidecar-address (system roots)")
+    group.addoption("--sidecar-ca", default=None, help="CA bundle for --sidecar-address (implies TLS)")
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +122,66 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
             if "p50_ms" in ours:
                 tr.write_line(f"{group:>9} ratio          p50 x{ref['p50_ms'] / ours['p50_ms']:.2f} faster"
                               f"  p99 x{ref['p99_ms'] / ours['p99_ms']:.2f} faster")
+
+
+# ------------------------------------------------------------------ saved-run metadata (bench/report.py, compare.py)
+
+_LOAD_AT_START: list[float] = []
+
+
+def _bench_options(config) -> dict:
+    names = ["full_model", "model_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
+             "duration", "concurrency", "ingest_docs", "storage_docs", "sidecar_address", "sidecar_collection", "sidecar_env"]
+    return {n: config.getoption("--" + n.replace("_", "-")) for n in names}
+
+
+def pytest_sessionstart(session) -> None:  # noqa: ARG001
+    with contextlib.suppress(OSError):
+        _LOAD_AT_START[:] = list(os.getloadavg())
+
+
+def pytest_benchmark_update_machine_info(config, machine_info) -> None:
+    """Load average before the run, cores, torch build and threads: the report prints them beside the figures."""
+    machine_info["load_avg_start"] = _LOAD_AT_START
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["bench_options"] = _bench_options(config)
+    try:
+        import torch
+
+        machine_info["torch"] = torch.__version__
+        machine_info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            machine_info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json) -> None:  # noqa: ARG001
+    with contextlib.suppress(OSError):
+        output_json["machine_info"]["load_avg_end"] = list(os.getloadavg())
+
+
+@pytest.fixture(autouse=True)
+def _bench_extra_info(request: pytest.FixtureRequest):
+    """Every saved benchmark carries ``config`` (what it ran on: compare.py matches on it), the 1-minute load
+    average when it started, and per-call p50/p99 when it timed single calls (saved stats have no p99)."""
+    if "benchmark" not in request.fixturenames:
+        yield
+        return
+    bench = request.getfixturevalue("benchmark")
+    opts = request.config.getoption
+    model = opts("--model-dir") or ("full" if opts("--full-model") else "tiny")
+    where = opts("--sidecar-address") or "local"
+    bench.extra_info.setdefault("config", f"model={model} device={opts('--bench-device')} quick={opts('--quick')}"
+                                          f" sidecar={where}")
+    with contextlib.suppress(OSError):
+        bench.extra_info["load_1m"] = round(os.getloadavg()[0], 2)
+    yield
+    stats = getattr(getattr(bench, "stats", None), "stats", None)
+    data = list(getattr(stats, "data", None) or [])
+    if len(data) >= 10 and not bench.extra_info.get("harness_timing"):
+        import numpy as np
+
+        ms = np.asarray(data, dtype=np.float64) * 1000.0
+        bench.extra_info.setdefault("p50_ms", float(np.percentile(ms, 50)))
+        bench.extra_info.setdefault("p99_ms", float(np.percentile(ms, 99)))

@@ -1,0 +1,476 @@
+"""Regenerate the benchmark sections of bench/RESULTS.md from the latest saved benchmark runs.
+
+    python bench/report.py                  # make bench-report: sections from .benchmarks/
+    python bench/report.py --all            # also rerun bench/measure_codecs.py and bench/measure_recall.py
+    python bench/report.py --run -- -k search --search-docs 100000   # run `pytest bench` (autosave) first
+    python bench/report.py --check          # exit 1 if RESULTS.md is not what the saved runs give
+
+RESULTS.md is shared: every section sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->``. This script
+rewrites only the sections it owns (``bench-*``) and leaves every other section and all text outside sections as
+they are (the measure scripts' ``<!-- name:start -->`` / ``<!-- name:end -->`` sections too). A section takes each
+benchmark group from the newest run that has it, and names the run, the machine, and the load average when
+the run started: figures measured with --quick or on a busy machine say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import Run, find_runs  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+TITLE = "# Benchmark results\n"
+BUSY_LOAD_PER_CORE = 0.5
+"""Load average per core at the start of a run above which its figures are flagged as measured on a busy machine."""
+
+# ------------------------------------------------------------------------------------------ sections
+
+_MARKER = re.compile(r"<!-- (?:BEGIN ([\w.-]+)|END ([\w.-]+)|([\w.-]+):(start|end)) -->")
+
+
+def begin(name: str) -> str:
+    return f"<!-- BEGIN {name} -->"
+
+
+def end(name: str) -> str:
+    return f"<!-- END {name} -->"
+
+
+def parse_sections(text: str) -> dict[str, tuple[int, int]]:
+    """name -> (start of the opening marker, end of the closing marker), for both marker styles.
+
+    Raises ValueError on an unclosed, unopened, nested or repeated section: the file is then left alone.
+    """
+    sections: dict[str, tuple[int, int]] = {}
+    open_name: str | None = None
+    open_at = 0
+    for m in _MARKER.finditer(text):
+        opening = m.group(1) or (m.group(3) if m.group(4) == "start" else None)
+        closing = m.group(2) or (m.group(3) if m.group(4) == "end" else None)
+        if opening:
+            if open_name is not None:
+                raise ValueError(f"section {opening!r} opens inside section {open_name!r}")
+            if opening in sections:
+                raise ValueError(f"section {opening!r} appears twice")
+            open_name, open_at = opening, m.start()
+        else:
+            if closing != open_name:
+                raise ValueError(f"section {closing!r} closes but {open_name!r} is open")
+            sections[closing] = (open_at, m.end())
+            open_name = None
+    if open_name is not None:
+        raise ValueError(f"section {open_name!r} is never closed")
+    return sections
+
+
+def splice(text: str, name: str, body: str, *, after: str | None = None, top: bool = False) -> str:
+    """``text`` with section ``name`` holding ``body``; everything else unchanged.
+
+    A missing section goes after section ``after`` when that exists; with ``top``, right under the file's
+    ``# `` title; else at the end of the file.
+    """
+    if _MARKER.search(body):
+        raise ValueError(f"the body of section {name!r} must not contain section markers")
+    block = f"{begin(name)}\n{body.strip()}\n{end(name)}"
+    sections = parse_sections(text)
+    if name in sections:
+        start, stop = sections[name]
+        return text[:start] + block + text[stop:]
+    if after is not None and after in sections:
+        stop = sections[after][1]
+        return text[:stop] + "\n\n" + block + text[stop:]
+    if not text.strip():
+        text = TITLE
+    if top:
+        title = re.search(r"^# .*$", text, flags=re.MULTILINE)
+        if title is not None and not any(start < title.start() for start, _ in sections.values()):
+            return text[:title.end()] + "\n\n" + block + "\n" + text[title.end():]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> dict[str, tuple[Run, list[dict]]]:
+    """group -> (newest run that has it, that run's benchmarks of the group)."""
+    out: dict[str, tuple[Run, list[dict]]] = {}
+    for run in reversed(runs):
+        for group in {str(b.get("group")) for b in run.benchmarks if match(str(b.get("group")))}:
+            if group not in out:
+                out[group] = (run, [b for b in run.benchmarks if str(b.get("group")) == group])
+    return out
+
+
+def machine_line(run: Run) -> str:
+    mi = run.data.get("machine_info") or {}
+    cpu = mi.get("cpu") or {}
+    cores = mi.get("cpu_count") or cpu.get("count") or "?"
+    parts = [f"{cpu.get('brand_raw') or mi.get('processor') or mi.get('machine', '?')}, {cores} cores",
+             f"{mi.get('system', '')} {mi.get('release', '')}".strip(),
+             f"Python {mi.get('python_version', '?')}"]
+    if mi.get("torch"):
+        parts.append(f"torch {mi['torch']} ({mi.get('torch_threads', '?')} threads)")
+    if mi.get("gpu"):
+        parts.append(f"GPU {mi['gpu']}")
+    load = mi.get("load_avg_start") or []
+    if load:
+        parts.append("load average at start " + "/".join(f"{x:.1f}" for x in load))
+    commit = run.data.get("commit_info") or {}
+    sha = (commit.get("id") or "?")[:10] + ("+uncommitted" if commit.get("dirty") else "")
+    return f"{run.when[:16].replace('T', ' ')} UTC, commit {sha}; " + "; ".join(parts)
+
+
+def options_line(run: Run) -> str:
+    opts = (run.data.get("machine_info") or {}).get("bench_options") or {}
+    model = opts.get("model_dir") or ("full-size random checkpoint" if opts.get("full_model") else "tiny test checkpoint")
+    bits = [f"model: {model}", f"device {opts.get('bench_device', 'cpu')}"]
+    if opts.get("sidecar_address"):
+        bits.append(f"live sidecar {opts['sidecar_address']}")
+    if opts.get("sidecar_env"):
+        bits.append("sidecar env " + " ".join(opts["sidecar_env"]))
+    if opts.get("quick"):
+        bits.append("--quick")
+    return ", ".join(bits)
+
+
+def caveat(run: Run) -> str:
+    """A warning line when the run's figures are not final (quick sizes, busy machine, tiny model)."""
+    mi = run.data.get("machine_info") or {}
+    opts = mi.get("bench_options") or {}
+    load = (mi.get("load_avg_start") or [0.0])[0]
+    cores = mi.get("cpu_count") or (mi.get("cpu") or {}).get("count") or 1
+    why = []
+    if opts.get("quick"):
+        why.append("--quick sizes")
+    if load > BUSY_LOAD_PER_CORE * cores:
+        why.append(f"a busy machine (load {load:.1f} on {cores} cores when the run started)")
+    if not why:
+        return ""
+    return ("> **Not final figures**: measured with " + " and ".join(why) + ". Rerun `make bench` on a quiet "
+            "machine, then `make bench-report`.")
+
+
+def sources(used: Sequence[Run]) -> str:
+    seen: list[Run] = []
+    for r in used:
+        if all(r.path != s.path for s in seen):
+            seen.append(r)
+    lines = []
+    for r in seen:
+        lines.append(f"Run `{r.path.name}`: {machine_line(r)}. {options_line(r)}.")
+        if caveat(r):
+            lines.append(caveat(r))
+    return "\n\n".join(lines)
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+    return str(x)
+
+
+def frac(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _impl(b: dict) -> str:
+    params = b.get("params") or {}
+    return str((b.get("extra_info") or {}).get("impl") or params.get("impl") or "")
+
+
+def _x(r: float | None) -> str:
+    return "—" if r is None else f"{r:.2f}x"
+
+
+NO_RUN = "No saved run has these benchmarks yet: `make bench` (or `pytest bench -k {k} --benchmark-autosave " \
+         "--benchmark-storage=.benchmarks`), then `make bench-report`."
+
+
+# ------------------------------------------------------------------------------------------ section bodies
+
+
+def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
+    groups = latest_by_group(runs, lambda g: g in ("passages", "query"))
+    head = "## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n" \
+           "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 " \
+           "tokens in one call; single short queries, one call each."
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="encode")
+    rows = []
+    if "passages" in groups:
+        _, benches = groups["passages"]
+        per = {_impl(b): b for b in benches}
+        vals = {}
+        for impl, b in per.items():
+            mean = b["stats"]["mean"]
+            ex = b.get("extra_info") or {}
+            vals[impl] = (ex.get("tokens", 0) / mean, ex.get("texts", 0) / mean)
+        ours, ref = vals.get("milvus-embed"), vals.get("flagembedding")
+        r_tok = ratio(ours and ours[0], ref and ref[0])
+        goals["encode_tokens"] = r_tok
+        rows.append(["passages", "tokens/s", fmt(ours and ours[0]), fmt(ref and ref[0]), _x(r_tok), ">= 2x"])
+        rows.append(["passages", "texts/s", fmt(ours and ours[1]), fmt(ref and ref[1]),
+                     _x(ratio(ours and ours[1], ref and ref[1])), ""])
+    if "query" in groups:
+        _, benches = groups["query"]
+        per = {_impl(b): (b.get("extra_info") or {}) for b in benches}
+        ours, ref = per.get("milvus-embed", {}), per.get("flagembedding", {})
+        for pct in ("p50_ms", "p99_ms"):
+            r = ratio(ours.get(pct), ref.get(pct))
+            if pct == "p50_ms":
+                goals["encode_p50"] = r
+            rows.append(["one query", pct.replace("_ms", " ms"), fmt(ours.get(pct)), fmt(ref.get(pct)), _x(r),
+                         "<= 0.5x" if pct == "p50_ms" else ""])
+    body = table(["workload", "figure", "milvus-embed", "FlagEmbedding", "ratio", "goal"], rows)
+    return f"{head}\n\n{body}\n\n{sources([r for r, _ in groups.values()])}"
+
+
+def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
+    groups = latest_by_group(runs, lambda g: g.startswith("search-"))
+    head = ("## Hybrid search: the sidecar over gRPC beside FlagEmbedding + MilvusClient.hybrid_search\n\n"
+            "bench/test_search.py: same Milvus Lite data and checkpoint. recall@10: share of the exact BGE-M3 "
+            "`compute_score` top-10 over the whole corpus (dense 0.4, sparse 0.2, ColBERT 0.4) that a search "
+            "returns. overlap@10: share of the other implementation's top-10 for the same fusion. milvus-embed m3 "
+            "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
+            "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="hybrid_search")
+    parts = [head]
+    used = []
+    for group in sorted(groups, key=lambda g: (len(g), g)):
+        run, benches = groups[group]
+        used.append(run)
+        docs = group.removeprefix("search-")
+        rows = []
+        by = {}
+        for b in sorted(benches, key=lambda b: (_impl(b) != "milvus-embed", str(b.get("name")))):
+            ex = b.get("extra_info") or {}
+            by[(_impl(b), ex.get("fusion"))] = ex
+            rows.append([_impl(b), str(ex.get("fusion", "")), fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms")),
+                         frac(ex.get("recall_at_10")), frac(ex.get("overlap_at_10"))])
+        parts.append(f"### {docs} documents\n\n" + table(
+            ["implementation", "fusion", "p50 ms", "p99 ms", "recall@10", "overlap@10"], rows))
+        base = [v for (impl, _), v in by.items() if impl == "flagembedding"]
+        ours = by.get(("milvus-embed", "m3"))
+        if ours and base:
+            fastest = min(base, key=lambda v: v.get("p50_ms") or float("inf"))
+            best_recall = max((v.get("recall_at_10") or 0.0) for v in base)
+            r = ratio(ours.get("p50_ms"), fastest.get("p50_ms"))
+            goals.setdefault("search", []).append((docs, r, ours.get("recall_at_10"), best_recall))
+            parts.append(f"milvus-embed m3 p50 / fastest baseline p50 ({fastest.get('fusion')}): {_x(r)} (goal <= 1x); "
+                         f"recall@10 {frac(ours.get('recall_at_10'))} vs the baseline's best {frac(best_recall)} "
+                         "(goal: equal or better).")
+    parts.append(sources(used))
+    return "\n\n".join(parts)
+
+
+def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
+    groups = latest_by_group(runs, lambda g: g.startswith("throughput-"))
+    head = ("## Throughput under concurrent clients (dynamic batching)\n\n"
+            "bench/test_search.py::test_throughput: N clients on loopback, each on its own channel, calling back to "
+            "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
+            "sidecar's `mee_batch_texts` metric), the batching at work.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="throughput")
+    parts = [head]
+    used = []
+    for group in sorted(groups):
+        run, benches = groups[group]
+        used.append(run)
+        rpc = group.removeprefix("throughput-")
+        rows = []
+        seq = None
+        best = None
+        for b in sorted(benches, key=lambda b: (b.get("extra_info") or {}).get("clients", 0)):
+            ex = b.get("extra_info") or {}
+            if ex.get("clients") == 1:
+                seq = ex.get("qps")
+            speed = ratio(ex.get("qps"), seq)
+            if ex.get("clients", 1) > 1 and speed is not None:
+                best = speed if best is None else max(best, speed)
+            rows.append([str(ex.get("clients")), fmt(ex.get("qps")), fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms")),
+                         fmt(ex.get("mean_batch_texts")), _x(speed)])
+        goals.setdefault("throughput", []).append((rpc, best))
+        name = "HybridSearch" if rpc == "search" else "Embed (one query per call)" if rpc == "embed" else rpc
+        parts.append(f"### {name}\n\n" + table(["clients", "calls/s", "p50 ms", "p99 ms", "texts/pass",
+                                                "x sequential"], rows))
+    parts.append(sources(used))
+    return "\n\n".join(parts)
+
+
+def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
+    groups = latest_by_group(runs, lambda g: g == "ingest")
+    head = ("## Ingestion: documents per second, text to every representation stored\n\n"
+            "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
+            "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="ingest")
+    run, benches = groups["ingest"]
+    per = {_impl(b): (b.get("extra_info") or {}) for b in benches}
+    ref = per.get("flagembedding", {}).get("docs_per_s")
+    rows = [[impl, fmt(ex.get("docs_per_s")), fmt(ex.get("tokens_per_s")), fmt(ex.get("docs")), str(ex.get("stored", "")),
+             _x(ratio(ex.get("docs_per_s"), ref)) if impl != "flagembedding" else ""]
+            for impl, ex in sorted(per.items())[::-1]]
+    goals["ingest"] = ratio(per.get("milvus-embed", {}).get("docs_per_s"), ref)
+    return "\n\n".join([head, table(["implementation", "docs/s", "tokens/s", "docs per round", "stored",
+                                     "x baseline"], rows), sources([run])])
+
+
+def storage_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
+    groups = latest_by_group(runs, lambda g: g == "storage")
+    head = ("## Storage: bytes per document in Milvus\n\n"
+            "bench/test_storage.py: raw bytes of every stored field value read back from Milvus (before Milvus' "
+            "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
+            "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
+            "collection of the pymilvus tutorial.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="storage")
+    run, benches = groups["storage"]
+    dims: list[int] = []
+    for b in benches:
+        dims = sorted(set(dims) | set((b.get("extra_info") or {}).get("truncated") or []))
+    rows = []
+    order = {"fp32": 0, "fp16": 1, "int8": 2, "bits": 3, "baseline": 9}
+    first = {}
+    for b in sorted(benches, key=lambda b: order.get((b.get("extra_info") or {}).get("codec"), 5)):
+        ex = b.get("extra_info") or {}
+        first = first or ex
+        fields = ex.get("fields_bytes_per_doc") or {}
+        colls = ex.get("collections_bytes_per_doc") or {}
+        other = sum(v for k, v in fields.items() if k not in {"dense", "sparse"} and not k.startswith("dense_"))
+        companion = sum(v for k, v in colls.items() if k != "main" and not k.endswith("rows/doc"))
+        rows.append([str(ex.get("codec")), fmt(fields.get("dense"), 4)]
+                    + [fmt(fields.get(f"dense_{d}"), 4) for d in dims]
+                    + [fmt(fields.get("sparse"), 4), fmt(other, 4), fmt(companion, 4) if companion else "—",
+                       fmt(ex.get("bytes_per_doc"), 4), fmt(ex.get("lite_file_bytes_per_doc"), 4),
+                       fmt(ex.get("write_docs_per_s"))])
+    header = (["codec", "dense"] + [f"dense_{d}" for d in dims]
+              + ["sparse", "id, text, metadata, bookkeeping", "ColBERT (companion)", "total", "Lite file", "write docs/s"])
+    context = (f"{first.get('docs')} synthetic documents, dense dim {first.get('dense_dim')}, "
+               f"{fmt(first.get('colbert_tokens_per_doc'))} ColBERT vectors per document; bytes per document.")
+    return "\n\n".join([head, context, table(header, rows), sources([run])])
+
+
+def goals_section(goals: dict[str, Any]) -> str:
+    def met(value: float | None, ok: Callable[[float], bool]) -> str:
+        return "—" if value is None else ("met" if ok(value) else "not met")
+
+    rows = [["Encoder tokens/s vs FlagEmbedding (CPU, fp32)", ">= 2x", _x(goals.get("encode_tokens")),
+             met(goals.get("encode_tokens"), lambda v: v >= 2)],
+            ["One-query encode latency (p50) vs FlagEmbedding", "<= 0.5x", _x(goals.get("encode_p50")),
+             met(goals.get("encode_p50"), lambda v: v <= 0.5)]]
+    for docs, r, recall, base_recall in goals.get("search", []):
+        fidelity_ok = recall is not None and base_recall is not None and recall >= base_recall
+        rows.append([f"Sidecar hybrid-search p50 vs baseline, {docs} docs", "<= 1x, recall@10 >= baseline's",
+                     f"{_x(r)}, recall {frac(recall)} vs {frac(base_recall)}",
+                     "—" if r is None else ("met" if r <= 1 and fidelity_ok else "not met")])
+    for rpc, best in goals.get("throughput", []):
+        rows.append([f"Concurrent throughput vs sequential ({rpc})", ">= 3x", _x(best), met(best, lambda v: v >= 3)])
+    if goals.get("ingest") is not None:
+        rows.append(["Ingestion docs/s vs the baseline loop", "(tracked)", _x(goals["ingest"]), ""])
+    return ("## Goals\n\nRatios against the baselines, from the sections below (targets, not asserts). Each figure "
+            "carries its run's caveats.\n\n" + table(["goal", "target", "measured", ""], rows))
+
+
+SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
+    ("bench-encode", encode_section),
+    ("bench-search", search_section),
+    ("bench-throughput", throughput_section),
+    ("bench-ingest", ingest_section),
+    ("bench-storage", storage_section),
+]
+
+
+def render_all(text: str, runs: Sequence[Run]) -> str:
+    """RESULTS.md text with every bench-* section regenerated from ``runs`` (oldest first)."""
+    goals: dict[str, Any] = {}
+    bodies = [(name, fn(runs, goals)) for name, fn in SECTIONS]
+    note = ("_Sections `bench-*` are generated by `make bench-report` (bench/report.py) from the runs saved under "
+            ".benchmarks/; edit the generator, not the text._")
+    text = splice(text or TITLE, "bench-goals", goals_section(goals) + "\n\n" + note, top=True)
+    prev = "bench-goals"
+    for name, body in bodies:
+        text = splice(text, name, body, after=prev)
+        prev = name
+    return text
+
+
+def run_measure_scripts(python: str) -> None:
+    for script in ("measure_codecs.py", "measure_recall.py"):
+        print(f"running bench/{script} ...", file=sys.stderr)
+        subprocess.run([python, str(REPO / "bench" / script)], cwd=REPO, check=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--storage", default=str(REPO / ".benchmarks"), help="folder of saved runs")
+    p.add_argument("--results", default=str(RESULTS), help="the Markdown file to update")
+    p.add_argument("--all", action="store_true", help="also rerun measure_codecs.py and measure_recall.py")
+    p.add_argument("--run", action="store_true",
+                   help="first run `pytest bench --benchmark-autosave` (arguments after -- go to pytest)")
+    p.add_argument("--check", action="store_true", help="do not write; exit 1 if the file would change")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments for --run")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    extra = [a for a in args.pytest_args if a != "--"]
+    if extra and not args.run:
+        print("error: pytest arguments given without --run", file=sys.stderr)
+        return 2
+    if args.run:
+        cmd = [sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-autosave",
+               f"--benchmark-storage={args.storage}", *extra]
+        print("running " + " ".join(cmd), file=sys.stderr)
+        rc = subprocess.run(cmd, cwd=REPO).returncode
+        if rc != 0:
+            print(f"error: the benchmark run failed (exit {rc}); RESULTS.md left as it was", file=sys.stderr)
+            return rc
+    if args.all and not args.check:
+        run_measure_scripts(sys.executable)
+    storage = Path(args.storage)
+    runs = find_runs(storage) if storage.is_dir() else []
+    path = Path(args.results)
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        after = render_all(before, runs)
+    except ValueError as exc:
+        print(f"error: {path}: {exc}; fix the markers by hand, nothing was written", file=sys.stderr)
+        return 2
+    if args.check:
+        if after != before:
+            print(f"{path} is out of date: run `make bench-report`", file=sys.stderr)
+            return 1
+        return 0
+    if after != before:
+        path.write_text(after, encoding="utf-8")
+    print(f"{path}: {len(SECTIONS) + 1} sections from {len(runs)} saved run(s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

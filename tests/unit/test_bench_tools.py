@@ -1,0 +1,238 @@
+"""The pure parts of the benchmark tooling: bench/compare.py (regressions), bench/report.py (sections of the
+shared RESULTS.md) and bench/benchlib.py's helpers (storage accounting, overlap, exact scores)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    """bench/<name>.py as a module; compare.py under its own name, since report.py imports it as a sibling."""
+    module_name = name if name == "compare" else f"bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = _load("compare")
+report = _load("report")
+benchlib = _load("benchlib")
+
+
+def bench(name: str, median: float = 0.01, group: str = "g", config: str = "model=tiny", **extra) -> dict:
+    return {"name": name, "fullname": f"bench/t.py::{name}", "group": group, "params": {},
+            "stats": {"median": median, "mean": median}, "extra_info": {"config": config, **extra}}
+
+
+def run_file(folder: Path, n: int, benchmarks: list[dict], when: str, **machine) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"datetime": when, "benchmarks": benchmarks, "commit_info": {"id": "abcdef1234567", "dirty": False},
+            "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "cpu_count": 2, "system": "Linux",
+                             "python_version": "3.11", **machine}}
+    path = folder / f"{n:04d}_run.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ compare.py
+
+
+def test_directions():
+    assert compare.direction("median_s") == -1
+    assert compare.direction("p99_ms") == -1
+    assert compare.direction("bytes_per_doc") == -1 and compare.direction("lite_file_bytes_per_doc") == -1
+    assert compare.direction("docs_per_s") == 1 and compare.direction("qps") == 1
+    assert compare.direction("recall_at_10") == 1 and compare.direction("overlap_at_10") == 1
+    assert compare.direction("load_1m") == 0 and compare.direction("docs") == 0
+
+
+def test_regressions_are_flagged_in_the_bad_direction_only(tmp_path):
+    old = compare.Run(tmp_path / "a", {"benchmarks": [
+        bench("slower", 1.0), bench("faster", 1.0), bench("qps", 1.0, harness_timing=True, qps=100.0),
+        bench("recall", 0.1, recall_at_10=0.9), bench("bytes", 0.1, bytes_per_doc=1000.0),
+        bench("edge", 1.0)]})
+    new = compare.Run(tmp_path / "b", {"benchmarks": [
+        bench("slower", 1.3), bench("faster", 0.5), bench("qps", 9.0, harness_timing=True, qps=70.0),
+        bench("recall", 0.1, recall_at_10=0.6), bench("bytes", 0.1, bytes_per_doc=900.0),
+        bench("edge", 1.2)]})
+    rows = {(r.benchmark.split("::")[1], r.metric): r for r in compare.compare(old, new, 0.25)}
+    assert rows[("slower", "median_s")].regressed
+    assert not rows[("faster", "median_s")].regressed and rows[("faster", "median_s")].change == pytest.approx(0.5)
+    assert ("qps", "median_s") not in rows, "harness timings are not compared"
+    assert rows[("qps", "qps")].regressed
+    assert rows[("recall", "recall_at_10")].regressed
+    assert not rows[("bytes", "bytes_per_doc")].regressed
+    assert not rows[("edge", "median_s")].regressed  # 20% worse is within 25%
+    assert compare.compare(old, new, 0.5, ignore=["*"]) == []
+    assert {r.benchmark for r in compare.compare(old, new, 0.25, ignore=["*slower:*"])} == {
+        f"bench/t.py::{n}" for n in ("faster", "qps", "recall", "bytes", "edge")}
+
+
+def test_benchmarks_with_another_config_are_not_matched(tmp_path):
+    old = compare.Run(tmp_path / "a", {"benchmarks": [bench("x", 1.0, config="quick=True")]})
+    new = compare.Run(tmp_path / "b", {"benchmarks": [bench("x", 9.0, config="quick=False")]})
+    assert compare.compare(old, new, 0.25) == []
+    assert not compare.comparable(old, new)
+
+
+def test_latest_pair_skips_runs_without_common_benchmarks_and_other_machines(tmp_path):
+    m1, m2 = tmp_path / "Linux-A", tmp_path / "Linux-B"
+    run_file(m1, 1, [bench("x", 1.0)], "2026-01-01T00:00:00")
+    run_file(m2, 1, [bench("x", 1.0)], "2026-01-03T00:00:00")
+    run_file(m1, 2, [bench("y", 1.0)], "2026-01-02T00:00:00")
+    run_file(m1, 3, [bench("x", 2.0), bench("y", 1.0)], "2026-01-04T00:00:00")
+    runs = compare.find_runs(tmp_path)
+    assert [r.when[:10] for r in runs] == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+    old, new = compare.latest_pair(runs)
+    assert new.path.name == "0003_run.json" and old.path == m1 / "0002_run.json"
+    assert compare.latest_pair(runs[:1]) is None
+
+
+def test_main_exit_codes(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert compare.main(["--storage", str(store)]) == compare.EXIT_NOTHING
+    assert "nothing to compare" in capsys.readouterr().err
+    run_file(store / "m", 1, [bench("x", 1.0)], "2026-01-01T00:00:00")
+    run_file(store / "m", 2, [bench("x", 1.1)], "2026-01-02T00:00:00")
+    assert compare.main(["--storage", str(store), "--threshold", "0.25"]) == compare.EXIT_OK
+    run_file(store / "m", 3, [bench("x", 2.0)], "2026-01-03T00:00:00")
+    assert compare.main(["--storage", str(store), "--threshold", "0.25"]) == compare.EXIT_REGRESSION
+    assert "REGRESSION" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    with pytest.raises(SystemExit, match="not a pytest-benchmark JSON"):
+        compare.main(["--runs", str(bad), str(bad)])
+
+
+# ------------------------------------------------------------------------------------------ report.py
+
+FOREIGN = "<!-- colbert-codecs:start -->\n## ColBERT codecs\n| a | b |\n<!-- colbert-codecs:end -->"
+
+
+def test_parse_sections_knows_both_marker_styles_and_rejects_broken_files():
+    text = f"# T\n\n{FOREIGN}\n\n<!-- BEGIN mine -->\nx\n<!-- END mine -->\n"
+    sections = report.parse_sections(text)
+    assert set(sections) == {"colbert-codecs", "mine"}
+    start, stop = sections["mine"]
+    assert text[start:stop] == "<!-- BEGIN mine -->\nx\n<!-- END mine -->"
+    for broken in ("<!-- BEGIN a -->", "<!-- END a -->", "<!-- BEGIN a --><!-- BEGIN b --><!-- END b --><!-- END a -->",
+                   "<!-- BEGIN a --><!-- END a --><!-- BEGIN a --><!-- END a -->",
+                   "<!-- x:start --><!-- END x -->x<!-- y:end -->"):
+        with pytest.raises(ValueError):
+            report.parse_sections(broken)
+
+
+def test_splice_replaces_only_its_own_section():
+    text = f"# T\n\nintro by hand\n\n{FOREIGN}\n\n<!-- BEGIN mine -->\nold\n<!-- END mine -->\n\ntrailing text\n"
+    out = report.splice(text, "mine", "new body")
+    assert out == text.replace("\nold\n", "\nnew body\n")
+    added = report.splice(text, "other", "o", after="colbert-codecs")
+    assert added.index(FOREIGN) < added.index("<!-- BEGIN other -->") < added.index("<!-- BEGIN mine -->")
+    assert report.splice(added, "other", "o", after="colbert-codecs") == added
+    top = report.splice(text, "goals", "g", top=True)
+    assert top.startswith("# T\n\n<!-- BEGIN goals -->\ng\n<!-- END goals -->\n") and top.endswith(text[4:])
+    assert report.splice("", "s", "b").startswith("# Benchmark results")
+    with pytest.raises(ValueError, match="must not contain"):
+        report.splice(text, "mine", "<!-- END mine -->")
+
+
+def _encode_and_search(quick: bool, load: float) -> list[dict]:
+    return [
+        bench("test_passages[milvus-embed]", 1.0, group="passages", impl="milvus-embed", tokens=5000, texts=10),
+        bench("test_passages[flagembedding]", 2.5, group="passages", impl="flagembedding", tokens=5000, texts=10),
+        bench("test_single_query[milvus-embed]", group="query", impl="milvus-embed", p50_ms=4.0, p99_ms=9.0),
+        bench("test_single_query[flagembedding]", group="query", impl="flagembedding", p50_ms=10.0, p99_ms=20.0),
+        bench("s-m3", group="search-1000", impl="milvus-embed", fusion="m3", p50_ms=8.0, recall_at_10=1.0),
+        bench("s-b", group="search-1000", impl="flagembedding", fusion="rrf", p50_ms=10.0, recall_at_10=0.5),
+        bench("t1", group="throughput-embed", clients=1, qps=100.0, harness_timing=True),
+        bench("t8", group="throughput-embed", clients=8, qps=350.0, harness_timing=True, mean_batch_texts=6.0),
+    ]
+
+
+def test_render_all_fills_owned_sections_keeps_others_and_is_idempotent(tmp_path):
+    store = tmp_path / "runs"
+    run_file(store / "m", 1, _encode_and_search(False, 0.1), "2026-01-01T00:00:00",
+             load_avg_start=[0.1, 0.1, 0.1], bench_options={"quick": False})
+    runs = compare.find_runs(store)
+    text = f"# Benchmark results\n\n{FOREIGN}\n"
+    out = report.render_all(text, runs)
+    assert FOREIGN in out
+    sections = report.parse_sections(out)
+    assert {"bench-goals", "bench-encode", "bench-search", "bench-throughput", "bench-ingest",
+            "bench-storage", "colbert-codecs"} <= set(sections)
+    goals = out[slice(*sections["bench-goals"])]
+    assert "| Encoder tokens/s vs FlagEmbedding (CPU, fp32) | >= 2x | 2.50x | met |" in goals
+    assert "| One-query encode latency (p50) vs FlagEmbedding | <= 0.5x | 0.40x | met |" in goals
+    assert "0.80x, recall 1.00 vs 0.50 | met |" in goals
+    assert "| Concurrent throughput vs sequential (embed) | >= 3x | 3.50x | met |" in goals
+    assert "Not final" not in out and "Test CPU, 2 cores" in out
+    assert "No saved run" in out[slice(*sections["bench-storage"])]
+    assert report.render_all(out, runs) == out
+
+
+def test_busy_or_quick_runs_are_labelled(tmp_path):
+    store = tmp_path / "runs"
+    run_file(store / "m", 1, _encode_and_search(True, 7.5), "2026-01-01T00:00:00",
+             load_avg_start=[7.5, 7.0, 6.0], bench_options={"quick": True})
+    out = report.render_all("", compare.find_runs(store))
+    assert "**Not final figures**: measured with --quick sizes and a busy machine (load 7.5 on 2 cores" in out
+
+
+def test_report_check_mode(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n", encoding="utf-8")
+    args = ["--storage", str(tmp_path / "none"), "--results", str(results)]
+    assert report.main([*args, "--check"]) == 1
+    assert report.main(args) == 0
+    assert report.main([*args, "--check"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ benchlib.py
+
+
+def test_field_bytes():
+    assert benchlib.field_bytes("FLOAT_VECTOR", [0.0] * 3, 1024) == 4096
+    assert benchlib.field_bytes("FLOAT16_VECTOR", b"", 8) == 16
+    assert benchlib.field_bytes("SPARSE_FLOAT_VECTOR", {1: 0.5, 7: 0.1}) == 16
+    assert benchlib.field_bytes("VARCHAR", "héllo") == 6
+    assert benchlib.field_bytes("JSON", {"a": 1}) == len('{"a":1}')
+    assert benchlib.field_bytes("INT64", 3) == 8 and benchlib.field_bytes("VARCHAR", None) == 0
+    with pytest.raises(ValueError, match="no size rule"):
+        benchlib.field_bytes("GEOMETRY", "x")
+
+
+def test_overlap_percentiles_env():
+    assert benchlib.overlap_at_k(["a", "b", "c"], ["c", "a", "z"], 3) == pytest.approx(2 / 3)
+    assert benchlib.overlap_at_k([], [], 10) == 1.0
+    p = benchlib.percentiles_ms([0.001] * 99 + [1.0])
+    assert p["p50_ms"] == pytest.approx(1.0) and p["p99_ms"] > 1.0
+    assert benchlib.parse_env(["OMP_NUM_THREADS=1", "A=b=c"]) == {"OMP_NUM_THREADS": "1", "A": "b=c"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        benchlib.parse_env(["nokey"])
+
+
+def test_exact_m3_scores_match_the_evaluation_helpers(tiny_encoder):
+    from milvus_embed_ext.search.evaluation import brute_force_m3
+    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
+
+    docs = generate_corpus(40, seed=3)
+    queries = generate_queries(docs, 3, seed=4)
+    d_enc, q_enc = tiny_encoder.encode([d.text for d in docs]), tiny_encoder.encode(queries)
+    ids = [d.id for d in docs]
+    scores = benchlib.exact_m3_scores(q_enc, d_enc)
+    for qi in range(len(queries)):
+        truth = brute_force_m3(q_enc.row(qi), d_enc, ids, 5)
+        assert benchlib._top_ids(scores[qi], ids, 5) == [i for i, _ in truth]
+        assert np.allclose([scores[qi][ids.index(i)] for i, _ in truth], [s for _, s in truth], atol=1e-5)
