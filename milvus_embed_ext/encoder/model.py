@@ -90,8 +90,11 @@ class M3Encoder:
 
     def __init__(self, *, model: Any, tokenizer: Any, colbert_linear: Any, sparse_linear: Any, model_id: str,
                  path: Path, device: str, dtype: str, max_length: int, token_budget: int, max_batch: int,
-                 fingerprint: str) -> None:
+                 fingerprint: str, backend: str = "torch", body: Any = None, config: Any = None) -> None:
         self._model = model
+        # The backend's only job: (input_ids, attention_mask) -> last_hidden_state. All else is shared.
+        self._body = body if body is not None else self._torch_body
+        self.backend = backend
         self._hf_tokenizer = tokenizer
         self._colbert = colbert_linear
         self._sparse = sparse_linear
@@ -103,7 +106,7 @@ class M3Encoder:
         self.token_budget = token_budget
         self.max_batch = max_batch
         self.fingerprint = fingerprint
-        config = model.config
+        config = config if config is not None else model.config
         self.hidden_size: int = int(config.hidden_size)
         self.vocab_size: int = int(config.vocab_size)
         self.pad_token_id: int = int(tokenizer.pad_token_id)
@@ -127,9 +130,12 @@ class M3Encoder:
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str, device: str = "auto", dtype: str = "auto",
                         max_length: int = 8192, token_budget: int = 16384, max_batch: int = 64, *,
-                        allow_download: bool = True, cache_dir: str | None = None) -> M3Encoder:
+                        allow_download: bool = True, cache_dir: str | None = None, backend: str = "torch",
+                        onnx_cache_dir: str | None = None) -> M3Encoder:
         """Load a BGE-M3 checkpoint directory or hub id (``BAAI/bge-m3``).
 
+        ``backend``: ``torch``, or ``onnx`` / ``onnx-int8`` (ONNX Runtime on CPU, fp32 / int8 weights; the
+        export is built once per checkpoint into ``onnx_cache_dir``, see :mod:`.onnx_backend`).
         Raises :class:`InvalidArgument` for bad arguments and :class:`ModelLoadError` when the
         checkpoint is missing, incomplete (e.g. no ``colbert_linear.pt``) or cannot be loaded.
         """
@@ -138,10 +144,22 @@ class M3Encoder:
         max_length = _check_positive_int("max_length", max_length, MIN_LENGTH)
         token_budget = _check_positive_int("token_budget", token_budget)
         max_batch = _check_positive_int("max_batch", max_batch)
+        from .onnx_backend import check_backend
+
+        backend = check_backend(backend)
+        if backend != "torch":
+            if not isinstance(device, str) or device.strip().lower() not in ("auto", "cpu"):
+                raise InvalidArgument(f"backend {backend} runs on the CPU; use device=cpu (or auto), or backend=torch")
+            if not isinstance(dtype, str) or dtype.strip().lower() not in ("auto", "fp32"):
+                raise InvalidArgument(f"backend {backend} computes in fp32 (int8 weights for onnx-int8); "
+                                      f"use dtype=fp32 (or auto), got {dtype!r}")
+            device = "cpu"
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path = resolve_model_path(path_or_hub_id, allow_download=allow_download, cache_dir=cache_dir)
         check_checkpoint(path)
+        if backend != "torch":
+            return cls._from_onnx(path_or_hub_id, path, backend, max_length, token_budget, max_batch, onnx_cache_dir)
 
         from transformers import AutoModel, AutoTokenizer
 
@@ -169,6 +187,31 @@ class M3Encoder:
         return cls(model=model, tokenizer=tokenizer, colbert_linear=colbert, sparse_linear=sparse,
                    model_id=str(path_or_hub_id), path=path, device=dev, dtype=dt, max_length=max_length,
                    token_budget=token_budget, max_batch=max_batch, fingerprint=fingerprint(path))
+
+    @classmethod
+    def _from_onnx(cls, model_id: str, path: Path, backend: str, max_length: int, token_budget: int,
+                   max_batch: int, onnx_cache_dir: str | None) -> M3Encoder:
+        """The ONNX Runtime body (exported once, cached by fingerprint) with the same tokenizer and heads."""
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        from .onnx_backend import OnnxBody, ensure_onnx_model
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            config = AutoConfig.from_pretrained(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot load the tokenizer or config from {path}: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizer.json) version; install `tokenizers`")
+        fp = fingerprint(path)
+        body = OnnxBody(ensure_onnx_model(path, fp, backend, onnx_cache_dir), threads=torch.get_num_threads())
+        hidden = int(config.hidden_size)
+        colbert = _load_head(path / "colbert_linear.pt", hidden, None).eval()
+        sparse = _load_head(path / "sparse_linear.pt", hidden, 1).eval()
+        return cls(model=None, tokenizer=tokenizer, colbert_linear=colbert, sparse_linear=sparse, model_id=str(model_id),
+                   path=path, device="cpu", dtype="fp32", max_length=max_length, token_budget=token_budget,
+                   max_batch=max_batch, fingerprint=fp, backend=backend, body=body, config=config)
 
     # ------------------------------------------------------------------ tokenisation
     def _tokenizer(self, max_length: int) -> Any:
@@ -270,7 +313,7 @@ class M3Encoder:
         with torch.inference_mode():
             t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
             t_mask = torch.from_numpy(mask.astype(np.int64)).to(self.device, non_blocking=True)
-            hidden = self._model(input_ids=t_ids, attention_mask=t_mask, return_dict=True).last_hidden_state
+            hidden = self._body(t_ids, t_mask)
             if hidden.dtype != torch.float32:
                 hidden = hidden.float()
             if dense:
@@ -285,6 +328,9 @@ class M3Encoder:
                 vecs = F.normalize(self._colbert(tokens), dim=-1).cpu().numpy()
                 result["colbert"] = np.split(vecs, np.cumsum(lens - 1)[:-1])
         return result
+
+    def _torch_body(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self._model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
 
     def _lexical_weights(self, input_ids: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> list[dict[int, float]]:
         """Per row: token id -> max weight over its positions, dropping special ids and weights <= 0."""
@@ -305,7 +351,8 @@ class M3Encoder:
                 for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
 
     def __repr__(self) -> str:
-        return (f"M3Encoder(model_id={self.model_id!r}, device={self.device!r}, dtype={self.dtype!r}, "
+        return (f"M3Encoder(model_id={self.model_id!r}, backend={self.backend!r}, device={self.device!r}, "
+                f"dtype={self.dtype!r}, "
                 f"hidden_size={self.hidden_size}, max_length={self.max_length})")
 
 
