@@ -30,6 +30,7 @@ SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
     "--model": ("model", "hub id or local checkpoint dir (MEE_MODEL)"),
     "--device": ("device", "auto|cpu|cuda|cuda:N (MEE_DEVICE)"),
     "--dtype": ("dtype", "auto|fp32|fp16|bf16 (MEE_DTYPE)"),
+    "--backend": ("backend", "torch|onnx|onnx-int8 (MEE_BACKEND)"),
     "--milvus-uri": ("milvus_uri", "Lite file path or http(s)://host:port (MEE_MILVUS_URI)"),
     "--collection": ("collection", "default collection (MEE_COLLECTION)"),
     "--migrations-dir": ("migrations_dir", "directory of migration scripts (MEE_MIGRATIONS_DIR)"),

@@ -38,7 +38,9 @@ class Settings:
     dtype: str = "auto"
     """auto | fp32 | fp16 | bf16. auto is fp16 on CUDA, fp32 on CPU."""
     backend: str = "torch"
-    """Encoder backend: torch (onnx where installed, see docs)."""
+    """Encoder backend: torch | onnx | onnx-int8 (ONNX Runtime on CPU; needs the `onnx` extra, see bench/RESULTS.md)."""
+    onnx_cache_dir: str = ""
+    """Where the onnx backends keep their exports (keyed by checkpoint hash); empty: ~/.cache/milvus-embed/onnx."""
     max_length: int = 8192
     """Tokens per text, special tokens included; longer texts are truncated."""
     token_budget: int = 16384
@@ -163,6 +165,8 @@ def _validate(s: Settings) -> None:
         raise InvalidArgument(f"device must be auto, cpu, cuda or cuda:N, got {s.device!r}")
     if s.dtype not in {"auto", "fp32", "fp16", "bf16"}:
         raise InvalidArgument(f"dtype must be auto, fp32, fp16 or bf16, got {s.dtype!r}")
+    if s.backend not in {"torch", "onnx", "onnx-int8"}:
+        raise InvalidArgument(f"backend must be torch, onnx or onnx-int8, got {s.backend!r}")
     for name in ("max_length", "token_budget", "max_batch", "max_queue", "max_concurrent", "max_message_bytes",
                  "max_texts_per_request", "max_top_k"):
         if getattr(s, name) <= 0:

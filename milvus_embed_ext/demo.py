@@ -260,7 +260,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="load the sample corpus and run a few hybrid searches (in-process, no server)",
         description=__doc__.split("\n\n")[1].replace("``", "") if __doc__ else None,
     )
-    add_settings_args(p, "--model", "--device", "--dtype", "--milvus-uri", "--migrations-dir")
+    add_settings_args(p, "--model", "--device", "--dtype", "--backend", "--milvus-uri", "--migrations-dir")
     p.add_argument("--collection", default=DEMO_COLLECTION,
                    help=f"collection for the demo (default {DEMO_COLLECTION}; MEE_COLLECTION is not used, so the "
                         "demo never writes into your documents)")

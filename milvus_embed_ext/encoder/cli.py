@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--top", type=int, default=8, help="sparse tokens to show per text")
     e.add_argument("--max-length", type=int, default=None, help="tokens per text (default: settings max_length)")
     e.add_argument("--json", action="store_true", help="print the full vectors as JSON lines")
-    add_settings_args(e, "--model", "--device", "--dtype")
+    add_settings_args(e, "--model", "--device", "--dtype", "--backend")
     e.set_defaults(handler=_encode)
 
 
@@ -53,7 +53,8 @@ def _encode(args: argparse.Namespace) -> int:
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else list(args.texts)
     encoder = M3Encoder.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
                                         max_length=args.max_length or settings.max_length,
-                                        token_budget=settings.token_budget, max_batch=settings.max_batch)
+                                        token_budget=settings.token_budget, max_batch=settings.max_batch,
+                                        backend=settings.backend, onnx_cache_dir=settings.onnx_cache_dir or None)
     started = time.perf_counter()
     out = encoder.encode(texts, truncate_dims=[d for d in settings.truncate_dims if d <= encoder.hidden_size])
     elapsed = time.perf_counter() - started

@@ -115,7 +115,8 @@ class OpContext:
             s = self.settings
             self.encoder_cache["m3"] = M3Encoder.from_pretrained(
                 s.model, device=s.device, dtype=s.dtype, max_length=s.max_length,
-                token_budget=s.token_budget, max_batch=s.max_batch)
+                token_budget=s.token_budget, max_batch=s.max_batch, backend=s.backend,
+                onnx_cache_dir=s.onnx_cache_dir or None)
         return self.encoder_cache["m3"]
 
     def backfill(self, collection: str, fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,

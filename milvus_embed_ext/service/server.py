@@ -77,7 +77,8 @@ def load_encoder(settings: Settings) -> tuple[Any, Path]:
     from ..encoder.hub import looks_like_hub_id, resolve_model_path
 
     kwargs = dict(device=settings.device, dtype=settings.dtype, max_length=settings.max_length,
-                  token_budget=settings.token_budget, max_batch=settings.max_batch)
+                  token_budget=settings.token_budget, max_batch=settings.max_batch, backend=settings.backend,
+                  onnx_cache_dir=settings.onnx_cache_dir or None)
     try:
         path = resolve_model_path(settings.model)
     except ModelLoadError as exc:
