@@ -24,6 +24,7 @@ from .batcher import Batcher
 from .validation import (
     check_enum,
     check_enum_value,
+    check_filter,
     check_ids,
     check_output_fields,
     check_texts,
@@ -414,6 +415,7 @@ class SearchHandlers:
         if top_k > s.max_top_k:
             raise InvalidArgument(f"top_k={top_k} exceeds max_top_k={s.max_top_k}; ask for fewer hits or page with offset")
         fields = check_output_fields(req.output_fields)
+        check_filter(req.filter)
         overrides = plan_overrides(req)
         _, batcher = self.rt.require_encoder()
         doc_store = await self.documents.doc_store(req.collection, context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,3 +64,44 @@ def check_output_fields(fields: Sequence[str], field: str = "output_fields") -> 
         if name not in OUTPUT_FIELDS:
             raise InvalidArgument(f"{field} has unknown field {name!r}; use a subset of {list(OUTPUT_FIELDS)}")
     return tuple(dict.fromkeys(fields))
+
+
+# A search filter may reference only the document fields the API exposes; everything else in a collection
+# (vectors, ColBERT bookkeeping) is internal. Milvus parses the expression itself; this check only finds the
+# identifiers outside string literals, so that no filter reads an internal field, and refuses `{...}` (Milvus
+# expression templates, which this API does not pass parameters for: Milvus Lite answers them with an
+# unexpected error that the driver retries until the deadline).
+FILTER_FIELDS = ("id", "text", "metadata")
+FILTER_WORDS = frozenset({"and", "or", "not", "in", "like", "true", "false", "exists", "is", "null"})
+FILTER_FUNCTIONS = frozenset({
+    "json_contains", "json_contains_all", "json_contains_any", "array_contains", "array_contains_all",
+    "array_contains_any", "array_length", "text_match", "phrase_match",
+})
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?|\'(?:[^\'\\]|\\.)*\'?', re.DOTALL)
+_IDENT = re.compile(r"(?<![\w.$])([A-Za-z_$][\w$]*)(\s*\()?")
+
+
+def check_filter(expr: str, field: str = "filter") -> None:
+    """Refuse filters that name anything but id, text and metadata (or use templates); Milvus checks the rest."""
+    if not expr.strip():
+        return
+    code = _STRING.sub(lambda m: " " * len(m.group(0)), expr)
+    if "{" in code or "}" in code:
+        raise InvalidArgument(f"{field} uses '{{' or '}}' outside a string literal; expression templates are not "
+                              'supported, write the value itself (e.g. metadata["lang"] == "en")')
+    fields = 0
+    for m in _IDENT.finditer(code):
+        name, call = m.group(1), m.group(2)
+        if name in FILTER_FIELDS and not call:
+            fields += 1
+            continue
+        if name.lower() in FILTER_WORDS or (call and name.lower() in FILTER_FUNCTIONS):
+            continue
+        if m.start() > 0 and code[m.start() - 1].isdigit():  # exponent of a number such as 1e9
+            continue
+        raise InvalidArgument(f"{field} references {name!r}{' as a function' if call else ''}; a filter may use only "
+                              f"the fields {', '.join(FILTER_FIELDS)} (e.g. metadata[\"lang\"] == \"en\") and the "
+                              "Milvus operators and JSON/array functions")
+    if not fields:  # constant expressions ("1 == 1") make Milvus fail inside its executor, not in the parser
+        raise InvalidArgument(f"{field} {expr[:80]!r} compares no field; filter on id, text or metadata "
+                              '(e.g. metadata["lang"] == "en"), or send an empty filter for no filtering')
