@@ -28,6 +28,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     group.addoption("--no-baseline", action="store_true", default=False,
                     help="skip FlagEmbedding (e.g. where it is not installed)")
+    group.addoption("--flag-batch-size", type=int, default=0,
+                    help="FlagEmbedding batch_size; 0 (default) = the number of texts in the call. Its own "
+                         "default, 256, first runs a trial forward pass of 256 copies of the longest text")
     # service-level suites (test_search.py, test_ingest.py, test_storage.py; helpers in benchlib.py)
     group.addoption("--quick", action="store_true", default=False,
                     help="small sizes and short durations: checks the suites work; figures are not comparable")
@@ -52,6 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="extra environment for the sidecar started here (repeatable), e.g. OMP_NUM_THREADS=1")
     group.addoption("--sidecar-tls", action="store_true", default=False, help="TLS to --sidecar-address (system roots)")
     group.addoption("--sidecar-ca", default=None, help="CA bundle for --sidecar-address (implies TLS)")
+
+
+@pytest.fixture(scope="session")
+def flag_batch_size(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--flag-batch-size"))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +309,7 @@ class M3Encoder:
         width = int(lens.max())
         input_ids = np.full((rows, width), self.pad_token_id, dtype=np.int64)
         mask = np.arange(width)[None, :] < lens[:, None]
-        input_ids[mask] = np.fromiter((t for x in batch_ids for t in x), dtype=np.int64, count=int(lens.sum()))
+        input_ids[mask] = np.fromiter(chain.from_iterable(batch_ids), dtype=np.int64, count=int(lens.sum()))
         result: dict[str, Any] = {}
         with torch.inference_mode():
             t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
