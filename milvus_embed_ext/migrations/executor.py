@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConsistencyError, FailedPrecondition, InvalidArgument, NotFound
+from ..store.documents import in_expr
 from ..store.layout import (
     DENSE,
     CollectionLayout,
@@ -127,10 +127,6 @@ class OpContext:
 
 
 # ---------------------------------------------------------------------- small Milvus helpers
-def _q(value: str) -> str:
-    return json.dumps(value)
-
-
 def has(ctx: OpContext, name: str) -> bool:
     return bool(ctx.store.call(f"look up collection {name}", ctx.client.has_collection, name))
 
@@ -184,7 +180,7 @@ def fetch(ctx: OpContext, name: str, ids: Sequence[str], output_fields: Sequence
     for i in range(0, len(ids), _FETCH_CHUNK):
         chunk = list(ids[i:i + _FETCH_CHUNK])
         rows.extend(ctx.store.call(
-            f"read rows of {name}", ctx.client.query, name, filter=f"id in {json.dumps(chunk)}",
+            f"read rows of {name}", ctx.client.query, name, filter=in_expr("id", chunk),
             output_fields=list(output_fields), consistency_level="Strong"))
     return [dict(r) for r in rows]
 

@@ -20,7 +20,6 @@ with random jitter until ``wait_s`` runs out.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import random
@@ -32,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConsistencyError, FailedPrecondition, Unavailable
+from ..store.documents import literal
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ def whoami() -> str:
 
 def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _quote(value: str) -> str:
-    return json.dumps(value)  # a Milvus string literal: double quotes, backslash escapes
 
 
 @dataclass(frozen=True)
@@ -124,7 +120,7 @@ class SystemTable:
             return []
         self.ensure()
         res = self.client.query(
-            self.name, filter=f"kind == {_quote(kind)} and scope == {_quote(scope)}",
+            self.name, filter=f"kind == {literal(kind)} and scope == {literal(scope)}",
             output_fields=["id", "payload"], limit=_QUERY_LIMIT, consistency_level="Strong", timeout=self.timeout,
         )
         return [{**(r.get("payload") or {}), "id": r["id"]} for r in res]
@@ -133,7 +129,7 @@ class SystemTable:
         if not self._ready and not self.exists():
             return None
         self.ensure()
-        res = self.client.query(self.name, filter=f"id == {_quote(row_id)}", output_fields=["payload"],
+        res = self.client.query(self.name, filter=f"id == {literal(row_id)}", output_fields=["payload"],
                                 limit=1, consistency_level="Strong", timeout=self.timeout)
         return dict(res[0].get("payload") or {}) if res else None
 

@@ -19,7 +19,8 @@ def write_scripts(directory: Path, scripts: dict[str, str]) -> Path:
     return directory
 
 
-def insert_docs(store: Any, name: str, n: int, *, start: int = 0, dim: int = DENSE_DIM, seed: int = 0) -> None:
+def insert_docs(store: Any, name: str, n: int, *, start: int = 0, dim: int = DENSE_DIM, seed: int = 0,
+                id_prefix: str = "doc") -> None:
     """Rows as the store writes them (companion ColBERT mode on Lite), straight through the client."""
     rng = np.random.default_rng(seed + start)
     rows = []
@@ -27,7 +28,7 @@ def insert_docs(store: Any, name: str, n: int, *, start: int = 0, dim: int = DEN
         d = rng.normal(size=dim).astype(np.float32)
         d /= np.linalg.norm(d)
         keys = rng.choice(3000, 4, replace=False)
-        rows.append({"id": f"doc{i:05d}", "text": f"text {i}", "metadata": {"i": i}, "dense": d.tolist(),
+        rows.append({"id": f"{id_prefix}{i:05d}", "text": f"text {i}", "metadata": {"i": i}, "dense": d.tolist(),
                      "sparse": {int(k): float(v) for k, v in zip(keys, rng.random(4) + 0.1, strict=True)},
                      "colbert_version": f"v{i}", "colbert_rows": 1})
     store.client.insert(name, rows)

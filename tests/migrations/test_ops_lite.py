@@ -163,8 +163,11 @@ def test_upgrade_downgrade_upgrade_is_identical(lite, tmp_path: Path) -> None:
     st, name = lite.store, settings.collection
     m.upgrade(cfg, "a", store=st)
     insert_docs(st, name, 40)
+    # Non-ASCII ids must survive the backfill's id-filtered reads (a JSON-escaped filter matched none).
+    insert_docs(st, name, 5, start=40, id_prefix="文档/ü-😀-")
     m.upgrade(cfg, store=st)
     first = snapshot(st, name)
+    assert len(first["rows"]) == 45 and "文档/ü-😀-00042" in first["rows"]
     assert [f[0] for f in first["fields"]].count("dense_32") == 1
     assert m.downgrade(cfg, "a", store=st) == ["b"]
     assert "dense_32" not in [f[0] for f in snapshot(st, name)["fields"]]
