@@ -36,7 +36,6 @@ from ..errors import (
     FailedPrecondition,
     InvalidArgument,
     MilvusEmbedError,
-    NotFound,
     Unavailable,
 )
 from . import fusion as fusion_fns
@@ -384,7 +383,7 @@ class HybridSearcher:
             if f == "id":
                 continue
             if f not in available:
-                raise NotFound(
+                raise InvalidArgument(
                     f"unknown output field {f!r} for collection {getattr(self.layout, 'name', '?')!r}; "
                     f"available: {', '.join(available)}"
                 )

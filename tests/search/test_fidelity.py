@@ -244,5 +244,5 @@ def test_invalid_filter_is_invalid_argument_with_milvus_message(searcher, corpus
 def test_unknown_collection_and_output_field(milvus, tiny_encoder, searcher, corpus) -> None:
     with pytest.raises(NotFound, match="no_such_collection"):
         HybridSearcher.open(milvus, "no_such_collection", tiny_encoder.encode)
-    with pytest.raises(NotFound, match="unknown output field 'dense'"):
+    with pytest.raises(InvalidArgument, match="unknown output field 'dense'"):
         searcher.search(SearchRequest(corpus[1][0], output_fields=("dense",)))
