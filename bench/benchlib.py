@@ -147,6 +147,15 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark process dies, so a killed run leaves no sidecar behind."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def start_sidecar(model_dir: Path, db_path: Path, workdir: Path, *, device: str = "cpu",
                   extra_env: dict[str, str] | None = None, start_timeout_s: float = 300.0) -> Iterator[Sidecar]:
@@ -174,7 +183,8 @@ def start_sidecar(model_dir: Path, db_path: Path, workdir: Path, *, device: str 
     cmd = [str(exe), "serve"] if exe.exists() else [sys.executable, "-m", "milvus_embed_ext.cli", "serve"]
     log_path = workdir / "sidecar.log"
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     sidecar = Sidecar(address=f"127.0.0.1:{port}", api_key=key, collection="",
                       metrics_url=f"http://127.0.0.1:{mport}/metrics", proc=proc, log_path=log_path)
     try:

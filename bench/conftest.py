@@ -178,10 +178,11 @@ def _bench_extra_info(request: pytest.FixtureRequest):
         return
     bench = request.getfixturevalue("benchmark")
     opts = request.config.getoption
-    model = opts("--model-dir") or ("full" if opts("--full-model") else "tiny")
     where = opts("--sidecar-address") or "local"
+    model = "live" if opts("--sidecar-address") else opts("--model-dir") or ("full" if opts("--full-model") else "tiny")
+    env = " env=" + ",".join(opts("--sidecar-env")) if opts("--sidecar-env") else ""
     bench.extra_info.setdefault("config", f"model={model} device={opts('--bench-device')} quick={opts('--quick')}"
-                                          f" sidecar={where}")
+                                          f" sidecar={where}{env}")
     with contextlib.suppress(OSError):
         bench.extra_info["load_1m"] = round(os.getloadavg()[0], 2)
     yield

@@ -176,7 +176,7 @@ def fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     if isinstance(x, (int, float)):
-        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
     return str(x)
 
 

@@ -52,7 +52,7 @@ def live(request) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def search_data(request, live, m3_encoder, bench_model_dir):
+def search_data(request, live):
     """The cached corpus (local runs) or just the query set (a live sidecar holds its own data)."""
     n_docs = int(_opt(request, "--search-docs", 10000, 1000))
     n_queries = int(_opt(request, "--search-queries", 50, 20))
@@ -63,11 +63,13 @@ def search_data(request, live, m3_encoder, bench_model_dir):
         return benchlib.SearchData(Path(), 0, 0, queries, [], K)
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     log = (lambda msg: tr.write_line(msg)) if tr else print
-    return benchlib.ensure_search_data(m3_encoder, bench_model_dir, n_docs, n_queries, k=K, log=log)
+    encoder = request.getfixturevalue("m3_encoder")  # only here: a live sidecar needs no local model
+    return benchlib.ensure_search_data(encoder, request.getfixturevalue("bench_model_dir"), n_docs, n_queries,
+                                       k=K, log=log)
 
 
 @pytest.fixture(scope="module")
-def sidecar(request, live, search_data, bench_model_dir, bench_device, tmp_path_factory):
+def sidecar(request, live, search_data, bench_device, tmp_path_factory):
     if live:
         yield benchlib.live_sidecar(live, request.config.getoption("--sidecar-collection"),
                                     request.config.getoption("--sidecar-tls"), request.config.getoption("--sidecar-ca"))
@@ -75,7 +77,8 @@ def sidecar(request, live, search_data, bench_model_dir, bench_device, tmp_path_
     work = tmp_path_factory.mktemp("bench-search")
     sidecar_db, _ = search_data.copy_to(work / "data")
     env = benchlib.parse_env(request.config.getoption("--sidecar-env"))
-    with benchlib.start_sidecar(bench_model_dir, sidecar_db, work, device=bench_device, extra_env=env) as s:
+    model_dir = request.getfixturevalue("bench_model_dir")
+    with benchlib.start_sidecar(model_dir, sidecar_db, work, device=bench_device, extra_env=env) as s:
         yield s
 
 
@@ -161,7 +164,7 @@ def test_hybrid_search(benchmark, request, impl, fusion, search_data, impls, liv
     ids = impls.answers(impl, fusion)
     info = benchmark.extra_info
     info.update(impl=impl, fusion=fusion, docs=search_data.n_docs, queries=len(search_data.queries), k=K, depth=DEPTH)
-    info["config"] += f" docs={search_data.n_docs}"
+    info["config"] += f" docs={search_data.n_docs or 'live'}"
     if search_data.truth:
         info[f"recall_at_{K}"] = _mean(benchlib.overlap_at_k(got, truth, K)
                                        for got, truth in zip(ids, search_data.truth, strict=True))
@@ -252,7 +255,7 @@ def test_throughput(benchmark, request, rpc, clients, sidecar, search_data, benc
     info = benchmark.extra_info
     info.update(rpc=rpc, clients=clients, duration_s=duration, calls=box["n"], qps=qps, harness_timing=True,
                 docs=search_data.n_docs, **benchlib.percentiles_ms(box["lat"]))
-    info["config"] += f" docs={search_data.n_docs}"
+    info["config"] += f" docs={search_data.n_docs or 'live'}"
     if before and after and after[1] > before[1]:
         info["mean_batch_texts"] = (after[0] - before[0]) / (after[1] - before[1])
     if clients == 1:

@@ -22,9 +22,13 @@ def _dims(hidden: int) -> tuple[int, ...]:
 
 
 @pytest.fixture(scope="module")
-def storage_corpus(request, m3_encoder):
+def storage_corpus(request):
+    if request.config.getoption("--sidecar-address"):
+        pytest.skip("storage is measured on a local Milvus Lite file")
     from milvus_embed_ext.search.synthetic import generate_corpus
     from milvus_embed_ext.store import Document
+
+    m3_encoder = request.getfixturevalue("m3_encoder")
 
     n = request.config.getoption("--storage-docs")
     n = int(n if n is not None else (60 if request.config.getoption("--quick") else 300))
@@ -34,9 +38,7 @@ def storage_corpus(request, m3_encoder):
 
 
 @pytest.mark.parametrize("codec", CASES)
-def test_storage(benchmark, codec, storage_corpus, m3_encoder, tmp_path, request):
-    if request.config.getoption("--sidecar-address"):
-        pytest.skip("storage is measured on a local Milvus Lite file")
+def test_storage(benchmark, codec, storage_corpus, m3_encoder, tmp_path):
     from milvus_embed_ext.config import load_settings
     from milvus_embed_ext.store import CollectionLayout, DocumentStore, MilvusStore, TruncatedField
 
