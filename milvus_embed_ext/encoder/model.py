@@ -116,7 +116,9 @@ class M3Encoder:
             int(i) for i in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                              tokenizer.unk_token_id) if i is not None
         )
-        self._special_arr = np.array(sorted(self.special_token_ids), dtype=np.int64)
+        # Lookup table id -> is special: cheaper than np.isin on every batch.
+        self._is_special = np.zeros(max(self.vocab_size, len(tokenizer)) + 1, dtype=bool)
+        self._is_special[sorted(self.special_token_ids)] = True
         # XLM-R position ids start after padding_idx, so the usable length is max_positions - pad - 1.
         self.model_max_length: int = int(config.max_position_embeddings) - self.pad_token_id - 1
         self._backend_json: str = tokenizer.backend_tokenizer.to_str()
@@ -335,7 +337,7 @@ class M3Encoder:
 
     def _lexical_weights(self, input_ids: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> list[dict[int, float]]:
         """Per row: token id -> max weight over its positions, dropping special ids and weights <= 0."""
-        keep = mask & (weights > 0) & ~np.isin(input_ids, self._special_arr)
+        keep = mask & (weights > 0) & ~self._is_special[input_ids]
         rows, cols = np.nonzero(keep)
         tids = input_ids[rows, cols]
         ws = weights[rows, cols]
