@@ -382,12 +382,12 @@ def goals_section(goals: dict[str, Any]) -> str:
              met(goals.get("encode_tokens"), lambda v: v >= 2)],
             ["One-query encode latency (p50) vs FlagEmbedding", "<= 0.5x", _x(goals.get("encode_p50")),
              met(goals.get("encode_p50"), lambda v: v <= 0.5)]]
-    for docs, r, recall, base_recall in goals.get("search", []):
+    for docs, r, recall, base_recall in goals.get("search") or [(None, None, None, None)]:
         fidelity_ok = recall is not None and base_recall is not None and recall >= base_recall
-        rows.append([f"Sidecar hybrid-search p50 vs baseline, {docs} docs", "<= 1x, recall@10 >= baseline's",
+        rows.append([f"Sidecar hybrid-search p50 vs baseline, {docs or '—'} docs", "<= 1x, recall@10 >= baseline's",
                      f"{_x(r)}, recall {frac(recall)} vs {frac(base_recall)}",
                      "—" if r is None else ("met" if r <= 1 and fidelity_ok else "not met")])
-    for rpc, best in goals.get("throughput", []):
+    for rpc, best in goals.get("throughput") or [("—", None)]:
         rows.append([f"Concurrent throughput vs sequential ({rpc})", ">= 3x", _x(best), met(best, lambda v: v >= 3)])
     if goals.get("ingest") is not None:
         rows.append(["Ingestion docs/s vs the baseline loop", "(tracked)", _x(goals["ingest"]), ""])
