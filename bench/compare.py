@@ -153,10 +153,11 @@ def _fmt(value: float) -> str:
 def render(rows: Iterable[Row], threshold: float) -> str:
     rows = list(rows)
     width = max([len(r.benchmark) for r in rows] + [9])
-    lines = [f"{'benchmark':<{width}}  {'figure':<18} {'old':>10} {'new':>10} {'change':>8}"]
+    fig = max([len(r.metric) for r in rows] + [6])
+    lines = [f"{'benchmark':<{width}}  {'figure':<{fig}} {'old':>10} {'new':>10} {'change':>8}"]
     for r in rows:
         flag = f"  REGRESSION (> {threshold:.0%} worse)" if r.regressed else ""
-        lines.append(f"{r.benchmark:<{width}}  {r.metric:<18} {_fmt(r.old):>10} {_fmt(r.new):>10} "
+        lines.append(f"{r.benchmark:<{width}}  {r.metric:<{fig}} {_fmt(r.old):>10} {_fmt(r.new):>10} "
                      f"{r.change:>+8.1%}{flag}")
     return "\n".join(lines)
 
