@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 TEST_MODEL := .cache/test-model-tiny
 
-.PHONY: setup run demo test test-slow lint proto proto-check bench bench-compare bench-report gpu-check clean
+.PHONY: setup run demo test test-slow test-reliability lint proto proto-check bench bench-compare bench-report gpu-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow --run-slow
+
+# Fuzzing, faults, load and security against a real sidecar (docs/reliability.md); figures go to .cache/reliability.jsonl
+test-reliability: setup
+	mkdir -p .cache && rm -f .cache/reliability.jsonl
+	MEE_RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(PY) -m pytest -q tests/reliability --run-slow
 
 lint: setup
 	$(VENV)/bin/ruff check milvus_embed_ext tests bench migrations
