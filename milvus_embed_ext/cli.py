@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # milvus-lite 2.5.1 imports pkg_resources (hence setuptools<81); its deprecation warning is noise to users.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
