@@ -200,6 +200,14 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def _verdict(p: dict, tol: dict) -> str:
+    """'yes', or 'NO' with the criteria that failed (so a reader sees which tolerance was missed)."""
+    failed = [name for name, bad in (("dense cos", p["dense_cos_min"] < tol["dense_cos_min"]),
+                                     ("score rel", p["m3_score_rel_max"] > tol["m3_score_rel"]),
+                                     ("Spearman", p["m3_spearman"] < tol["spearman_min"])) if bad]
+    return "yes" if not failed else "NO: " + ", ".join(failed)
+
+
 def to_markdown(r: dict) -> str:
     fp32 = r["throughput"].get("fp32", {}).get("tokens_per_s", float("nan"))
     lines = [
@@ -223,7 +231,7 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {dt} | {p['dense_cos_min']:.6f} | {p['dense_abs_max']:.2e} | {p['lexical_rel_max']:.2e} "
                      f"| {p['colbert_abs_max']:.2e} | {p['m3_score_rel_max']:.2e} | {p['m3_spearman']:.4f} "
                      f"| cos >= {tol['dense_cos_min']}, score rel <= {tol['m3_score_rel']}, "
-                     f"Spearman >= {tol['spearman_min']} | {'yes' if p['within_tolerance'] else 'NO'} |")
+                     f"Spearman >= {tol['spearman_min']} | {_verdict(p, tol)} |")
     lines += ["", f"Peak GPU memory: {r['peak_gpu_mem_gib']} GiB. Checkpoint build/reuse: {r['checkpoint_ready_s']} s."]
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ the run started: figures measured with --quick or on a busy machine say so.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import subprocess
@@ -415,7 +416,27 @@ def render_all(text: str, runs: Sequence[Run]) -> str:
     for name, body in bodies:
         text = splice(text, name, body, after=prev)
         prev = name
+    gpu = gpu_section()
+    if gpu is not None:
+        text = splice(text, "gpu-check", gpu, after=prev)
     return text
+
+
+def gpu_section() -> str | None:
+    """The GPU check (bench/gpu_check.sh) figures saved as bench/results/gpu_check*.json, newest device first."""
+    files = sorted((REPO / "bench" / "results").glob("gpu_check*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+    if not files:
+        return None
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_check import to_markdown
+
+    parts = ["## GPU check: CUDA path of M3Encoder (fp32 / fp16 / bf16)", "",
+             "Regenerate on a CUDA machine: `bash bench/gpu_check.sh bench/results` (under 5 minutes), then "
+             "`make bench-report`. Parity is against fp32 on the same GPU; the checkpoint has BGE-M3's exact shapes "
+             "and random weights, so throughput is BGE-M3's but scores carry no meaning."]
+    for f in files:
+        parts += ["", f"### {f.name}", "", to_markdown(json.loads(f.read_text(encoding="utf-8"))).strip()]
+    return "\n".join(parts)
 
 
 def run_measure_scripts(python: str) -> None:
