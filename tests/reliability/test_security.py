@@ -324,6 +324,9 @@ def test_log_lines_of_any_logger_are_scrubbed(capsys: pytest.CaptureFixture[str]
 
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    libs = {name: (lg.level, list(lg.handlers), lg.propagate) for name in
+            ("urllib3", "filelock", "pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer", "grpc")
+            for lg in [logging.getLogger(name)]}
     secret = 'k3y-with-"quote"-and-ü'
     try:
         configure_logging("DEBUG", "json", secrets=(secret, KEYS[0]))
@@ -337,6 +340,11 @@ def test_log_lines_of_any_logger_are_scrubbed(capsys: pytest.CaptureFixture[str]
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        for name, (level, handlers, propagate) in libs.items():
+            lg = logging.getLogger(name)
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate = propagate
     err = capsys.readouterr().err
     assert err.count("***") >= 4 and "request filter" in err and "plain" in err
     for form in (secret, KEYS[0], json.dumps(secret)[1:-1], repr(secret)[1:-1]):
