@@ -100,10 +100,18 @@ def test_int8_graph_is_quantised_and_recorded(int8_encoder, onnx_encoder):
     fp32_ops, int8_ops = ops(fp32_file), ops(int8_file)
     layers = int(json.loads((int8_encoder.path / "config.json").read_text())["num_hidden_layers"])
     assert fp32_ops.count("Attention") == layers  # the optimizer fused every layer's attention
-    assert int8_ops.count("QAttention") == layers and "Attention" not in int8_ops
-    assert int8_ops.count("DynamicQuantizeMatMul") + int8_ops.count("MatMulInteger") >= 3 * layers
+    assert int8_ops.count("MatMulNBits") == fp32_ops.count("MatMul") >= 3 * layers  # every MatMul quantised
+    assert "MatMul" not in int8_ops
     manifest = json.loads((int8_file.parent / ob.MANIFEST).read_text())
     assert manifest["variant"] == "onnx-int8" and manifest["fingerprint"] == int8_encoder.fingerprint
+
+
+def test_int8_keeps_the_last_layers_fp32_on_deep_models():
+    names = [f"/inner/encoder/layer.{k}/{part}/MatMul" for k in range(24)
+             for part in ("attention/output/dense", "intermediate/dense", "output/dense")]
+    kept = ob.fp32_tail_nodes(names + ["/some/other/MatMul"])
+    assert kept == [n for n in names if "/layer.22/" in n or "/layer.23/" in n]
+    assert ob.fp32_tail_nodes([n for n in names if "/layer.0/" in n or "/layer.1/" in n]) == []  # 2-layer model
 
 
 def test_concurrent_encode_is_consistent(onnx_encoder, varied_texts):
@@ -170,6 +178,17 @@ def test_missing_onnxruntime_is_a_load_error(tiny_model_dir, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ModelLoadError, match=r"milvus-embed-ext\[onnx\]"):
         M3Encoder.from_pretrained(str(tiny_model_dir), backend="onnx", onnx_cache_dir=str(tmp_path))
+
+
+def test_missing_quantiser_dependency_is_a_load_error(tiny_model_dir, onnx_encoder, onnx_cache, tmp_path, monkeypatch):
+    import shutil
+
+    cache = tmp_path / "cache"  # the fp32 export is there, the int8 one must be built
+    shutil.copytree(onnx_encoder._body.model_file.parent, ob.export_dir(cache, onnx_encoder.fingerprint, "onnx"))
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer", None)
+    with pytest.raises(ModelLoadError, match=r"needs the .* package; install it with"):
+        M3Encoder.from_pretrained(str(tiny_model_dir), backend="onnx-int8", onnx_cache_dir=str(cache))
+    assert not ob.export_dir(cache, onnx_encoder.fingerprint, "onnx-int8").exists()
 
 
 def test_unwritable_cache_is_a_load_error(tiny_model_dir, tmp_path):
