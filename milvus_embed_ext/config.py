@@ -49,6 +49,9 @@ class Settings:
     """Texts per forward pass, whatever their length."""
     truncate_dims: tuple[int, ...] = (256,)
     """Truncated dense fields (Matryoshka-style prefixes) kept for cheap first-stage search."""
+    encoder_threads: int = 0
+    """CPU threads for one forward pass; 0 keeps torch's default (one per core). Where embedded Milvus Lite
+    or other processes share the cores, fewer threads cut query latency under load (bench/README.md)."""
     allow_demo_model: bool = True
     """If the model is neither cached nor downloadable, fall back to a locally built demo checkpoint."""
 
@@ -167,6 +170,8 @@ def _validate(s: Settings) -> None:
         raise InvalidArgument(f"dtype must be auto, fp32, fp16 or bf16, got {s.dtype!r}")
     if s.backend not in {"torch", "onnx", "onnx-int8"}:
         raise InvalidArgument(f"backend must be torch, onnx or onnx-int8, got {s.backend!r}")
+    if s.encoder_threads < 0:
+        raise InvalidArgument(f"encoder_threads must be >= 0 (0: one per core), got {s.encoder_threads}")
     for name in ("max_length", "token_budget", "max_batch", "max_queue", "max_concurrent", "max_message_bytes",
                  "max_texts_per_request", "max_top_k"):
         if getattr(s, name) <= 0:

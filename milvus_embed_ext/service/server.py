@@ -76,6 +76,10 @@ def load_encoder(settings: Settings) -> tuple[Any, Path]:
     from ..encoder import M3Encoder
     from ..encoder.hub import looks_like_hub_id, resolve_model_path
 
+    if settings.encoder_threads:
+        import torch
+
+        torch.set_num_threads(settings.encoder_threads)  # process-wide: before loading, the ONNX session reads it
     kwargs = dict(device=settings.device, dtype=settings.dtype, max_length=settings.max_length,
                   token_budget=settings.token_budget, max_batch=settings.max_batch, backend=settings.backend,
                   onnx_cache_dir=settings.onnx_cache_dir or None)

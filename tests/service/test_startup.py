@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.encoder import hub
-from milvus_embed_ext.errors import FailedPrecondition, ModelLoadError, Unavailable
+from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, ModelLoadError, Unavailable
 from milvus_embed_ext.service import server as server_mod
 
 
@@ -96,3 +96,17 @@ def test_serve_refuses_an_unknown_revision(monkeypatch, tiny_encoder, tmp_path):
     with pytest.raises(FailedPrecondition, match="9999_future"):
         asyncio.run(asyncio.wait_for(server_mod.serve(settings), 60))
     assert FakeStore.closed
+
+
+def test_encoder_threads_setting_applies_before_loading(tiny_model_dir):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        server_mod.load_encoder(load_settings(env={}, overrides={"model": str(tiny_model_dir), "encoder_threads": 1,
+                                                                 "device": "cpu"}))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(InvalidArgument, match="encoder_threads"):
+        load_settings(env={"MEE_ENCODER_THREADS": "-1"})
