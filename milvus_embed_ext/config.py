@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InvalidArgument
 
@@ -24,6 +25,20 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "MEE_"
 SECRET_FIELDS = frozenset({"milvus_token", "milvus_password", "api_keys"})
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user:password@ (safe for messages and logs)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<invalid uri>"
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -112,12 +127,24 @@ class Settings:
     """On SIGTERM, how long in-flight requests may take to finish."""
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict, secrets replaced, safe to log."""
+        """The settings as a dict, secrets replaced (the URI's user:password@ too), safe to log."""
         out = dataclasses.asdict(self)
         for name in SECRET_FIELDS:
             if out.get(name):
                 out[name] = "***"
+        if not self.is_embedded:
+            out["milvus_uri"] = redact_uri(self.milvus_uri)
         return out
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value to scrub from messages and logs: token, password, API keys, the URI's password."""
+        try:
+            uri_password = urlsplit(self.milvus_uri).password or ""
+        except ValueError:
+            uri_password = ""
+        values = (self.milvus_token, self.milvus_password, *self.api_keys, uri_password)
+        return tuple(dict.fromkeys(v for v in values if v))
 
     def replace(self, **changes: Any) -> Settings:
         return load_settings(env={}, overrides={**dataclasses.asdict(self), **changes})
@@ -258,4 +285,4 @@ def setting_docs() -> list[tuple[str, str, Any, str]]:
     return [(f.name, f"{ENV_PREFIX}{f.name.upper()}", f.default, docs.get(f.name, "")) for f in fields(Settings)]
 
 
-__all__ = ["Settings", "load_settings", "setting_docs", "ENV_PREFIX"]
+__all__ = ["Settings", "load_settings", "setting_docs", "redact_uri", "ENV_PREFIX"]

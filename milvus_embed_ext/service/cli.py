@@ -100,9 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     settings = settings_from_args(args, **{dest: getattr(args, dest) for dest, _, _ in SERVE_FLAGS.values()})
-    secrets = (*settings.api_keys, settings.milvus_token, settings.milvus_password)
     configure_logging("DEBUG" if getattr(args, "verbose", False) else settings.log_level, settings.log_format,
-                      secrets=tuple(x for x in secrets if x))
+                      secrets=settings.secrets)
     return asyncio.run(serve(settings))
 
 

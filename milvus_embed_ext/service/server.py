@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ..config import Settings
+from ..config import Settings, redact_uri
 from ..errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -95,7 +95,7 @@ def load_encoder(settings: Settings) -> tuple[Any, Path]:
         except OSError:  # home not writable (containers): build next to the data
             path = ensure_test_model(Path("data") / "demo-model-tiny", size="tiny", seed=0)
         banner = DEMO_BANNER.format(model=settings.model, reason=str(exc).split(";")[0], path=path,
-                                    collection=settings.collection, uri=settings.milvus_uri)
+                                    collection=settings.collection, uri=redact_uri(settings.milvus_uri))
         print(banner, file=sys.stderr, flush=True)
         log.warning("DEMO MODEL IN USE: results carry no meaning; set MEE_MODEL to a real BGE-M3 checkpoint",
                     extra={"requested_model": settings.model, "demo_path": str(path)})
@@ -142,7 +142,7 @@ class Sidecar:
         self._given_encoder = encoder
         self._given_store = store
         self.schema_settings = settings
-        self._secrets = tuple(k for k in (*settings.api_keys, settings.milvus_token, settings.milvus_password) if k)
+        self._secrets = settings.secrets
         self._in_flight = 0
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from ..config import Settings
+from ..config import Settings, redact_uri
 from ..errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -32,20 +32,6 @@ T = TypeVar("T")
 
 _lite_lock = threading.Lock()
 _lite_refs: dict[str, int] = {}  # resolved .db path -> open MilvusStores in this process
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without user:password@ (safe for messages and logs)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<invalid uri>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 class MilvusStore:
@@ -108,8 +94,7 @@ class MilvusStore:
         uri = settings.milvus_uri
         target = redact_uri(uri)
         parts = urlsplit(uri)
-        secrets = (settings.milvus_token, settings.milvus_password, parts.password or "",
-                   f"{settings.milvus_user}:{settings.milvus_password}" if settings.milvus_password else "")
+        secrets = settings.secrets
         kwargs: dict[str, Any] = {"timeout": settings.milvus_timeout_s}
         if settings.milvus_token:
             kwargs["token"] = settings.milvus_token

@@ -24,10 +24,13 @@ def _offline(monkeypatch):
 def test_demo_fallback_is_loud(monkeypatch, capsys, caplog, tiny_model_dir):
     _offline(monkeypatch)
     monkeypatch.setattr(server_mod, "demo_model_dir", lambda: tiny_model_dir)
-    settings = load_settings(env={}, overrides={"model": "BAAI/bge-m3", "device": "cpu", "max_length": 128})
+    settings = load_settings(env={}, overrides={"model": "BAAI/bge-m3", "device": "cpu", "max_length": 128,
+                                                "milvus_uri": "http://root:uri-pw-42@milvus.local:19530"})
     encoder, path = server_mod.load_encoder(settings)
     err = capsys.readouterr().err
     assert "DEMO MODEL IN USE" in err and "MEE_MODEL" in err and "BAAI/bge-m3" in err
+    assert "http://milvus.local:19530" in err and "uri-pw-42" not in err
+    assert "uri-pw-42" in server_mod.Sidecar(settings)._secrets  # scrubbed from status messages
     assert "DEMO MODEL IN USE" in caplog.text
     assert path == tiny_model_dir and encoder.encode(["x"], sparse=False, colbert=False).dense.shape[0] == 1
 

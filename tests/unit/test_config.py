@@ -72,6 +72,17 @@ def test_secrets_never_in_errors_or_redacted_view() -> None:
     assert "hunter2" not in repr(red) and "k1" not in repr(red)
 
 
+def test_uri_password_is_a_secret_and_redacted() -> None:
+    s = load_settings(env={"MEE_MILVUS_URI": "http://root:uri-pw-42@milvus.local:19530", "MEE_MILVUS_TOKEN": "tok-1",
+                           "MEE_API_KEYS": "key-a,key-b"})
+    red = s.redacted()
+    assert "uri-pw-42" not in repr(red)
+    assert red["milvus_uri"] == "http://milvus.local:19530"
+    assert set(s.secrets) == {"uri-pw-42", "tok-1", "key-a", "key-b"}
+    lite = load_settings(env={"MEE_MILVUS_URI": "./data/m.db"})
+    assert lite.redacted()["milvus_uri"] == "./data/m.db" and lite.secrets == ()
+
+
 def test_unknown_keys_rejected(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("max_bacth = 3\n")
