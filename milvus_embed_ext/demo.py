@@ -194,8 +194,6 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
         # Migrations size the collection from settings.model: make it the checkpoint actually loaded.
         settings = settings.replace(model=str(encoder.model_id))
 
-    if settings.is_embedded:
-        Path(settings.milvus_uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
     store = MilvusStore.connect(settings)
     searcher = None
     try:

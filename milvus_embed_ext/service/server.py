@@ -105,9 +105,7 @@ def load_encoder(settings: Settings) -> tuple[Any, Path]:
 def connect_store(settings: Settings) -> Any:
     from ..store import MilvusStore
 
-    if settings.is_embedded:
-        Path(settings.milvus_uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return MilvusStore.connect(settings)
+    return MilvusStore.connect(settings)  # creates a Lite file's directory, or says why it cannot
 
 
 def ensure_schema(settings: Settings, store: Any) -> tuple[str, ...]:

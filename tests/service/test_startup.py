@@ -113,3 +113,11 @@ def test_encoder_threads_setting_applies_before_loading(tiny_model_dir):
         torch.set_num_threads(before)
     with pytest.raises(InvalidArgument, match="encoder_threads"):
         load_settings(env={"MEE_ENCODER_THREADS": "-1"})
+
+
+def test_unusable_lite_directory_is_unavailable_with_the_reason(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    settings = load_settings(env={}, overrides={"milvus_uri": str(blocker / "sub" / "m.db")})
+    with pytest.raises(Unavailable, match="cannot create the Milvus Lite directory"):
+        server_mod.connect_store(settings)
