@@ -83,7 +83,6 @@ class Batcher:
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
         self._pending: collections.deque[_Item] = collections.deque()
-        self._queued_texts = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -104,14 +103,14 @@ class Batcher:
             item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(Unavailable("the server is shutting down; retry on another replica"))
-        self._queued_texts = 0
         self._set_depth()
         if self._own_executor:
             self._executor.shutdown(wait=True)
 
     @property
     def queued_texts(self) -> int:
-        return self._queued_texts
+        """Texts waiting for the encoder (the queue holds at most max_queue texts, so summing is cheap)."""
+        return sum(len(i.texts) for i in self._pending)
 
     # ------------------------------------------------------------------ API
     async def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
@@ -121,9 +120,10 @@ class Batcher:
         if self._closed or self._wakeup is None:
             raise Unavailable("the encoder is not running (server starting or shutting down); retry shortly")
         n = len(texts)
-        if self._queued_texts + n > self.max_queue:
+        queued = self.queued_texts
+        if queued + n > self.max_queue:
             raise ResourceExhausted(
-                f"encoder queue is full ({self._queued_texts} texts waiting, max_queue={self.max_queue}); "
+                f"encoder queue is full ({queued} texts waiting, max_queue={self.max_queue}); "
                 "retry with backoff, send fewer texts per request, or raise MEE_MAX_QUEUE"
             )
         loop = asyncio.get_running_loop()
@@ -136,7 +136,6 @@ class Batcher:
             future=loop.create_future(),
         )
         self._pending.append(item)
-        self._queued_texts += n
         self._set_depth()
         self._wakeup.set()
         try:
@@ -146,7 +145,7 @@ class Batcher:
         except asyncio.TimeoutError:
             self._forget(item)
             raise DeadlineExceeded(
-                f"deadline passed while encoding {n} text(s) ({self._queued_texts} texts queued); "
+                f"deadline passed while encoding {n} text(s) ({self.queued_texts} texts queued); "
                 "raise the client timeout or send fewer texts"
             ) from None
         except asyncio.CancelledError:
@@ -156,12 +155,11 @@ class Batcher:
     # ------------------------------------------------------------------ internals
     def _set_depth(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.set(self._queued_texts)
+            self.metrics.queue_depth.set(self.queued_texts)
 
     def _forget(self, item: _Item) -> None:
         with contextlib.suppress(ValueError):
             self._pending.remove(item)
-            self._queued_texts -= len(item.texts)
             self._set_depth()
         if not item.future.done():
             item.future.cancel()
@@ -175,10 +173,8 @@ class Batcher:
         while self._pending:
             item = self._pending.popleft()
             if item.future.done():  # cancelled meanwhile
-                self._queued_texts -= len(item.texts)
                 continue
             if item.deadline is not None and item.deadline <= now:
-                self._queued_texts -= len(item.texts)
                 item.future.set_exception(DeadlineExceeded("deadline passed while queued for the encoder"))
                 continue
             fits = not batch or (
@@ -190,7 +186,6 @@ class Batcher:
                 batch.append(item)
                 texts += len(item.texts)
                 tokens += item.est_tokens
-                self._queued_texts -= len(item.texts)
             else:
                 kept.append(item)
         self._pending = kept
@@ -198,7 +193,7 @@ class Batcher:
         return batch
 
     def _gathered(self) -> tuple[int, int]:
-        return sum(len(i.texts) for i in self._pending), sum(i.est_tokens for i in self._pending)
+        return self.queued_texts, sum(i.est_tokens for i in self._pending)
 
     async def _run(self) -> None:
         assert self._wakeup is not None
@@ -265,7 +260,3 @@ class Batcher:
                 batch_requests=len(batch),
                 batch_texts=len(texts),
             ))
-
-    async def run_in_encoder_thread(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` on the encoder thread (model loading, token counting) so torch stays on one thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
