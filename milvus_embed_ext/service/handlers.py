@@ -71,8 +71,8 @@ def remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 async def in_store_thread(rt: Runtime, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking Milvus call off the event loop, bounded by the caller's deadline."""
+    timeout = remaining(context)  # first: a call past its deadline must not start a write
     fut = asyncio.get_running_loop().run_in_executor(rt.store_executor, fn, *args)
-    timeout = remaining(context)
     try:
         return await asyncio.wait_for(fut, timeout) if timeout is not None else await fut
     except asyncio.TimeoutError:
