@@ -286,9 +286,11 @@ class DocumentsHandlers:
 
     async def get(self, req: documents_pb2.GetRequest, context: grpc.aio.ServicerContext) -> documents_pb2.GetResponse:
         check_ids(req.ids, self.rt.settings.max_texts_per_request)
-        fields = check_output_fields(req.output_fields) or ("text", "metadata")
+        fields = check_output_fields(req.output_fields)
         check_enum_value(req.dtype, DTYPE_NAMES, "dtype")
         doc_store = await self.doc_store(req.collection, context)
+        # default: whatever the collection stores (no text when it was created with store_text=False)
+        fields = fields or tuple(f for f in doc_store.layout.scalar_fields if f != "id")
         ids = list(dict.fromkeys(req.ids))
         rows = await in_store_thread(self.rt, context, functools.partial(
             doc_store.get, ids, output_fields=list(fields), with_vectors=req.with_vectors))

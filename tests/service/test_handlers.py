@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from milvus_embed_ext.config import load_settings
-from milvus_embed_ext.errors import DeadlineExceeded
-from milvus_embed_ext.service.handlers import Runtime, in_store_thread
+from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument
+from milvus_embed_ext.service._generated import documents_pb2
+from milvus_embed_ext.service.handlers import DocumentsHandlers, Runtime, in_store_thread
 
 
 class FakeContext:
@@ -40,3 +41,40 @@ def test_store_call_past_its_deadline_never_runs():
     finally:
         rt.store_executor.shutdown(wait=True)
     assert ran == []
+
+
+class _Layout:
+    name = "notext"
+    scalar_fields = ("id", "metadata")  # created with store_text=False
+
+
+class _NoTextDocs:
+    """A DocumentStore stand-in that, like the real one, refuses fields the collection does not store."""
+
+    layout = _Layout()
+    name = "notext"
+
+    def get(self, ids, output_fields=None, **_kw):
+        bad = [f for f in output_fields or () if f not in self.layout.scalar_fields]
+        if bad:
+            raise InvalidArgument(f"unknown output fields {bad}")
+        return [{"id": i, "metadata": {"n": 1}} for i in ids]
+
+
+def test_default_get_on_a_collection_without_text():
+    rt = _runtime()
+    rt.store = object()
+    rt.doc_stores["notext"] = _NoTextDocs()
+    handlers = DocumentsHandlers(rt)
+
+    async def main():
+        resp = await handlers.get(documents_pb2.GetRequest(collection="notext", ids=["a"]), FakeContext(None))
+        assert [(d.id, d.text, d.metadata_json) for d in resp.documents] == [("a", "", '{"n":1}')]
+        with pytest.raises(InvalidArgument, match="text"):
+            await handlers.get(documents_pb2.GetRequest(collection="notext", ids=["a"], output_fields=["text"]),
+                               FakeContext(None))
+
+    try:
+        asyncio.run(main())
+    finally:
+        rt.store_executor.shutdown(wait=True)
