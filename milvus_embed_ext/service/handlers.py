@@ -144,13 +144,6 @@ class EmbedderHandlers:
 # ---------------------------------------------------------------- Documents
 
 
-@dataclass(frozen=True)
-class _Doc:
-    id: str
-    text: str
-    metadata: dict[str, Any] | None
-
-
 def _encode_kwargs(layout: Any) -> dict[str, Any]:
     """Representations a collection stores: all of them, ColBERT unless the layout has none."""
     return {
@@ -159,6 +152,13 @@ def _encode_kwargs(layout: Any) -> dict[str, Any]:
         "colbert": getattr(layout, "colbert", "auto") != "none",
         "truncate_dims": tuple(t.dim for t in getattr(layout, "truncated", ()) if t.projection == "prefix"),
     }
+
+
+async def _enumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    i = 0
+    async for item in items:
+        yield i, item
+        i += 1
 
 
 class DocumentsHandlers:
@@ -241,14 +241,14 @@ class DocumentsHandlers:
         pending: asyncio.Future[Any] | None = None
         upserted = tokens = offset = 0
         try:
-            async for req in requests:
+            async for message, req in _enumerate(requests):
                 if collection is None:
                     collection = req.collection
                     self.rt.require_encoder()
                     doc_store = await self.doc_store(collection, context)
                 elif req.collection and req.collection != collection:
                     raise InvalidArgument(
-                        f"UpsertStream message {offset} names collection {req.collection!r} but the stream "
+                        f"UpsertStream message {message} names collection {req.collection!r} but the stream "
                         f"started with {collection or self.rt.settings.collection!r}; use one stream per collection"
                     )
                 docs = self._documents(req, offset)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from milvus_embed_ext.config import load_settings
@@ -73,6 +75,47 @@ def test_default_get_on_a_collection_without_text():
         with pytest.raises(InvalidArgument, match="text"):
             await handlers.get(documents_pb2.GetRequest(collection="notext", ids=["a"], output_fields=["text"]),
                                FakeContext(None))
+
+    try:
+        asyncio.run(main())
+    finally:
+        rt.store_executor.shutdown(wait=True)
+
+
+class _Output:
+    token_counts = np.array([2])
+
+
+class _FakeBatcher:
+    async def encode(self, texts, **_kw):
+        return SimpleNamespace(output=_Output(), queue_ms=0.0, inference_ms=0.0)
+
+
+class _WritableDocs:
+    layout = SimpleNamespace(name="docs", colbert="none", truncated=(), scalar_fields=("id", "text", "metadata"))
+    name = "docs"
+
+    def validate(self, docs) -> None:
+        pass
+
+    def write(self, docs, output) -> None:
+        pass
+
+
+def test_stream_errors_name_the_message_index_not_the_document_count():
+    rt = _runtime()
+    rt.store, rt.encoder, rt.batcher = object(), object(), _FakeBatcher()
+    rt.doc_stores["docs"] = _WritableDocs()
+    handlers = DocumentsHandlers(rt)
+
+    async def messages():
+        docs = [documents_pb2.Document(id=f"d{i}", text="t") for i in range(3)]
+        yield documents_pb2.UpsertRequest(collection="docs", documents=docs)
+        yield documents_pb2.UpsertRequest(collection="other", documents=docs[:1])
+
+    async def main():
+        with pytest.raises(InvalidArgument, match=r"message 1 names collection 'other'"):
+            await handlers.upsert_stream(messages(), FakeContext(None))
 
     try:
         asyncio.run(main())
