@@ -362,6 +362,11 @@ class HybridSearcher:
             raise InvalidArgument(f"top_k {request.top_k} exceeds the configured maximum {self.max_top_k} (max_top_k)")
         if request.offset < 0:
             raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
+        if request.offset + request.top_k > self.max_top_k:
+            raise InvalidArgument(
+                f"offset + top_k = {request.offset + request.top_k} exceeds the configured maximum {self.max_top_k} "
+                "(max_top_k: every page searches that deep); narrow the query with a filter instead of paging this "
+                "far, or raise MEE_MAX_TOP_K")
         if request.offset + request.top_k > MILVUS_MAX_TOPK:
             raise InvalidArgument(f"offset + top_k must be <= {MILVUS_MAX_TOPK} (Milvus's limit), got "
                                   f"{request.offset + request.top_k}")
@@ -388,6 +393,24 @@ class HybridSearcher:
                     f"available: {', '.join(available)}"
                 )
 
+    def query_outputs(self, request: SearchRequest) -> dict[str, bool]:
+        """The encode kwargs (dense, sparse, colbert) the query of ``request`` needs; checks the request.
+
+        For callers that encode the query themselves (the service's micro-batcher) and pass it to :meth:`search`.
+        """
+        self._check_request(request)
+        plan = self.plan_for(request)
+        return self._query_outputs(plan, self.routes_for(plan, request.offset + request.top_k))
+
+    @staticmethod
+    def _query_outputs(plan: SearchPlan, routes: Sequence[Route]) -> dict[str, bool]:
+        reps = plan.representations
+        return {
+            "dense": "dense" in reps or any(r.name != "sparse" for r in routes),
+            "sparse": "sparse" in reps or any(r.name == "sparse" for r in routes),
+            "colbert": "colbert" in reps,
+        }
+
     # ------------------------------------------------------------------ search
 
     def search(self, request: SearchRequest, *, query_encoding: M3Output | None = None) -> SearchResult:
@@ -401,13 +424,11 @@ class HybridSearcher:
         deadline = None if request.timeout_s is None else t_start + request.timeout_s
         timings: dict[str, float] = {}
 
-        need_dense = "dense" in reps or any(r.name != "sparse" for r in routes)
-        need_sparse = "sparse" in reps or any(r.name == "sparse" for r in routes)
-        need_colbert = "colbert" in reps
+        outputs = self._query_outputs(plan, routes)
+        need_dense, need_sparse, need_colbert = outputs["dense"], outputs["sparse"], outputs["colbert"]
         if query_encoding is None:
             t = time.perf_counter()
-            query_encoding = self.encode_fn([request.query], dense=need_dense, sparse=need_sparse,
-                                            colbert=need_colbert)
+            query_encoding = self.encode_fn([request.query], **outputs)
             timings["encode"] = _ms(t)
         q = _QueryVectors.from_output(query_encoding, need_dense, need_sparse, need_colbert)
 

@@ -410,12 +410,9 @@ class SearchHandlers:
         from ..search.planner import SearchRequest
 
         started = time.perf_counter()
-        s = self.rt.settings
         if not req.query.strip():
             raise InvalidArgument("query is empty; send the text to search for")
         top_k = req.top_k or DEFAULT_TOP_K
-        if top_k > s.max_top_k:
-            raise InvalidArgument(f"top_k={top_k} exceeds max_top_k={s.max_top_k}; ask for fewer hits or page with offset")
         fields = check_output_fields(req.output_fields)
         check_filter(req.filter)
         overrides = plan_overrides(req)
@@ -425,20 +422,12 @@ class SearchHandlers:
         timeout = remaining(context)
         sreq = SearchRequest(query=req.query, top_k=top_k, offset=req.offset, filter=req.filter,
                              output_fields=fields, plan=overrides or None, timeout_s=timeout)
-        plan = searcher.plan_for(sreq)
-        routes = searcher.routes_for(plan, req.offset + top_k)
-        reps = set(plan.representations)
+        outputs = searcher.query_outputs(sreq)  # checks the request (limits, plan) before any encoding
         t = time.perf_counter()
-        enc = await batcher.encode(
-            [req.query],
-            dense="dense" in reps or any(r.name != "sparse" for r in routes),
-            sparse="sparse" in reps or any(r.name == "sparse" for r in routes),
-            colbert="colbert" in reps,
-            timeout=timeout,
-        )
+        enc = await batcher.encode([req.query], **outputs, timeout=timeout)
         encode_ms = _ms(time.perf_counter() - t)
         result = await in_store_thread(self.rt, context, functools.partial(
-            searcher.search, dataclasses.replace(sreq, plan=plan, timeout_s=remaining(context)),
+            searcher.search, dataclasses.replace(sreq, timeout_s=remaining(context)),
             query_encoding=enc.output))
         resp = search_pb2.HybridSearchResponse(
             query_tokens=int(enc.output.token_counts.sum()),

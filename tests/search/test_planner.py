@@ -232,6 +232,29 @@ def test_representation_subsets_pick_routes(store: FakeStore, searcher, reps, ro
     assert all(set(h.scores) == set(reps) for h in res.hits)
 
 
+@pytest.mark.parametrize(
+    "plan, expected",
+    [(None, {"dense": True, "sparse": True, "colbert": True}),
+     ({"representations": ["sparse"]}, {"dense": False, "sparse": True, "colbert": False}),
+     ({"representations": ["sparse"], "routes": ["dense"]}, {"dense": True, "sparse": True, "colbert": False}),
+     ({"representations": ["dense"], "routes": ["sparse"]}, {"dense": True, "sparse": True, "colbert": False})],
+)
+def test_query_outputs_are_what_search_encodes(store: FakeStore, plan, expected) -> None:
+    seen: list[dict] = []
+
+    def recording(texts, **kwargs):  # noqa: ANN001, ANN202
+        seen.append(kwargs)
+        return encode(texts, **kwargs)
+
+    with HybridSearcher(store, recording, max_top_k=50) as s:
+        req = SearchRequest("q", top_k=3, plan=plan)
+        assert s.query_outputs(req) == expected
+        s.search(req)
+        with pytest.raises(InvalidArgument, match="max_top_k"):
+            s.query_outputs(SearchRequest("q", top_k=10, offset=45))
+    assert seen == [expected]
+
+
 def test_explicit_routes_and_depths(store: FakeStore, searcher) -> None:
     searcher.search(SearchRequest("q", top_k=2, plan={"routes": ["dense", "sparse", "dense_truncated"],
                                                       "route_depths": {"sparse": 7}, "depth": 20}))
@@ -308,6 +331,7 @@ def test_precomputed_query_encoding_skips_encode(searcher) -> None:
         ({"top_k": 0}, InvalidArgument, "top_k must be > 0"),
         ({"top_k": -3}, InvalidArgument, "top_k must be > 0"),
         ({"top_k": 51}, InvalidArgument, "configured maximum 50"),
+        ({"top_k": 10, "offset": 41}, InvalidArgument, r"offset \+ top_k = 51 exceeds the configured maximum 50"),
         ({"offset": -1}, InvalidArgument, "offset"),
         ({"output_fields": ("text", "colour")}, InvalidArgument, "unknown output field 'colour'"),
         ({"plan": {"weights": [0.0, 0.0, 0.0]}}, InvalidArgument, "all zero"),

@@ -11,8 +11,8 @@ import pytest
 
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument
-from milvus_embed_ext.service._generated import documents_pb2
-from milvus_embed_ext.service.handlers import DocumentsHandlers, Runtime, in_store_thread
+from milvus_embed_ext.service._generated import documents_pb2, search_pb2
+from milvus_embed_ext.service.handlers import DocumentsHandlers, Runtime, SearchHandlers, in_store_thread
 
 
 class FakeContext:
@@ -121,3 +121,31 @@ def test_stream_errors_name_the_message_index_not_the_document_count():
         asyncio.run(main())
     finally:
         rt.store_executor.shutdown(wait=True)
+
+
+class _RecordingBatcher(_FakeBatcher):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def encode(self, texts, **kw):
+        self.calls += 1
+        return await super().encode(texts, **kw)
+
+
+def test_search_paging_past_max_top_k_is_refused_before_encoding():
+    rt = _runtime(max_top_k=1000)
+    batcher = _RecordingBatcher()
+    rt.store, rt.encoder, rt.batcher = object(), object(), batcher
+    rt.doc_stores["docs"] = _WritableDocs()
+    handlers = SearchHandlers(rt)
+
+    async def main():
+        req = search_pb2.HybridSearchRequest(collection="docs", query="q", top_k=10, offset=995)
+        with pytest.raises(InvalidArgument, match=r"offset \+ top_k = 1005 exceeds .* 1000"):
+            await handlers.hybrid_search(req, FakeContext(None))
+
+    try:
+        asyncio.run(main())
+    finally:
+        rt.store_executor.shutdown(wait=True)
+    assert batcher.calls == 0
