@@ -440,7 +440,8 @@ class HybridSearcher:
 
         # stage 2: exact re-score of the union
         t = time.perf_counter()
-        stored = self._call(lambda: self.doc_store.fetch_vectors(union), "fetch stored vectors") if union else {}
+        stored = self._call(lambda: self.doc_store.fetch_vectors(union, colbert=need_colbert),
+                            "fetch stored vectors") if union else {}
         timings["fetch"] = _ms(t)
         ids = [i for i in union if i in stored]
         dropped = len(union) - len(ids)

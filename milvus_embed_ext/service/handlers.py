@@ -293,7 +293,7 @@ class DocumentsHandlers:
         fields = fields or tuple(f for f in doc_store.layout.scalar_fields if f != "id")
         ids = list(dict.fromkeys(req.ids))
         rows = await in_store_thread(self.rt, context, functools.partial(
-            doc_store.get, ids, output_fields=list(fields), with_vectors=req.with_vectors))
+            doc_store.get, ids, output_fields=list(fields), with_vectors=req.with_vectors, with_colbert=False))
         by_id = {str(r["id"]): r for r in rows}
         missing = [i for i in ids if i not in by_id]
         if missing and not req.allow_missing:

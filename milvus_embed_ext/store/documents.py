@@ -101,7 +101,7 @@ class StoredVectors:
     id: str
     dense: np.ndarray
     sparse: dict[int, float]
-    colbert: np.ndarray | None  # [tokens, dim]; None when the collection has none or rows are missing
+    colbert: np.ndarray | None  # [tokens, dim]; None when the collection has none, rows are missing or not read
     truncated: dict[int, np.ndarray] = field(default_factory=dict)
 
 
@@ -494,11 +494,11 @@ class DocumentStore:
 
     # ================================================================== reads
     def get(self, ids: Iterable[str], output_fields: Sequence[str] | None = None,
-            with_vectors: bool = False) -> list[dict[str, Any]]:
+            with_vectors: bool = False, with_colbert: bool = True) -> list[dict[str, Any]]:
         """Stored documents in the order of ``ids`` (missing ids are skipped).
 
         Fields: id, text (when stored), metadata; with_vectors adds dense, dense_<d>, sparse and
-        colbert (float32 numpy arrays / dict).
+        colbert (float32 numpy arrays / dict); ``with_colbert=False`` leaves colbert out (not read).
         """
         wanted = self._ids(ids)
         allowed = self.layout.scalar_fields
@@ -514,7 +514,7 @@ class DocumentStore:
                                   output_fields=fields):
                 found[row[ID]] = {f: row.get(f) for f in fields}
         if with_vectors and found:
-            vectors = self.fetch_vectors(list(found))
+            vectors = self.fetch_vectors(list(found), colbert=with_colbert)
             for doc_id, doc in found.items():
                 v = vectors.get(doc_id)
                 if v is None:
@@ -523,7 +523,7 @@ class DocumentStore:
                 for dim, arr in v.truncated.items():
                     doc[f"{DENSE}_{dim}"] = arr
                 doc[SPARSE] = v.sparse
-                if self.layout.colbert != "none":
+                if with_colbert and self.layout.colbert != "none":
                     doc["colbert"] = v.colbert
         return [found[i] for i in wanted if i in found]
 
@@ -542,39 +542,45 @@ class DocumentStore:
         finally:
             it.close()
 
-    def fetch_vectors(self, ids: Iterable[str]) -> dict[str, StoredVectors]:
-        """Stored vectors of the given documents; only ColBERT rows the main row commits to are used."""
+    def fetch_vectors(self, ids: Iterable[str], colbert: bool = True) -> dict[str, StoredVectors]:
+        """Stored vectors of the given documents; only ColBERT rows the main row commits to are used.
+
+        ``colbert=False`` skips the ColBERT vectors (their ``colbert`` is None): reading and decoding
+        them is most of the cost, so callers that do not score with them leave them out.
+        """
         wanted = self._ids(ids)
+        mode = self.layout.colbert if colbert else "none"
         fields = [ID, DENSE, SPARSE, *(t.name for t in self.layout.truncated)]
-        if self.layout.colbert == "companion":
+        if mode == "companion":
             fields += [COLBERT_VERSION, COLBERT_ROWS]
-        elif self.layout.colbert == "native":
+        elif mode == "native":
             fields.append(COLBERT)
         rows: list[dict[str, Any]] = []
         for part in _chunks(wanted, IDS_PER_EXPR):
             rows += self._query_vectors("fetch vectors", filter=in_expr(ID, part), output_fields=fields)
-        colbert: dict[str, np.ndarray | None] = {}
-        if self.layout.colbert == "companion":
-            colbert = self._fetch_colbert(rows)
+        colbert_of: dict[str, np.ndarray | None] = {}
+        if mode == "companion":
+            colbert_of = self._fetch_colbert(rows)
             for _ in range(2):
                 # A writer may have committed a newer version and swept ours between the two reads:
                 # read those documents again, main row and ColBERT rows together.
-                stale = [r[ID] for r in rows if colbert.get(r[ID]) is None and int(r.get(COLBERT_ROWS) or 0) > 0]
+                stale = [r[ID] for r in rows
+                         if colbert_of.get(r[ID]) is None and int(r.get(COLBERT_ROWS) or 0) > 0]
                 if not stale:
                     break
                 fresh = self._query_vectors("fetch vectors", filter=in_expr(ID, stale), output_fields=fields)
                 rows = [r for r in rows if r[ID] not in set(stale)] + fresh
-                colbert.update(self._fetch_colbert(fresh))
+                colbert_of.update(self._fetch_colbert(fresh))
         out: dict[str, StoredVectors] = {}
         for row in rows:
             doc_id = row[ID]
             cb: np.ndarray | None = None
-            if self.layout.colbert == "companion":
-                cb = colbert.get(doc_id)
+            if mode == "companion":
+                cb = colbert_of.get(doc_id)
                 if cb is None:
                     log.warning("document %r in %s: the ColBERT rows its main row names are missing (a concurrent "
                                 "writer of the same id in another process?); re-upsert it", doc_id, self.name)
-            elif self.layout.colbert == "native":
+            elif mode == "native":
                 items = row.get(COLBERT) or []
                 cb = np.asarray([it[COLBERT_SUBFIELD] for it in items], dtype=np.float32).reshape(
                     -1, self.layout.dense_dim)

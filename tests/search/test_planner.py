@@ -89,13 +89,13 @@ class FakeStore:
         order = [k for k in sorted(self._live(), key=lambda k: -scores[k]) if scores[k] > 0][:limit]
         return [(self.ids[k], scores[k]) for k in order]
 
-    def fetch_vectors(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+    def fetch_vectors(self, ids: list[str], colbert: bool = True) -> dict[str, dict[str, Any]]:
         out = {}
         for i in ids:
             if i in self.deleted:
                 continue
             k = self.ids.index(i)
-            out[i] = {"dense": self.dense[k], "sparse": self.sparse[k], "colbert": self.colbert[k]}
+            out[i] = {"dense": self.dense[k], "sparse": self.sparse[k], "colbert": self.colbert[k] if colbert else None}
         return out
 
     def get(self, ids: list[str], output_fields: list[str] | None = None, with_vectors: bool = False) -> list[dict]:
@@ -285,9 +285,9 @@ def test_output_fields_and_deleted_between_stages(store: FakeStore, searcher) ->
     first = res.hits[0].id
     original = store.fetch_vectors
 
-    def fetch_then_delete(ids):
+    def fetch_then_delete(ids, **kw):
         store.deleted.add(first)
-        return original(ids)
+        return original(ids, **kw)
 
     store.fetch_vectors = fetch_then_delete  # type: ignore[method-assign]
     res2 = searcher.search(SearchRequest("q", top_k=3))
@@ -299,8 +299,8 @@ def test_candidate_without_colbert_rows_is_left_out_and_flagged(store: FakeStore
     first = full.hits[0].id
     original = store.fetch_vectors
 
-    def fetch_missing_colbert(ids):
-        out = original(ids)
+    def fetch_missing_colbert(ids, **kw):
+        out = original(ids, **kw)
         out[first] = {**out[first], "colbert": None}
         return out
 

@@ -25,6 +25,7 @@ class FlakyClient:
         self._client = client
         self.fail: dict[tuple[str, str], int] = {}  # -> calls that still succeed before failing (once)
         self.before: dict[tuple[str, str], Callable[[], None]] = {}
+        self.calls: list[tuple[str, str]] = []  # every forwarded (method, collection), in order
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._client, name)
@@ -33,6 +34,7 @@ class FlakyClient:
 
         def call(collection_name: str, *args: Any, **kwargs: Any) -> Any:
             key = (name, collection_name)
+            self.calls.append(key)
             hook = self.before.pop(key, None)
             if hook is not None:
                 hook()
@@ -200,3 +202,33 @@ def test_reader_racing_a_writer_gets_one_whole_version(flaky: tuple[DocumentStor
         np.testing.assert_allclose(got[doc_id].dense, new.dense[i], rtol=1e-6)
         np.testing.assert_array_equal(got[doc_id].colbert, new.colbert[i])
     assert_no_orphans(ds, ids)
+
+
+def test_reads_that_leave_colbert_out_never_touch_the_companion(
+        flaky: tuple[DocumentStore, FlakyClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    from milvus_embed_ext.search import HybridSearcher, SearchRequest
+
+    ds, client = flaky
+    ids = [f"s{i}" for i in range(12)]
+    written = fake_output(12, DIM, seed=13)
+    ds.write(docs(*ids), written)
+    query = fake_output(1, DIM, seed=14)
+    searcher = HybridSearcher(ds, lambda *a, **k: query)
+    request = SearchRequest("q", top_k=5, plan={"representations": ["dense", "sparse"]})
+    companion = ("query", ds.layout.companion_name)
+
+    client.calls.clear()
+    lean = searcher.search(request, query_encoding=query)
+    assert companion not in client.calls and ("query", ds.name) in client.calls
+    got = ds.get(ids[:3], with_vectors=True, with_colbert=False)
+    assert companion not in client.calls
+    assert [d["id"] for d in got] == ids[:3] and all("colbert" not in d and "dense" in d for d in got)
+
+    # the same ranking as when the ColBERT vectors are read (and ignored)
+    fetch = ds.fetch_vectors
+    monkeypatch.setattr(ds, "fetch_vectors", lambda i, colbert=True: fetch(i, colbert=True))
+    full = searcher.search(request, query_encoding=query)
+    assert companion in client.calls
+    assert [(h.id, h.score) for h in lean.hits] == [(h.id, h.score) for h in full.hits]
+    assert len(lean.hits) == 5
+    np.testing.assert_array_equal(ds.get(ids[:1], with_vectors=True)[0]["colbert"], written.colbert[0])
