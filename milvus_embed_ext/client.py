@@ -9,8 +9,9 @@ the domain errors of :mod:`milvus_embed_ext.errors` (``InvalidArgument``, ``NotF
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +201,40 @@ def _chunks(docs: Iterable[Any], collection: str, size: int) -> Iterator[documen
         yield documents_pb2.UpsertRequest(collection=collection, documents=chunk)
 
 
+class _RequestStream:
+    """The request iterator grpc consumes, keeping the exception it raises.
+
+    grpc reports a failing request iterator only as UNKNOWN "Exception iterating requests!" (blocking client)
+    or a cancellation (asyncio), which loses the domain error that says which document is bad.
+    """
+
+    def __init__(self, requests: Iterator[documents_pb2.UpsertRequest]) -> None:
+        self._requests = requests
+        self.error: Exception | None = None
+
+    def __iter__(self) -> _RequestStream:
+        return self
+
+    def __next__(self) -> documents_pb2.UpsertRequest:
+        try:
+            return next(self._requests)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def _upsert_requests(documents: Iterable[Any], collection: str, size: int) -> list[documents_pb2.UpsertRequest] | _RequestStream:
+    """All requests, validated before anything is sent, when ``documents`` is a sequence; else a lazy stream."""
+    if isinstance(documents, Sequence):
+        chunks = list(_chunks(documents, collection, size))
+        if not chunks:
+            raise InvalidArgument("no documents to upsert")
+        return chunks
+    return _RequestStream(_chunks(documents, collection, size))
+
+
 def parse_get_response(resp: documents_pb2.GetResponse) -> list[dict[str, Any]]:
     out = []
     for d in resp.documents:
@@ -331,14 +366,21 @@ class SidecarClient:
 
     def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
                timeout: float | None = None) -> UpsertResult:
-        """Insert or replace documents. More than ``chunk_size`` go through the streaming RPC."""
-        if isinstance(documents, Sequence) and len(documents) <= chunk_size:
-            chunks = list(_chunks(documents, collection, chunk_size))
-            if not chunks:
-                raise InvalidArgument("no documents to upsert")
-            resp = self._call(self._documents.Upsert, chunks[0], timeout)
+        """Insert or replace documents. More than ``chunk_size`` go through the streaming RPC.
+
+        A sequence is validated whole before anything is sent; an iterator is validated as it streams, so a bad
+        document fails the call (with its own error) after the chunks before it may have been written.
+        """
+        requests = _upsert_requests(documents, collection, chunk_size)
+        if isinstance(requests, list) and len(requests) == 1:
+            resp = self._call(self._documents.Upsert, requests[0], timeout)
         else:
-            resp = self._call(self._documents.UpsertStream, _chunks(documents, collection, chunk_size), timeout)
+            try:
+                resp = self._call(self._documents.UpsertStream, iter(requests), timeout)
+            except MilvusEmbedError:
+                if isinstance(requests, _RequestStream) and requests.error is not None:
+                    raise requests.error from None
+                raise
         return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
 
     def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> int:
@@ -415,17 +457,17 @@ class AsyncSidecarClient:
 
     async def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
                      timeout: float | None = None) -> UpsertResult:
-        if isinstance(documents, Sequence) and len(documents) <= chunk_size:
-            chunks = list(_chunks(documents, collection, chunk_size))
-            if not chunks:
-                raise InvalidArgument("no documents to upsert")
-            resp = await self._call(self._documents.Upsert, chunks[0], timeout)
+        """See :meth:`SidecarClient.upsert`."""
+        requests = _upsert_requests(documents, collection, chunk_size)
+        if isinstance(requests, list) and len(requests) == 1:
+            resp = await self._call(self._documents.Upsert, requests[0], timeout)
         else:
-            async def stream() -> AsyncIterator[documents_pb2.UpsertRequest]:
-                for chunk in _chunks(documents, collection, chunk_size):
-                    yield chunk
-
-            resp = await self._call(self._documents.UpsertStream, stream(), timeout)
+            try:
+                resp = await self._call(self._documents.UpsertStream, iter(requests), timeout)
+            except (asyncio.CancelledError, MilvusEmbedError):  # grpc cancels the call when the iterator fails
+                if isinstance(requests, _RequestStream) and requests.error is not None:
+                    raise requests.error from None
+                raise
         return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
 
     async def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> int:
