@@ -30,6 +30,37 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "RESULTS.md"
 SECTION = "cpu-backends"
 PEAK_GFLOPS = 190.0  # fp32, 2 AMD EPYC cores with AVX2 FMA (DESIGN.md)
+NOTES = """\
+How to read it: "share of fp32 peak" is the FLOPs this package's batching needs for the passages (padding
+included) over the time taken, for every row, FlagEmbedding included (its own padding costs it more).
+The one-query column of this run was taken while the load rose to ~7: its absolute figures are inflated.
+
+Earlier run the same day (load 2.5 -> 3.1, same script plus torch with eager attention), tokens/s best of 3
+and x FlagEmbedding: flagembedding 33.8; torch 151.2 (x4.47); torch-eager 79.6 (x2.35); onnx 96.5 (x2.85,
+median 94.8 vs torch 70.1); onnx-int8 (dynamic-quantisation build, since replaced) 136.2 (x4.03). One query
+p50: flagembedding 1052 ms, torch 581, torch-eager 563, onnx 253, onnx-int8 388.
+
+What was tried, and what was kept:
+
+- torch, SDPA vs eager attention: transformers 4.57 already loads XLM-R with `attn_implementation="sdpa"`;
+  eager was slower on passages (79.6 vs 151 tokens/s) and equal on one query. SDPA kept (the default).
+- torch, inference mode, length-sorted token-budget batching, fp32 heads: already in M3Encoder; kept.
+- torch threads: `torch.get_num_threads()` is 2 = the cores here; the inter-op pool is idle in an eager
+  forward pass, so `set_num_interop_threads` has nothing to change. ONNX Runtime gets the same thread count.
+- torch.compile: not measured on the full-size model (minutes of compilation per shape on 2 shared cores,
+  and the shared machine could not resolve a gain of a few percent); not enabled.
+- ONNX fp32 (TorchScript export + onnxruntime fusions: Attention, SkipLayerNorm, BiasGelu): parity 9e-6 on
+  every output. Clearly faster for one query (x2.3 and x4 against torch in the two runs); on passages
+  x1.31 (best) in this run but x0.64 (best) / x1.35 (median) in the earlier one: not clearly better.
+  The default stays `backend = "torch"`; set `MEE_BACKEND=onnx` for query-latency-bound CPU deployments
+  (the first start exports the model: ~4 minutes and 2.3 GB under onnx_cache_dir).
+- int8: dynamic per-tensor int8 (QuantizeLinear + MatMulInteger; s8 or u8 weights, per tensor or per
+  channel) kept only 0.955-0.975 CLS cosine on the full-size checkpoint (s8 weights also saturate AVX2's
+  VPMADDUBSW). 8-bit block weights with int8 compute (`MatMulNBits`, block 32, accuracy level 4) keep
+  > 0.996; keeping the last 2 of 24 layers fp32 lifted the lexical Spearman from 0.976 to 0.984. On this
+  AVX2 CPU without VNNI the int8 kernels are no faster than fp32 ones: onnx-int8 meets the fidelity bar
+  but not the x4 speed goal (x3.2 here); it is smaller (1.6 GB on disk instead of 2.2 GB).
+"""
 
 
 def forward_flops(config: Any, rows: int, width: int) -> float:
@@ -181,7 +212,7 @@ def render(args: argparse.Namespace, tok: dict[str, Any], lat: dict[str, list[fl
                 continue
             lines.append(f"| {name} | {f['max_abs_diff']:.1e} | {f['dense_cos_min']:.4f} | {f['dense_cos_mean']:.4f} "
                          f"| {f['dense_spearman']:.4f} | {f['lexical_spearman']:.4f} | {f['colbert_spearman']:.4f} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", NOTES.rstrip()])
 
 
 def write_section(body: str, path: Path = RESULTS) -> None:
