@@ -144,16 +144,6 @@ class EmbedderHandlers:
 # ---------------------------------------------------------------- Documents
 
 
-def _encode_kwargs(layout: Any) -> dict[str, Any]:
-    """Representations a collection stores: all of them, ColBERT unless the layout has none."""
-    return {
-        "dense": True,
-        "sparse": True,
-        "colbert": getattr(layout, "colbert", "auto") != "none",
-        "truncate_dims": tuple(t.dim for t in getattr(layout, "truncated", ()) if t.projection == "prefix"),
-    }
-
-
 async def _enumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
     i = 0
     async for item in items:
@@ -179,6 +169,7 @@ class DocumentsHandlers:
         return opened
 
     def _documents(self, req: documents_pb2.UpsertRequest, offset: int = 0) -> list[Any]:
+        """The request's documents; ids and texts are checked by DocumentStore.validate (once per chunk)."""
         from ..store import Document
 
         s = self.rt.settings
@@ -189,29 +180,24 @@ class DocumentsHandlers:
                 f"documents has {len(req.documents)} entries, more than max_texts_per_request="
                 f"{s.max_texts_per_request}; split it or use UpsertStream with smaller chunks"
             )
-        seen: set[str] = set()
         docs = []
         for i, d in enumerate(req.documents):
             where = f"documents[{offset + i}]"
-            if not d.id:
-                raise InvalidArgument(f"{where}.id is empty; every document needs a non-empty id")
-            if d.id in seen:
-                raise InvalidArgument(f"{where}.id {d.id!r} repeats an earlier id in the same request; send each id once")
-            seen.add(d.id)
             docs.append(Document(id=d.id, text=d.text, metadata=parse_metadata(d.metadata_json, f"{where}.metadata_json")))
         return docs
 
     async def _write_chunk(self, doc_store: Any, docs: list[Any], context: grpc.aio.ServicerContext,
-                           timings: dict[str, float]) -> tuple[Callable[[], Any], int, Any]:
+                           timings: dict[str, float], offset: int = 0) -> tuple[Callable[[], Any], int, Any]:
         """Validate and encode one chunk; returns the (deferred) write, the token count and the encode result."""
         _, batcher = self.rt.require_encoder()
         t = time.perf_counter()
-        await in_store_thread(self.rt, context, doc_store.validate, docs)
+        checked = await in_store_thread(self.rt, context,
+                                        functools.partial(doc_store.validate, docs, first_index=offset))
         timings["validate"] = timings.get("validate", 0.0) + _ms(time.perf_counter() - t)
         t = time.perf_counter()
-        enc = await batcher.encode([d.text for d in docs], **_encode_kwargs(doc_store.layout), timeout=remaining(context))
+        enc = await batcher.encode([d.text for d in checked], **doc_store.encode_kwargs(), timeout=remaining(context))
         timings["encode"] = timings.get("encode", 0.0) + _ms(time.perf_counter() - t)
-        return (lambda: doc_store.write(docs, enc.output)), int(enc.output.token_counts.sum()), enc
+        return (lambda: doc_store.write_checked(checked, enc.output)), int(enc.output.token_counts.sum()), enc
 
     async def upsert(self, req: documents_pb2.UpsertRequest, context: grpc.aio.ServicerContext) -> documents_pb2.UpsertResponse:
         started = time.perf_counter()
@@ -252,7 +238,7 @@ class DocumentsHandlers:
                         f"started with {collection or self.rt.settings.collection!r}; use one stream per collection"
                     )
                 docs = self._documents(req, offset)
-                write, n_tokens, enc = await self._write_chunk(doc_store, docs, context, stages)
+                write, n_tokens, enc = await self._write_chunk(doc_store, docs, context, stages, offset)
                 queue_ms += enc.queue_ms
                 inference_ms += enc.inference_ms
                 if pending is not None:

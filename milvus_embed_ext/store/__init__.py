@@ -3,13 +3,14 @@
 from .capabilities import Capabilities, capabilities_for, parse_version
 from .client import MilvusStore, redact_uri
 from .codecs import CODECS
-from .documents import Document, DocumentStore, StoredVectors, in_expr, literal
+from .documents import CheckedDocuments, Document, DocumentStore, StoredVectors, in_expr, literal
 from .layout import CollectionLayout, TruncatedField
 from .projection import PcaProjection, fit_pca, prefix_project
 
 __all__ = [
     "CODECS",
     "Capabilities",
+    "CheckedDocuments",
     "CollectionLayout",
     "Document",
     "DocumentStore",

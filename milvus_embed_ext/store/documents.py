@@ -105,6 +105,18 @@ class StoredVectors:
     truncated: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+class CheckedDocuments(list[Document]):
+    """Documents that passed :meth:`DocumentStore.validate` for one layout.
+
+    :meth:`DocumentStore.write_checked` takes only these, so a batch that was validated before encoding
+    is not validated again when it is written.
+    """
+
+    def __init__(self, docs: Iterable[Document], layout: CollectionLayout) -> None:
+        super().__init__(docs)
+        self.layout = layout
+
+
 def _now_ns() -> int:
     """Strictly increasing nanosecond clock within this process (versions must not collide)."""
     global _last_ns
@@ -275,12 +287,15 @@ class DocumentStore:
         return int(res[0]["count(*)"]) if res else 0
 
     # ================================================================== validation
-    def validate(self, docs: Sequence[Document | Mapping[str, Any]]) -> list[Document]:
-        """Check a batch before anything is written; raise InvalidArgument naming the first bad document."""
-        out = [_as_document(d) for d in docs]
+    def validate(self, docs: Sequence[Document | Mapping[str, Any]], *, first_index: int = 0) -> CheckedDocuments:
+        """Check a batch before anything is written; raise InvalidArgument naming the first bad document.
+
+        Documents are numbered from ``first_index`` in messages (for batches that are part of a stream).
+        """
+        out = CheckedDocuments((_as_document(d) for d in docs), self.layout)
         seen: set[str] = set()
         lite = self.store.capabilities.lite
-        for i, d in enumerate(out):
+        for i, d in enumerate(out, start=first_index):
             where = f"document {i}"
             self._check_id(d.id, where, lite=lite)
             where = f"document {d.id!r}"
@@ -311,7 +326,7 @@ class DocumentStore:
         if not isinstance(doc_id, str):
             raise InvalidArgument(f"{where}: id must be a string, got {type(doc_id).__name__}")
         if not doc_id:
-            raise InvalidArgument(f"{where}: id is empty")
+            raise InvalidArgument(f"{where}: id is empty; every document needs a non-empty id")
         n = len(doc_id.encode("utf-8"))
         if n > self.layout.max_id_length:
             raise InvalidArgument(f"{where}: id is {n} bytes; the collection allows at most "
@@ -365,19 +380,31 @@ class DocumentStore:
                 self._projection(t.dim)  # FailedPrecondition when not fitted yet
 
     # ================================================================== writes
+    def encode_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``M3Encoder.encode`` that produce every representation this collection stores."""
+        return {
+            "dense": True,
+            "sparse": True,
+            "colbert": self.layout.colbert != "none",
+            "truncate_dims": tuple(t.dim for t in self.layout.truncated if t.projection == "prefix"),
+        }
+
     def upsert(self, docs: Sequence[Document | Mapping[str, Any]], encoder: M3Encoder) -> None:
         """Validate, encode (one pass for every representation) and write."""
         checked = self.validate(docs)
         if not checked:
             return
-        prefix_dims = [t.dim for t in self.layout.truncated if t.projection == "prefix"]
-        enc = encoder.encode([d.text for d in checked], dense=True, sparse=True,
-                             colbert=self.layout.colbert != "none", truncate_dims=prefix_dims)
-        self.write(checked, enc)
+        self.write_checked(checked, encoder.encode([d.text for d in checked], **self.encode_kwargs()))
 
     def write(self, docs: Sequence[Document | Mapping[str, Any]], encoded: M3Output) -> None:
         """Write every representation of already-encoded documents (row i of ``encoded`` is docs[i])."""
-        checked = self.validate(docs)
+        self.write_checked(self.validate(docs), encoded)
+
+    def write_checked(self, checked: CheckedDocuments, encoded: M3Output) -> None:
+        """:meth:`write` for a batch this collection's :meth:`validate` returned (not validated again)."""
+        if not isinstance(checked, CheckedDocuments) or checked.layout != self.layout:
+            raise TypeError(f"write_checked takes the result of validate() of collection {self.name}; "
+                            "use write() for other documents")
         if not checked:
             return
         self._check_encoded(checked, encoded)

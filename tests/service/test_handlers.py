@@ -95,10 +95,13 @@ class _WritableDocs:
     layout = SimpleNamespace(name="docs", colbert="none", truncated=(), scalar_fields=("id", "text", "metadata"))
     name = "docs"
 
-    def validate(self, docs) -> None:
-        pass
+    def validate(self, docs, first_index=0) -> list:
+        return list(docs)
 
-    def write(self, docs, output) -> None:
+    def encode_kwargs(self) -> dict:
+        return {}
+
+    def write_checked(self, checked, output) -> None:
         pass
 
 
@@ -121,6 +124,47 @@ def test_stream_errors_name_the_message_index_not_the_document_count():
         asyncio.run(main())
     finally:
         rt.store_executor.shutdown(wait=True)
+
+
+class _CheckingDocs(_WritableDocs):
+    """Records each validate call and which batch each write received."""
+
+    def __init__(self) -> None:
+        self.validated: list[tuple[list[str], int]] = []
+        self.written: list[object] = []
+        self.checked: list[object] = []
+
+    def validate(self, docs, first_index=0) -> list:
+        self.validated.append(([d.id for d in docs], first_index))
+        self.checked.append(list(docs))
+        return self.checked[-1]
+
+    def write_checked(self, checked, output) -> None:
+        self.written.append(checked)
+
+
+def test_upsert_stream_validates_each_chunk_once_and_writes_the_checked_batch():
+    rt = _runtime()
+    rt.store, rt.encoder, rt.batcher = object(), object(), _FakeBatcher()
+    docs = _CheckingDocs()
+    rt.doc_stores["docs"] = docs
+    handlers = DocumentsHandlers(rt)
+
+    async def messages():
+        yield documents_pb2.UpsertRequest(collection="docs", documents=[
+            documents_pb2.Document(id=f"d{i}", text="t") for i in range(3)])
+        yield documents_pb2.UpsertRequest(documents=[documents_pb2.Document(id="d3", text="t")])
+
+    async def main():
+        resp = await handlers.upsert_stream(messages(), FakeContext(None))
+        assert resp.upserted == 4
+
+    try:
+        asyncio.run(main())
+    finally:
+        rt.store_executor.shutdown(wait=True)
+    assert docs.validated == [(["d0", "d1", "d2"], 0), (["d3"], 3)]
+    assert len(docs.written) == 2 and all(w is c for w, c in zip(docs.written, docs.checked, strict=True))
 
 
 class _RecordingBatcher(_FakeBatcher):

@@ -191,6 +191,36 @@ def test_bad_input_writes_nothing(strict_store: DocumentStore, tiny_encoder: Any
     assert ds.count() == 0
 
 
+def test_upsert_validates_once_and_encodes_what_the_layout_stores(
+        strict_store: DocumentStore, tiny_encoder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = strict_store
+    calls: list[int] = []
+    validate = ds.validate
+    monkeypatch.setattr(ds, "validate", lambda docs, **kw: calls.append(len(docs)) or validate(docs, **kw))
+    seen: dict[str, Any] = {}
+
+    class Spy:
+        def encode(self, texts: list[str], **kw: Any) -> Any:
+            seen.update(kw)
+            return tiny_encoder.encode(texts, **kw)
+
+    ds.upsert([GOOD, Document("other", "another valid document")], Spy())
+    try:
+        assert calls == [2]
+        assert seen == ds.encode_kwargs() == {"dense": True, "sparse": True, "colbert": True, "truncate_dims": (16,)}
+        assert [d["id"] for d in ds.get(["good", "other"])] == ["good", "other"]
+        with pytest.raises(InvalidArgument, match="document 5: id is empty"):
+            ds.validate([Document("", "empty id")], first_index=5)
+        enc = tiny_encoder.encode(["t"], **ds.encode_kwargs())
+        with pytest.raises(TypeError, match="validate"):
+            ds.write_checked([Document("raw", "t")], enc)  # type: ignore[arg-type]
+        other = DocumentStore(ds.store, CollectionLayout("elsewhere", ds.layout.dense_dim, colbert="none"))
+        with pytest.raises(TypeError, match="validate"):
+            ds.write_checked(other.validate([Document("raw", "t")]), enc)
+    finally:
+        ds.delete(["good", "other"])  # the shared collection stays empty for the bad-input cases
+
+
 def test_dense_dim_mismatch_writes_nothing(lite_store: MilvusStore, collection_name: str, tiny_encoder: Any) -> None:
     ds = DocumentStore.create(lite_store, CollectionLayout(collection_name, tiny_encoder.hidden_size * 2))
     with pytest.raises(FailedPrecondition, match=f"produces {tiny_encoder.hidden_size}-d"):
