@@ -128,6 +128,16 @@ class RevisionGraph:
                 stack.extend(self.children[r])
         return out
 
+    def all_revisions(self) -> set[str]:
+        """Every revision the scripts define: what upgrading to ``heads`` ends with applied (every
+        revision is an ancestor of some head)."""
+        return set(self.parents)
+
+    def pending(self, applied: Iterable[str]) -> list[str]:
+        """Revisions not in ``applied``, parents first: what ``upgrade heads`` would apply."""
+        applied = set(applied)
+        return [r for r in self._topo if r not in applied]
+
     def heads_of(self, applied: Iterable[str]) -> tuple[str, ...]:
         """The current revision(s) of a database whose applied set is ``applied``."""
         applied = set(applied)
@@ -187,13 +197,9 @@ class RevisionGraph:
             # Only revisions whose parents are applied or in the chosen prefix are reachable in order.
             return pending[:n]
         if target == "heads":
-            wanted: set[str] = set()
-            for head in self.heads:
-                wanted |= self.ancestors(head)
-        else:
-            rev = self.single_head() if target == "head" else self.resolve(target)
-            wanted = self.ancestors(rev)
-        return self.topo(wanted - applied)
+            return self.pending(applied)
+        rev = self.single_head() if target == "head" else self.resolve(target)
+        return self.topo(self.ancestors(rev) - applied)
 
     def downgrade_path(self, applied: Iterable[str], target: str) -> list[str]:
         """Revisions to unapply, children first, to reach ``target`` (id, prefix, base or -N)."""

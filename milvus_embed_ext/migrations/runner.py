@@ -246,8 +246,7 @@ def stamp(config: MigrationConfig | Settings, revision: str, *, store: Any | Non
     env = load_environment(cfg)
     wanted: set[str] = set()
     if revision == "heads":
-        for head in env.graph.heads:
-            wanted |= env.graph.ancestors(head)
+        wanted = env.graph.all_revisions()
     elif revision != "base":
         rev = env.graph.single_head() if revision == "head" else env.graph.resolve(revision)
         wanted = env.graph.ancestors(rev)
@@ -286,12 +285,7 @@ def current(config: MigrationConfig | Settings, *, store: Any | None = None) -> 
         locks = table.locks(cfg.scope) if table.exists() else []
     unknown = sorted(set(applied) - set(env.scripts))
     known = set(applied) - set(unknown)
-    pending: list[str] = []
-    if not unknown:
-        wanted: set[str] = set()
-        for head in env.graph.heads:
-            wanted |= env.graph.ancestors(head)
-        pending = env.graph.topo(wanted - known)
+    pending = [] if unknown else env.graph.pending(known)
     return CurrentState(cfg.scope, env.graph.heads_of(known), applied, unknown, pending, locks)
 
 
@@ -417,10 +411,7 @@ def check(config: MigrationConfig | Settings, *, store: Any | None = None) -> Ch
             problems.append(str(exc))
         else:
             problems += _schema_drift(cfg, st, model_at(cfg, env, known))
-        wanted: set[str] = set()
-        for head in env.graph.heads:
-            wanted |= env.graph.ancestors(head)
-        pending = env.graph.topo(wanted - known)
+        pending = env.graph.pending(known)
         if not applied:
             notes.append(f"{cfg.scope} is not migrated yet: run `milvus-embed migrate upgrade`")
         elif pending:
@@ -463,10 +454,7 @@ def check_revision_known(config: MigrationConfig | Settings, *, store: Any | Non
             "or deploy the sidecar version that matches the database")
     current_heads = env.graph.heads_of(applied)
     if require_head:
-        wanted: set[str] = set()
-        for head in env.graph.heads:
-            wanted |= env.graph.ancestors(head)
-        pending = env.graph.topo(wanted - set(applied))
+        pending = env.graph.pending(applied)
         if pending:
             raise FailedPrecondition(
                 f"collection {cfg.scope!r} is at revision {', '.join(current_heads)}; {len(pending)} revision(s) "

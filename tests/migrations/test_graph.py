@@ -64,6 +64,17 @@ def test_two_heads_need_a_choice() -> None:
     assert g.upgrade_path(set(), "c") == ["a", "c"]
 
 
+def test_all_revisions_and_pending_span_every_head() -> None:
+    g = graph_from_mapping({"a": None, "b": "a", "c": "b", "d": "b", "x": None, "y": "x"})
+    assert g.heads == ("c", "d", "y") and g.bases == ("a", "x")
+    assert g.all_revisions() == {"a", "b", "c", "d", "x", "y"}
+    pending = g.pending({"a", "b", "c"})
+    assert sorted(pending) == ["d", "x", "y"] and pending.index("x") < pending.index("y")
+    assert g.pending(g.all_revisions()) == []
+    assert g.pending([]) == g.upgrade_path(set(), "heads") == g.topo(g.all_revisions())
+    assert g.pending(["a"]) == g.upgrade_path({"a"}, "heads")
+
+
 def test_cycle_and_unknown_parent_are_reported() -> None:
     with pytest.raises(InvalidArgument, match="cycle through: .*x.*y"):
         graph_from_mapping({"a": None, "x": ("a", "y"), "y": "x"})
