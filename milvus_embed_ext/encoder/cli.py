@@ -47,14 +47,11 @@ def _make_test_model(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     from ..cli import settings_from_args
-    from .model import M3Encoder
+    from .factory import encoder_from_settings
 
     settings = settings_from_args(args)
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else list(args.texts)
-    encoder = M3Encoder.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                        max_length=args.max_length or settings.max_length,
-                                        token_budget=settings.token_budget, max_batch=settings.max_batch,
-                                        backend=settings.backend, onnx_cache_dir=settings.onnx_cache_dir or None)
+    encoder = encoder_from_settings(settings, max_length=args.max_length or settings.max_length)
     started = time.perf_counter()
     out = encoder.encode(texts, truncate_dims=[d for d in settings.truncate_dims if d <= encoder.hidden_size])
     elapsed = time.perf_counter() - started

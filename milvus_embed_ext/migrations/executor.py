@@ -110,13 +110,9 @@ class OpContext:
     def encoder(self) -> Any:
         """An M3Encoder from the settings, loaded once per run (for backfills that must re-encode text)."""
         if "m3" not in self.encoder_cache:
-            from ..encoder import M3Encoder
+            from ..encoder.factory import encoder_from_settings
 
-            s = self.settings
-            self.encoder_cache["m3"] = M3Encoder.from_pretrained(
-                s.model, device=s.device, dtype=s.dtype, max_length=s.max_length,
-                token_budget=s.token_budget, max_batch=s.max_batch, backend=s.backend,
-                onnx_cache_dir=s.onnx_cache_dir or None)
+            self.encoder_cache["m3"] = encoder_from_settings(self.settings)
         return self.encoder_cache["m3"]
 
     def backfill(self, collection: str, fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,

@@ -73,16 +73,9 @@ def demo_model_dir() -> Path:
 def load_encoder(settings: Settings) -> tuple[Any, Path]:
     """The M3Encoder for ``settings.model`` and its local directory; the demo checkpoint when allowed and the
     hub is out of reach (a loud banner on stderr says so)."""
-    from ..encoder import M3Encoder
+    from ..encoder.factory import encoder_from_settings
     from ..encoder.hub import looks_like_hub_id, resolve_model_path
 
-    if settings.encoder_threads:
-        import torch
-
-        torch.set_num_threads(settings.encoder_threads)  # process-wide: before loading, the ONNX session reads it
-    kwargs = dict(device=settings.device, dtype=settings.dtype, max_length=settings.max_length,
-                  token_budget=settings.token_budget, max_batch=settings.max_batch, backend=settings.backend,
-                  onnx_cache_dir=settings.onnx_cache_dir or None)
     try:
         path = resolve_model_path(settings.model)
     except ModelLoadError as exc:
@@ -99,7 +92,7 @@ def load_encoder(settings: Settings) -> tuple[Any, Path]:
         print(banner, file=sys.stderr, flush=True)
         log.warning("DEMO MODEL IN USE: results carry no meaning; set MEE_MODEL to a real BGE-M3 checkpoint",
                     extra={"requested_model": settings.model, "demo_path": str(path)})
-    return M3Encoder.from_pretrained(str(path), **kwargs), Path(path)
+    return encoder_from_settings(settings, str(path)), Path(path)
 
 
 def connect_store(settings: Settings) -> Any:
