@@ -299,8 +299,10 @@ def _tls(tls: bool | TLSConfig | None) -> TLSConfig | None:
 # ---------------------------------------------------------------------------- blocking client
 
 
-class SidecarClient:
-    """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
+class _ClientBase:
+    """Channel, credentials and stubs shared by the blocking and the asyncio client."""
+
+    _grpc: Any = grpc  # the module whose channels this client opens: grpc or grpc.aio
 
     def __init__(self, address: str = DEFAULT_ADDRESS, api_key: str | None = None,
                  tls: bool | TLSConfig | None = None, *, timeout: float | None = 60.0,
@@ -310,14 +312,18 @@ class SidecarClient:
         tls_cfg = _tls(tls)
         options = _channel_args(max_message_bytes, tls_cfg)
         if tls_cfg is None:
-            self._channel = grpc.insecure_channel(address, options=options)
+            self._channel = self._grpc.insecure_channel(address, options=options)
         else:
             creds = channel_credentials(tls_cfg.ca, tls_cfg.cert, tls_cfg.key)
-            self._channel = grpc.secure_channel(address, creds, options=options)
+            self._channel = self._grpc.secure_channel(address, creds, options=options)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._embedder = embedder_pb2_grpc.EmbedderStub(self._channel)
         self._documents = documents_pb2_grpc.DocumentsStub(self._channel)
         self._search = search_pb2_grpc.SearchStub(self._channel)
+
+
+class SidecarClient(_ClientBase):
+    """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
 
     def __repr__(self) -> str:  # never shows the key
         return f"SidecarClient({self.address!r}, auth={'yes' if self._metadata else 'no'})"
@@ -409,25 +415,10 @@ class SidecarClient:
 # ---------------------------------------------------------------------------- asyncio client
 
 
-class AsyncSidecarClient:
+class AsyncSidecarClient(_ClientBase):
     """The same API as :class:`SidecarClient`, awaitable (``grpc.aio`` channel)."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, api_key: str | None = None,
-                 tls: bool | TLSConfig | None = None, *, timeout: float | None = 60.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.address = address
-        self.timeout = timeout
-        tls_cfg = _tls(tls)
-        options = _channel_args(max_message_bytes, tls_cfg)
-        if tls_cfg is None:
-            self._channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            creds = channel_credentials(tls_cfg.ca, tls_cfg.cert, tls_cfg.key)
-            self._channel = grpc.aio.secure_channel(address, creds, options=options)
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._embedder = embedder_pb2_grpc.EmbedderStub(self._channel)
-        self._documents = documents_pb2_grpc.DocumentsStub(self._channel)
-        self._search = search_pb2_grpc.SearchStub(self._channel)
+    _grpc = grpc.aio
 
     def __repr__(self) -> str:
         return f"AsyncSidecarClient({self.address!r}, auth={'yes' if self._metadata else 'no'})"
