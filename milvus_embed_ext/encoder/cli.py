@@ -11,15 +11,17 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..cli import add_settings_args
+    from .testmodel import SIZES
 
     p = subparsers.add_parser(
         "make-test-model",
         help="build an offline checkpoint in BGE-M3's exact on-disk layout (random weights)",
         description="Build, without network access, an XLM-RoBERTa checkpoint plus colbert_linear.pt and "
-                    "sparse_linear.pt. 'tiny' is for tests; 'full' has BGE-M3's exact shapes for benchmarks.",
+                    "sparse_linear.pt. 'tiny' is for tests; 'full' has BGE-M3's exact shapes; 'wide' has BGE-M3's "
+                    "widths (1024-d vectors, full vocabulary) with 2 layers, for search and storage benchmarks.",
     )
     p.add_argument("out", help="output directory (must be empty or absent)")
-    p.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    p.add_argument("--size", choices=tuple(SIZES), default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_make_test_model)
 

@@ -1,19 +1,24 @@
 """The multi-stage hybrid search planner.
 
-One request runs as:
+One request runs in two steps. :meth:`HybridSearcher.prepare` checks it once and resolves the plan, the
+candidate routes and the output fields against the collection, and says what the query encoding must hold.
+The caller encodes the query (the service through its micro-batcher), then :meth:`HybridSearcher.execute`:
 
-1. encode the query (through ``encode_fn``, so the service can route it through its micro-batcher);
-2. stage 1, candidates: one Milvus search per route, concurrently on a thread pool (pymilvus is sync):
+1. stage 1, candidates: one Milvus search per route, concurrently on a thread pool (pymilvus is sync):
    a truncated dense field (``dense_<dim>``, prefix or PCA projection), the sparse inverted index (IP) and
-   the full dense field, each with its own depth and the caller's filter expression;
-3. stage 2, exact re-score of the union of candidates inside the sidecar from the stored vectors: full
-   dense inner product, lexical score and ColBERT MaxSim (vectorised, :mod:`.rescore`);
-4. fusion (:mod:`.fusion`): ``m3`` (BGE-M3 ``compute_score``), ``rrf``, ``weighted`` (normalised), ``dbsf``.
+   the full dense field, each with its own depth and the caller's filter expression. Each hit comes back
+   with its stored dense and sparse vectors (and, for companion ColBERT, which rows hold its tokens);
+2. stage 2, exact re-score inside the sidecar: full dense inner product and lexical score for every
+   candidate from those vectors (no second read), then ColBERT MaxSim. With ``m3`` fusion ColBERT vectors
+   are read only for candidates that can still reach the page: the fused score is linear in MaxSim, and
+   MaxSim is bounded by the vectors' norms (:func:`colbert_bound`), so candidates are read best bound first
+   until no unread bound reaches the page's last exact score. The page is exactly the one scoring every
+   candidate would give, ties included. Other fusions normalise over all candidates and read them all;
+3. fusion (:mod:`.fusion`): ``m3`` (BGE-M3 ``compute_score``), ``rrf``, ``weighted`` (normalised), ``dbsf``.
 
-Fusion always works on the exact stage-2 scores of every candidate, so each representation ranks the
-same candidate set; stage-1 scores only choose candidates. A failed stage fails the request, unless the
-plan sets ``allow_partial``: then failed routes are listed in :attr:`SearchResult.degraded` and the
-result says it is incomplete.
+Fusion works on exact stage-2 scores, so each representation ranks the same candidate set; stage-1 scores
+only choose candidates. A failed stage fails the request, unless the plan sets ``allow_partial``: then failed
+routes are listed in :attr:`SearchResult.degraded` and the result says it is incomplete.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..errors import (
     MilvusEmbedError,
     Unavailable,
 )
+from ..store.documents import Candidate
 from . import fusion as fusion_fns
 from . import rescore
 
@@ -57,6 +63,10 @@ DEFAULT_MAX_TOP_K = 1000
 MILVUS_MAX_TOPK = 16384
 """Milvus rejects searches whose limit (offset included) exceeds this."""
 OUTPUT_FIELDS = ("text", "metadata")
+SEARCH_THREADS = 16
+"""Threads for stage-1 Milvus calls, shared by concurrent searches (each route is one blocking call)."""
+COLBERT_FIRST_READ = 16
+"""Candidates in the first ColBERT read (at least the page); later reads double while bounds still reach the page."""
 
 
 class EncodeFn(Protocol):
@@ -231,8 +241,8 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
-    """"encode", "candidates" (stage 1 wall), "candidates.<field>" (each Milvus call), "fetch", "rescore",
-    "fuse", "fields", "total"."""
+    """"encode", "candidates" (stage 1 wall), "candidates.<field>" (each Milvus call, vectors included),
+    "fetch" (reading ColBERT vectors), "rescore" (exact scoring), "fuse", "fields", "total"."""
     plan: SearchPlan
     routes: tuple[Route, ...]
     candidates: int
@@ -246,6 +256,8 @@ class SearchResult:
     """Candidates deleted between stage 1 and stage 2 (or before fields were read): not returned."""
     candidate_ids: tuple[str, ...] = field(default=(), repr=False)
     """The re-scored candidates (sorted): what stage 1 found, for diagnostics and recall checks."""
+    colbert_read: int = 0
+    """Candidates whose ColBERT vectors were read: with m3 fusion only those that could reach the page."""
 
     @property
     def complete(self) -> bool:
@@ -255,13 +267,39 @@ class SearchResult:
 # --------------------------------------------------------------------------- searcher
 
 
+@dataclass(frozen=True)
+class PreparedSearch:
+    """A request checked once and resolved against the collection (:meth:`HybridSearcher.prepare`).
+
+    It says what the query encoding must contain (:attr:`encode_kwargs`), so the caller can encode the query
+    however it likes (the service through its micro-batcher) and hand the encoding to
+    :meth:`HybridSearcher.execute`.
+    """
+
+    request: SearchRequest
+    plan: SearchPlan
+    routes: tuple[Route, ...]
+    output_fields: tuple[str, ...]
+    """The requested stored fields, deduplicated, without ``id`` (always returned)."""
+    encode_kwargs: Mapping[str, bool]
+    """``dense``, ``sparse``, ``colbert``: what ``M3Encoder.encode`` must produce for the query."""
+
+    @property
+    def page_end(self) -> int:
+        return self.request.offset + self.request.top_k
+
+
 class HybridSearcher:
-    """Answers :class:`SearchRequest` s over one collection (a ``DocumentStore``). Thread-safe."""
+    """Answers :class:`SearchRequest` s over one collection (a ``DocumentStore``). Thread-safe.
+
+    Two steps: :meth:`prepare` checks a request and says what to encode; :meth:`execute` runs the stages on a
+    query encoding. :meth:`search` does both, encoding with ``encode_fn`` (library use).
+    """
 
     def __init__(
         self,
         doc_store: Any,
-        encode_fn: EncodeFn | Callable[..., M3Output],
+        encode_fn: EncodeFn | Callable[..., M3Output] | None = None,
         *,
         plan: SearchPlan | None = None,
         settings: Settings | None = None,
@@ -281,7 +319,7 @@ class HybridSearcher:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, store: Any, collection: str, encode_fn: EncodeFn | Callable[..., M3Output],
+    def open(cls, store: Any, collection: str, encode_fn: EncodeFn | Callable[..., M3Output] | None = None,
              **kwargs: Any) -> HybridSearcher:
         """A searcher on an existing collection; NotFound when it does not exist."""
         from ..store import DocumentStore
@@ -303,16 +341,31 @@ class HybridSearcher:
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mee-search")
+                # stage-1 routes of concurrent searches: several Milvus calls each, all waiting on I/O
+                self._executor = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="mee-search")
             return self._executor
 
-    # ------------------------------------------------------------------ planning
+    # ------------------------------------------------------------------ prepare
 
     @property
     def truncated_dims(self) -> tuple[int, ...]:
         return tuple(sorted(t.dim for t in getattr(self.layout, "truncated", ())))
 
-    def plan_for(self, request: SearchRequest) -> SearchPlan:
+    def prepare(self, request: SearchRequest) -> PreparedSearch:
+        """Check ``request`` once and resolve its plan, routes and output fields against the collection."""
+        self._check_request(request)
+        plan = self._plan_for(request)
+        routes = self._routes_for(plan, request.offset + request.top_k)
+        reps = plan.representations
+        encode_kwargs = {
+            "dense": "dense" in reps or any(r.name != "sparse" for r in routes),
+            "sparse": "sparse" in reps or any(r.name == "sparse" for r in routes),
+            "colbert": "colbert" in reps,
+        }
+        fields = tuple(f for f in dict.fromkeys(request.output_fields) if f != "id")
+        return PreparedSearch(request, plan, routes, fields, encode_kwargs)
+
+    def _plan_for(self, request: SearchRequest) -> SearchPlan:
         if request.plan is None:
             return self.default_plan
         if isinstance(request.plan, SearchPlan):
@@ -322,7 +375,7 @@ class HybridSearcher:
             return self.default_plan.replace(**request.plan)
         raise InvalidArgument(f"plan must be a SearchPlan or a mapping of plan options, got {type(request.plan).__name__}")
 
-    def routes_for(self, plan: SearchPlan, page_end: int) -> tuple[Route, ...]:
+    def _routes_for(self, plan: SearchPlan, page_end: int) -> tuple[Route, ...]:
         """Resolve the plan's routes against the collection's fields."""
         dims = self.truncated_dims
         name = getattr(self.layout, "name", "?")
@@ -393,92 +446,90 @@ class HybridSearcher:
                     f"available: {', '.join(available)}"
                 )
 
-    def query_outputs(self, request: SearchRequest) -> dict[str, bool]:
-        """The encode kwargs (dense, sparse, colbert) the query of ``request`` needs; checks the request.
-
-        For callers that encode the query themselves (the service's micro-batcher) and pass it to :meth:`search`.
-        """
-        self._check_request(request)
-        plan = self.plan_for(request)
-        return self._query_outputs(plan, self.routes_for(plan, request.offset + request.top_k))
-
-    @staticmethod
-    def _query_outputs(plan: SearchPlan, routes: Sequence[Route]) -> dict[str, bool]:
-        reps = plan.representations
-        return {
-            "dense": "dense" in reps or any(r.name != "sparse" for r in routes),
-            "sparse": "sparse" in reps or any(r.name == "sparse" for r in routes),
-            "colbert": "colbert" in reps,
-        }
-
-    # ------------------------------------------------------------------ search
+    # ------------------------------------------------------------------ execute
 
     def search(self, request: SearchRequest, *, query_encoding: M3Output | None = None) -> SearchResult:
-        """Run one request. ``query_encoding`` (one row) skips encoding when the caller already has it."""
+        """:meth:`prepare`, encode the query with ``encode_fn`` (unless ``query_encoding`` is given), :meth:`execute`."""
         t_start = time.perf_counter()
-        self._check_request(request)
-        plan = self.plan_for(request)
-        page_end = request.offset + request.top_k
-        routes = self.routes_for(plan, page_end)
-        reps = plan.representations
-        deadline = None if request.timeout_s is None else t_start + request.timeout_s
-        timings: dict[str, float] = {}
-
-        outputs = self._query_outputs(plan, routes)
-        need_dense, need_sparse, need_colbert = outputs["dense"], outputs["sparse"], outputs["colbert"]
+        prepared = self.prepare(request)
+        encode_ms = None
         if query_encoding is None:
+            if self.encode_fn is None:
+                raise FailedPrecondition("this searcher has no encoder: pass query_encoding, or build it with "
+                                         "an encode_fn")
             t = time.perf_counter()
-            query_encoding = self.encode_fn([request.query], **outputs)
-            timings["encode"] = _ms(t)
-        q = _QueryVectors.from_output(query_encoding, need_dense, need_sparse, need_colbert)
+            query_encoding = self.encode_fn([request.query], **prepared.encode_kwargs)
+            encode_ms = _ms(t)
+        timeout = None if request.timeout_s is None else request.timeout_s - (time.perf_counter() - t_start)
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("the request's time budget ran out while encoding the query")
+        result = self.execute(prepared, query_encoding, timeout_s=timeout)
+        if encode_ms is not None:
+            result.timings_ms["encode"] = encode_ms
+            result.timings_ms["total"] = _ms(t_start)
+        return result
 
-        # stage 1: candidates, concurrently
+    def execute(self, prepared: PreparedSearch, query_encoding: M3Output, *,
+                timeout_s: float | None = None) -> SearchResult:
+        """Run stage 1 (candidates), stage 2 (exact re-score), fusion and the output fields for one query.
+
+        ``timeout_s`` bounds the Milvus calls (default: the request's ``timeout_s``).
+        """
+        t_start = time.perf_counter()
+        request, plan, routes = prepared.request, prepared.plan, prepared.routes
+        reps = plan.representations
+        if timeout_s is None:
+            timeout_s = request.timeout_s
+        if timeout_s is not None and not timeout_s > 0:
+            raise DeadlineExceeded("the request's deadline passed before the search started")
+        deadline = None if timeout_s is None else t_start + timeout_s
+        timings: dict[str, float] = {}
+        need = prepared.encode_kwargs
+        q = _QueryVectors.from_output(query_encoding, need["dense"], need["sparse"], need["colbert"])
+
+        # stage 1: candidates with their dense and sparse vectors, one Milvus search per route, concurrently
         t = time.perf_counter()
         route_results, degraded = self._candidates(routes, q, request.filter, plan, timings, deadline)
         timings["candidates"] = _ms(t)
-        union = sorted({doc_id for hits in route_results.values() for doc_id, _ in hits})
+        found: dict[str, Candidate] = {}
+        for hits in route_results.values():
+            for c in hits:
+                found.setdefault(c.id, c)
+        pool = _CandidatePool(sorted(found), found, q, reps)
 
-        # stage 2: exact re-score of the union
+        # stage 2: exact dense and lexical scores from those vectors; ColBERT read only where it can matter
         t = time.perf_counter()
-        stored = self._call(lambda: self.doc_store.fetch_vectors(union, colbert=need_colbert),
-                            "fetch stored vectors") if union else {}
-        timings["fetch"] = _ms(t)
-        ids = [i for i in union if i in stored]
-        dropped = len(union) - len(ids)
-        lacking = [i for i in ids if any(_stored_value(stored[i], r) is None for r in reps)]
-        if lacking:
-            # e.g. ColBERT rows missing for a committed version: never score such a candidate partly
-            gone = set(lacking)
-            ids = [i for i in ids if i not in gone]
-            degraded.append(f"rescore: {len(lacking)} candidate(s) lack stored vectors for {list(reps)} and were "
-                            f"left out (first: {lacking[0]!r})")
-        t = time.perf_counter()
-        scores = self._rescore(q, ids, stored, reps)
-        timings["rescore"] = _ms(t)
+        pool.score_dense_sparse()
+        fetch_ms = 0.0
+        if "colbert" in reps:
+            fetch_ms = self._score_colbert(pool, plan, prepared.page_end, degraded, deadline)
+        timings["fetch"] = round(fetch_ms, 3)
+        timings["rescore"] = round(_ms(t) - fetch_ms, 3)
 
-        # fusion
+        # fusion over the candidates that carry every score (the rest cannot reach the page)
         t = time.perf_counter()
+        scores = pool.scores()
         ranking = self._fuse(plan, scores)
         page = fusion_fns.top(ranking, request.top_k, request.offset)
         timings["fuse"] = _ms(t)
 
         hits = [Hit(doc_id, float(score), {r: scores[r][doc_id] for r in reps}) for doc_id, score in page]
-        if request.output_fields and hits:
+        dropped = pool.dropped
+        if prepared.output_fields and hits:
             t = time.perf_counter()
-            wanted = [f for f in dict.fromkeys(request.output_fields) if f != "id"]
-            if wanted:
-                rows = self._call(lambda: self.doc_store.get([h.id for h in hits], output_fields=wanted),
-                                  "read output fields")
-                by_id = {str(row["id"]): row for row in rows}
-                kept = []
-                for h in hits:
-                    row = by_id.get(h.id)
-                    if row is None:
-                        dropped += 1
-                        continue
-                    h.fields = {f: row.get(f) for f in wanted}
-                    kept.append(h)
-                hits = kept
+            wanted = list(prepared.output_fields)
+            rows = self._call(lambda: self.doc_store.get([h.id for h in hits], output_fields=wanted),
+                              "read output fields")
+            by_id = {str(row["id"]): row for row in rows}
+            kept = []
+            for h in hits:
+                row = by_id.get(h.id)
+                if row is None:
+                    dropped += 1
+                    continue
+                h.fields = {f: row.get(f) for f in wanted}
+                kept.append(h)
+            hits = kept
             timings["fields"] = _ms(t)
         timings["total"] = _ms(t_start)
         return SearchResult(
@@ -486,13 +537,62 @@ class HybridSearcher:
             timings_ms=timings,
             plan=plan,
             routes=routes,
-            candidates=len(ids),
+            candidates=len(pool.ids),
             route_hits={r.name: len(route_results.get(r.name, ())) for r in routes},
             query_tokens=q.tokens,
             degraded=tuple(degraded),
             dropped=dropped,
-            candidate_ids=tuple(ids),
+            candidate_ids=tuple(pool.ids),
+            colbert_read=pool.colbert_read,
         )
+
+    def _score_colbert(self, pool: _CandidatePool, plan: SearchPlan, page_end: int, degraded: list[str],
+                       deadline: float | None) -> float:
+        """Read ColBERT vectors and score MaxSim, reading as few candidates as exactness allows; returns the ms
+        spent reading.
+
+        For ``m3`` fusion the fused score is linear in the ColBERT score, which cannot exceed the query rows'
+        mean norm times the stored rows' norm bound (:func:`colbert_bound`). Candidates are read in order of
+        their upper bound, and reading stops once the best unread bound is below the page's last exact
+        score: no unread candidate can then enter the page or tie with it. Other fusions normalise over every
+        candidate, so they read all of them.
+        """
+        order = list(pool.ids)
+        if plan.fusion == "m3":
+            weights = {r: plan.weight(r) for r in pool.reps}
+            total = math.fsum(weights.values())
+            bound = colbert_bound(q_rows=pool.q.colbert, codec=getattr(self.layout, "colbert_codec", "fp32"))
+            partial = pool.partial(weights)
+            upper = {i: (partial[i] + weights["colbert"] * bound) / total for i in order}
+            order.sort(key=lambda i: (-upper[i], i))
+        else:
+            upper = None
+        fetch_ms = 0.0
+        pos, batch = 0, max(page_end, COLBERT_FIRST_READ)
+        while pos < len(order):
+            if upper is not None and pool.scored >= page_end:
+                threshold = pool.kth_fused(page_end, weights, total)
+                if upper[order[pos]] < threshold:
+                    break
+                # the next read takes every candidate whose bound still reaches the threshold (up to `batch`)
+                end = pos
+                while end < len(order) and end - pos < batch and upper[order[end]] >= threshold:
+                    end += 1
+            else:
+                end = len(order) if upper is None else min(len(order), pos + batch)
+            if deadline is not None and time.perf_counter() > deadline:
+                raise DeadlineExceeded("stage 2 (ColBERT re-score) did not finish within the request's time budget")
+            part = order[pos:end]
+            t = time.perf_counter()
+            matrices, reread = self._call(lambda part=part: self.doc_store.fetch_colbert(
+                {i: pool.found[i].colbert for i in part}), "fetch ColBERT vectors")
+            fetch_ms += _ms(t)
+            pool.add_colbert(part, matrices, reread)
+            pos, batch = end, batch * 2
+        if pool.lacking:
+            degraded.append(f"rescore: {len(pool.lacking)} candidate(s) lack stored vectors for {list(pool.reps)} "
+                            f"and were left out (first: {pool.lacking[0]!r})")
+        return fetch_ms
 
     def _candidates(
         self,
@@ -502,22 +602,22 @@ class HybridSearcher:
         plan: SearchPlan,
         timings: dict[str, float],
         deadline: float | None,
-    ) -> tuple[dict[str, list[tuple[str, float]]], list[str]]:
-        def run(route: Route) -> tuple[list[tuple[str, float]], float]:
+    ) -> tuple[dict[str, list[Candidate]], list[str]]:
+        def run(route: Route) -> tuple[list[Candidate], float]:
             t = time.perf_counter()
             if route.name == "sparse":
-                hits = self.doc_store.search_sparse(q.sparse, route.depth, filter_expr) if q.sparse else []
+                hits = self.doc_store.candidates("sparse", q.sparse, route.depth, filter_expr) if q.sparse else []
             elif route.name == "dense":
-                hits = self.doc_store.search_dense("dense", q.dense, route.depth, filter_expr)
+                hits = self.doc_store.candidates("dense", q.dense, route.depth, filter_expr)
             else:
                 dim = int(route.field.split("_", 1)[1])
                 projected = np.asarray(self.doc_store.project(q.dense[None, :], dim), dtype=np.float32)
-                hits = self.doc_store.search_dense(route.field, projected.reshape(-1), route.depth, filter_expr)
-            return [(str(i), float(s)) for i, s in hits], _ms(t)
+                hits = self.doc_store.candidates(route.field, projected.reshape(-1), route.depth, filter_expr)
+            return hits, _ms(t)
 
         pool = self._pool()
         futures: list[tuple[Route, Future]] = [(r, pool.submit(run, r)) for r in routes]
-        results: dict[str, list[tuple[str, float]]] = {}
+        results: dict[str, list[Candidate]] = {}
         errors: list[tuple[Route, Exception]] = []
         for route, fut in futures:
             try:
@@ -562,22 +662,6 @@ class HybridSearcher:
         except Exception as exc:  # noqa: BLE001 - pymilvus raises many types
             raise Unavailable(f"could not {what} from Milvus: {_milvus_message(exc)}") from exc
 
-    def _rescore(
-        self, q: _QueryVectors, ids: Sequence[str], stored: Mapping[str, Any], reps: Sequence[str]
-    ) -> dict[str, dict[str, float]]:
-        rows = [stored[i] for i in ids]
-        out: dict[str, dict[str, float]] = {}
-        for rep in reps:
-            if rep == "dense":
-                vecs = [_stored(row, "dense") for row in rows]
-                values = rescore.dense_scores(q.dense, np.stack(vecs) if vecs else np.zeros((0, q.dense.size)))
-            elif rep == "sparse":
-                values = rescore.lexical_scores(q.sparse, [_stored(row, "sparse") for row in rows])
-            else:
-                values = rescore.colbert_scores(q.colbert, [_stored(row, "colbert") for row in rows])
-            out[rep] = {i: float(v) for i, v in zip(ids, values.tolist(), strict=True)}
-        return out
-
     @staticmethod
     def _fuse(plan: SearchPlan, scores: Mapping[str, Mapping[str, float]]) -> fusion_fns.Ranking:
         reps = list(scores)
@@ -589,6 +673,103 @@ class HybridSearcher:
         if plan.fusion == "weighted":
             return fusion_fns.weighted([scores[r] for r in reps], weights, norm=plan.normalization)
         return fusion_fns.dbsf([scores[r] for r in reps], weights)
+
+
+def colbert_bound(q_rows: np.ndarray, codec: str) -> float:
+    """An upper bound on any stored document's MaxSim score for these query rows.
+
+    MaxSim is the mean over query rows of ``max_j q_i . d_j <= |q_i| |d_j|``; stored rows have norm at most
+    ``MAX_COLBERT_NORM`` (checked at write) times the codec's :func:`~..store.codecs.norm_bound`.
+    """
+    from ..store import codecs
+    from ..store.documents import MAX_COLBERT_NORM
+
+    q = np.asarray(q_rows, dtype=np.float64)
+    if q.size == 0:
+        return 0.0
+    q_norm = float(np.sqrt(np.einsum("ij,ij->i", q, q)).mean())
+    return q_norm * MAX_COLBERT_NORM * codecs.norm_bound(codec, q.shape[1]) * (1.0 + 1e-6)
+
+
+class _CandidatePool:
+    """Stage 2's working set: every candidate's exact scores, filled in as vectors arrive."""
+
+    def __init__(self, ids: list[str], found: dict[str, Candidate], q: _QueryVectors, reps: Sequence[str]) -> None:
+        self.ids = ids
+        self.found = found
+        self.q = q
+        self.reps = tuple(reps)
+        self.values: dict[str, dict[str, float]] = {r: {} for r in self.reps}
+        self.gone: set[str] = set()
+        self.lacking: list[str] = []
+        self.colbert_read = 0
+
+    def score_dense_sparse(self, ids: Sequence[str] | None = None) -> None:
+        ids = self.ids if ids is None else ids
+        rows = [self.found[i] for i in ids]
+        if "dense" in self.reps:
+            dim = self.q.dense.size
+            mat = np.stack([c.dense for c in rows]) if rows else np.zeros((0, dim), np.float32)
+            self.values["dense"].update(zip(ids, rescore.dense_scores(self.q.dense, mat).tolist(), strict=True))
+        if "sparse" in self.reps:
+            values = rescore.lexical_scores(self.q.sparse, [c.sparse for c in rows])
+            self.values["sparse"].update(zip(ids, values.tolist(), strict=True))
+
+    def partial(self, weights: Mapping[str, float]) -> dict[str, float]:
+        """Weighted dense + lexical score of every candidate (the m3 sum without ColBERT)."""
+        out = dict.fromkeys(self.ids, 0.0)
+        for rep in ("dense", "sparse"):
+            if rep in self.reps:
+                for i, v in self.values[rep].items():
+                    out[i] += weights[rep] * v
+        return out
+
+    def add_colbert(self, part: Sequence[str], matrices: Mapping[str, np.ndarray],
+                    reread: Mapping[str, Any]) -> None:
+        """Take one read's ColBERT matrices; re-read documents replace their stage-1 vectors wholesale."""
+        scored: list[str] = []
+        mats: list[np.ndarray] = []
+        for i in part:
+            if i in matrices:
+                scored.append(i)
+                mats.append(matrices[i])
+            elif i in reread:
+                v = reread[i]
+                if v.colbert is None or (v.dense is None and "dense" in self.reps):
+                    self.lacking.append(i)
+                    continue
+                self.found[i] = Candidate(i, self.found[i].score, np.asarray(v.dense, np.float32), dict(v.sparse),
+                                          self.found[i].colbert)
+                self.score_dense_sparse([i])
+                scored.append(i)
+                mats.append(v.colbert)
+            else:
+                self.gone.add(i)
+        self.colbert_read += len(part)
+        if scored:
+            values = rescore.colbert_scores(self.q.colbert, mats)
+            self.values["colbert"].update(zip(scored, values.tolist(), strict=True))
+
+    @property
+    def scored(self) -> int:
+        return len(self.values["colbert"])
+
+    def kth_fused(self, k: int, weights: Mapping[str, float], total: float) -> float:
+        """The k-th best exact m3 score among the candidates with every score."""
+        fused = sorted((math.fsum(weights[r] * self.values[r][i] for r in self.reps) / total
+                        for i in self.values["colbert"]), reverse=True)
+        return fused[k - 1] if len(fused) >= k else -math.inf
+
+    def scores(self) -> dict[str, dict[str, float]]:
+        """Each representation's scores over the candidates that have all of them."""
+        if "colbert" not in self.reps:
+            return {r: dict(self.values[r]) for r in self.reps}
+        complete = [i for i in self.ids if i in self.values["colbert"]]
+        return {r: {i: self.values[r][i] for i in complete} for r in self.reps}
+
+    @property
+    def dropped(self) -> int:
+        return len(self.gone)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -617,17 +798,6 @@ class _QueryVectors:
         )
 
 
-def _stored_value(row: Any, name: str) -> Any:
-    return row.get(name) if isinstance(row, Mapping) else getattr(row, name, None)
-
-
-def _stored(row: Any, name: str) -> Any:
-    value = _stored_value(row, name)
-    if value is None:
-        raise FailedPrecondition(f"stored vectors lack {name}; the collection cannot be re-scored with it")
-    return value
-
-
 def _milvus_message(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return str(message)
@@ -639,6 +809,8 @@ def _ms(since: float) -> float:
 
 __all__ = [
     "DEFAULT_DEPTH",
+    "PreparedSearch",
+    "colbert_bound",
     "FUSIONS",
     "REPRESENTATIONS",
     "ROUTES",

@@ -4,7 +4,6 @@ the server's guard maps them to status codes (service/errors.py)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import json
 import time
@@ -381,13 +380,7 @@ class SearchHandlers:
             return cached[1]
         if cached is not None:
             cached[1].close()
-        loop = asyncio.get_running_loop()
-        batcher = self.rt.require_encoder()[1]
-
-        def encode_fn(texts: Any, **kwargs: Any) -> Any:  # only used when no query encoding is passed
-            return asyncio.run_coroutine_threadsafe(batcher.encode(list(texts), **kwargs), loop).result().output
-
-        searcher = HybridSearcher(doc_store, encode_fn, settings=self.rt.settings)
+        searcher = HybridSearcher(doc_store, settings=self.rt.settings)
         self._searchers[doc_store.name] = (doc_store, searcher)
         return searcher
 
@@ -396,25 +389,21 @@ class SearchHandlers:
         from ..search.planner import SearchRequest
 
         started = time.perf_counter()
-        if not req.query.strip():
-            raise InvalidArgument("query is empty; send the text to search for")
-        top_k = req.top_k or DEFAULT_TOP_K
-        fields = check_output_fields(req.output_fields)
         check_filter(req.filter)
         overrides = plan_overrides(req)
         _, batcher = self.rt.require_encoder()
         doc_store = await self.documents.doc_store(req.collection, context)
         searcher = self._searcher(doc_store)
-        timeout = remaining(context)
-        sreq = SearchRequest(query=req.query, top_k=top_k, offset=req.offset, filter=req.filter,
-                             output_fields=fields, plan=overrides or None, timeout_s=timeout)
-        outputs = searcher.query_outputs(sreq)  # checks the request (limits, plan) before any encoding
+        # the planner checks the request once (query, limits, plan, output fields) and says what to encode
+        prepared = searcher.prepare(SearchRequest(
+            query=req.query, top_k=req.top_k or DEFAULT_TOP_K, offset=req.offset, filter=req.filter,
+            output_fields=tuple(req.output_fields), plan=overrides or None, timeout_s=remaining(context)))
         t = time.perf_counter()
-        enc = await batcher.encode([req.query], **outputs, timeout=timeout)
+        enc = await batcher.encode([req.query], **prepared.encode_kwargs, timeout=remaining(context))
         encode_ms = _ms(time.perf_counter() - t)
         result = await in_store_thread(self.rt, context, functools.partial(
-            searcher.search, dataclasses.replace(sreq, timeout_s=remaining(context)),
-            query_encoding=enc.output))
+            searcher.execute, prepared, enc.output, timeout_s=remaining(context)))
+        fields = prepared.output_fields
         resp = search_pb2.HybridSearchResponse(
             query_tokens=int(enc.output.token_counts.sum()),
             candidates=int(result.candidates),

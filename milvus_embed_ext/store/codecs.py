@@ -17,6 +17,7 @@ Pure numpy; no Milvus here, so this module is unit-tested and benchmarked on its
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -83,6 +84,20 @@ def encode(matrix: np.ndarray, codec: str) -> bytes:
     out[:, :2] = scale.astype("<f2").reshape(n, 1).view(np.uint8)
     out[:, 2:] = np.packbits(m >= 0, axis=1)
     return out.tobytes()
+
+
+def norm_bound(codec: str, dim: int) -> float:
+    """How much longer than its input a decoded vector can be (a factor >= 1), for MaxSim upper bounds.
+
+    fp16 rounds each element by at most 2**-11 relative. int8 rounds each element by at most half a step,
+    ``max|x| / 254 <= ||x|| / 254``, so the error vector is at most ``sqrt(dim) / 254`` of the norm. ``bits``
+    decodes to norm ``mean|x| * sqrt(dim) <= ||x||`` (Cauchy-Schwarz), times its float16 scale's rounding.
+    """
+    if codec not in CODECS:
+        raise InvalidArgument(f"unknown ColBERT codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if codec == "int8":
+        return 1.0 + math.sqrt(dim) / 254.0 + 1e-6
+    return {"fp32": 1.0 + 1e-6, "fp16": 1.0 + 1e-3, "bits": 1.0 + 1e-3}[codec]
 
 
 def decode(data: bytes, codec: str, dim: int) -> np.ndarray:

@@ -79,6 +79,9 @@ MAX_TOP_K = 16384  # Milvus topk limit
 IDS_PER_EXPR = 512  # ids per `in [...]` expression
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # rough cap on one insert/upsert request
 MAX_ROWS_PER_REQUEST = 1000
+MAX_COLBERT_NORM = 1.0 + 1e-3
+"""Stored ColBERT token vectors are unit rows (checked at write, with float rounding room); with the codecs'
+own bound (:func:`codecs.norm_bound`) this bounds any MaxSim score, which the planner uses to skip reads."""
 _PLACEHOLDER = [0.0] * PLACEHOLDER_DIM
 
 _write_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -103,6 +106,29 @@ class StoredVectors:
     sparse: dict[int, float]
     colbert: np.ndarray | None  # [tokens, dim]; None when the collection has none, rows are missing or not read
     truncated: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ColbertRef:
+    """Which companion rows a main row commits to: read with the row, so ColBERT can be read by key later."""
+
+    version: str
+    rows: int
+
+
+@dataclass
+class Candidate:
+    """One stage-1 hit plus the vectors Milvus returned with it (:meth:`DocumentStore.candidates`).
+
+    ``dense`` and ``sparse`` come from the same row read as the hit, so exact dense and lexical scores
+    need no second read; ``colbert`` says where that row's ColBERT vectors are (companion layouts).
+    """
+
+    id: str
+    score: float
+    dense: np.ndarray
+    sparse: dict[int, float]
+    colbert: ColbertRef | None = None
 
 
 class CheckedDocuments(list[Document]):
@@ -372,6 +398,10 @@ class DocumentStore:
                     raise FailedPrecondition(
                         f"document {d.id!r}: ColBERT vectors have shape {m.shape}; the collection expects "
                         f"[tokens, {self.layout.dense_dim}]")
+                if m.size and float(np.max(np.einsum("ij,ij->i", m, m, dtype=np.float64))) > MAX_COLBERT_NORM ** 2:
+                    raise InvalidArgument(
+                        f"document {d.id!r}: ColBERT vectors must be L2-normalised rows (norm <= 1), as BGE-M3 "
+                        "produces them; exact re-scoring bounds MaxSim by the vectors' norm")
                 if self.layout.colbert == "native" and m.shape[0] > NATIVE_MAX_TOKENS:
                     raise InvalidArgument(f"document {d.id!r} has {m.shape[0]} ColBERT vectors; native fields hold "
                                           f"at most {NATIVE_MAX_TOKENS}: lower max_length or split the document")
@@ -637,21 +667,21 @@ class DocumentStore:
             version, n = row.get(COLBERT_VERSION) or "", int(row.get(COLBERT_ROWS) or 0)
             expected[row[ID]] = (version, n)
             keys += [f"{version}/{c}" for c in range(n)]
-        found: dict[str, list[tuple[int, str, str]]] = {}
+        found: dict[str, dict[int, tuple[str, str]]] = {}  # version -> chunk -> (codec, data); repeats collapse
         for part in _chunks(keys, IDS_PER_EXPR):
             for r in self._call("fetch ColBERT rows", self.client.query, self.layout.companion_name,
                                 filter=in_expr("key", part), output_fields=["version", "chunk", "codec", "data"]):
-                found.setdefault(r["version"], []).append((int(r["chunk"]), r["codec"], r["data"]))
+                found.setdefault(r["version"], {})[int(r["chunk"])] = (r["codec"], r["data"])
         out: dict[str, np.ndarray | None] = {}
         dim = self.layout.dense_dim
         for doc_id, (version, n) in expected.items():
-            parts = sorted(found.get(version, []))
-            if len(parts) != n or any(c != i for i, (c, _, _) in enumerate(parts)):
+            parts = found.get(version, {})
+            if sorted(parts) != list(range(n)):
                 log.debug("document %r in %s: %d of %d ColBERT rows of its version are missing",
                           doc_id, self.name, n - len(parts), n)
                 out[doc_id] = None
                 continue
-            mats = [codecs.from_chunks([data], codec, dim) for _, codec, data in parts]
+            mats = [codecs.from_chunks([parts[c][1]], parts[c][0], dim) for c in range(n)]
             out[doc_id] = np.concatenate(mats) if mats else np.zeros((0, dim), dtype=np.float32)
         return out
 
@@ -662,30 +692,78 @@ class DocumentStore:
         if not isinstance(filter, str):
             raise InvalidArgument("filter must be a string (a Milvus boolean expression)")
 
-    def search_dense(self, field: str, query: np.ndarray, limit: int, filter: str = "") -> list[tuple[str, float]]:
-        """ANN search on ``dense`` or ``dense_<d>``; a full-size query is projected for truncated fields."""
-        self._check_search(limit, filter)
+    def _dense_query(self, field: str, query: np.ndarray) -> np.ndarray:
         dim = self.layout.field_dim(field)
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] == self.layout.dense_dim and dim != self.layout.dense_dim:
             q = self.project(q, dim)
         if q.shape[0] != dim:
             raise InvalidArgument(f"query for {field} has {q.shape[0]} dims, expected {dim}")
-        params = {"metric_type": "IP", "params": search_params(self.layout.index_type, limit)}
-        res = self._call(f"search {field}", self.client.search, self.name, data=[q.tolist()], anns_field=field,
-                         limit=limit, filter=filter, search_params=params, output_fields=[ID])
-        return [(hit["id"], float(hit["distance"])) for hit in res[0]] if res else []
+        return q
+
+    def _search(self, field: str, query: Any, limit: int, filter: str, output_fields: list[str]) -> list[Any]:
+        """One Milvus search on a dense (``dense``/``dense_<d>``) or the sparse field; [] for an empty sparse query."""
+        self._check_search(limit, filter)
+        if field == SPARSE:
+            data: Any = {int(k): float(v) for k, v in query.items() if v > 0}
+            if not data:
+                return []
+            params: dict[str, Any] = {"metric_type": "IP", "params": {}}
+        else:
+            data = self._dense_query(field, query).tolist()
+            params = {"metric_type": "IP", "params": search_params(self.layout.index_type, limit)}
+        res = self._call(f"search {field}", self.client.search, self.name, data=[data], anns_field=field,
+                         limit=limit, filter=filter, search_params=params, output_fields=output_fields)
+        return list(res[0]) if res else []
+
+    def search_dense(self, field: str, query: np.ndarray, limit: int, filter: str = "") -> list[tuple[str, float]]:
+        """ANN search on ``dense`` or ``dense_<d>``; a full-size query is projected for truncated fields."""
+        return [(hit["id"], float(hit["distance"])) for hit in self._search(field, query, limit, filter, [ID])]
 
     def search_sparse(self, query: Mapping[int, float], limit: int, filter: str = "") -> list[tuple[str, float]]:
         """Inner-product search on the sparse lexical weights (empty query -> no hits)."""
-        self._check_search(limit, filter)
-        q = {int(k): float(v) for k, v in query.items() if v > 0}
-        if not q:
-            return []
-        params = {"metric_type": "IP", "params": {}}
-        res = self._call("search sparse", self.client.search, self.name, data=[q], anns_field=SPARSE, limit=limit,
-                         filter=filter, search_params=params, output_fields=[ID])
-        return [(hit["id"], float(hit["distance"])) for hit in res[0]] if res else []
+        return [(hit["id"], float(hit["distance"])) for hit in self._search(SPARSE, query, limit, filter, [ID])]
+
+    def candidates(self, field: str, query: Any, limit: int, filter: str = "") -> list[Candidate]:
+        """A stage-1 search that also returns each hit's dense and sparse vectors and its ColBERT reference.
+
+        ``field`` is ``dense``, ``dense_<d>`` (a full-size query is projected) or ``sparse`` (a token -> weight
+        mapping). Reading the vectors with the hit costs the search little and spares the planner a second
+        read of every candidate's main row.
+        """
+        fields = [ID, DENSE, SPARSE]
+        if self.layout.colbert == "companion":
+            fields += [COLBERT_VERSION, COLBERT_ROWS]
+        out = []
+        for hit in self._search(field, query, limit, filter, fields):
+            row = hit.get("entity") or hit
+            ref = (ColbertRef(str(row.get(COLBERT_VERSION) or ""), int(row.get(COLBERT_ROWS) or 0))
+                   if self.layout.colbert == "companion" else None)
+            out.append(Candidate(
+                id=str(hit["id"]), score=float(hit["distance"]),
+                dense=np.asarray(row[DENSE], dtype=np.float32),
+                sparse={int(k): float(v) for k, v in (row.get(SPARSE) or {}).items()},
+                colbert=ref))
+        return out
+
+    def fetch_colbert(self, refs: Mapping[str, ColbertRef | None]
+                      ) -> tuple[dict[str, np.ndarray], dict[str, StoredVectors]]:
+        """ColBERT vectors of candidates whose main rows were read with :meth:`candidates`.
+
+        Returns ``(matrices, reread)``. Companion rows are read by key, at the version each main row named,
+        in one pass: ``matrices`` holds those. A document whose rows are gone (a newer write committed and
+        swept them) is read again whole with :meth:`fetch_vectors` and lands in ``reread``, so its dense,
+        sparse and ColBERT vectors stay one version; a document deleted meanwhile is in neither. Native
+        layouts keep ColBERT in the main row, so every document is re-read there.
+        """
+        ids = self._ids(refs)
+        if self.layout.colbert != "companion":
+            return {}, self.fetch_vectors(ids, colbert=True)
+        rows = [{ID: i, COLBERT_VERSION: ref.version, COLBERT_ROWS: ref.rows}
+                for i in ids if (ref := refs[i]) is not None]
+        matrices = {doc_id: m for doc_id, m in self._fetch_colbert(rows).items() if m is not None}
+        stale = [i for i in ids if i not in matrices]
+        return matrices, (self.fetch_vectors(stale, colbert=True) if stale else {})
 
     def search_colbert(self, query: np.ndarray, limit: int, filter: str = "") -> list[tuple[str, float]]:
         """Native MaxSim search over the ColBERT field (servers with multi-vector fields only).
@@ -795,4 +873,5 @@ def colbert_bytes_per_token(codec: str, dim: int) -> float:
     return codecs.stored_bytes_per_token(codec, dim)
 
 
-__all__ = ["Document", "DocumentStore", "StoredVectors", "literal", "in_expr", "new_version_prefix"]
+__all__ = ["Candidate", "ColbertRef", "Document", "DocumentStore", "StoredVectors", "literal", "in_expr",
+           "new_version_prefix"]

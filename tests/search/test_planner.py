@@ -21,8 +21,9 @@ from milvus_embed_ext.errors import (
     Unavailable,
 )
 from milvus_embed_ext.search import fusion
-from milvus_embed_ext.search.planner import HybridSearcher, SearchPlan, SearchRequest
+from milvus_embed_ext.search.planner import HybridSearcher, SearchPlan, SearchRequest, colbert_bound
 from milvus_embed_ext.search.rescore import colbert_scores, dense_scores, lexical_scores
+from milvus_embed_ext.store.documents import Candidate, ColbertRef, StoredVectors
 
 HIDDEN = 16
 
@@ -62,6 +63,7 @@ class FakeStore:
         self.fail: dict[str, Exception] = {}
         self.calls: list[tuple[str, int, str]] = []
         self.deleted: set[str] = set()
+        self.colbert_reads: list[list[str]] = []
         self.block = threading.Event()
         self.block.set()
 
@@ -89,13 +91,27 @@ class FakeStore:
         order = [k for k in sorted(self._live(), key=lambda k: -scores[k]) if scores[k] > 0][:limit]
         return [(self.ids[k], scores[k]) for k in order]
 
-    def fetch_vectors(self, ids: list[str], colbert: bool = True) -> dict[str, dict[str, Any]]:
+    def candidates(self, field_name: str, query: Any, limit: int, filter: str) -> list[Candidate]:
+        hits = (self.search_sparse(query, limit, filter) if field_name == "sparse"
+                else self.search_dense(field_name, query, limit, filter))
+        out = []
+        for i, score in hits:
+            k = self.ids.index(i)
+            out.append(Candidate(i, score, self.dense[k], self.sparse[k], ColbertRef(i, len(self.colbert[k]))))
+        return out
+
+    def fetch_colbert(self, refs: dict[str, ColbertRef]) -> tuple[dict[str, np.ndarray], dict[str, StoredVectors]]:
+        self.colbert_reads.append(sorted(refs))
+        matrices = {i: self.colbert[self.ids.index(i)] for i in refs if i not in self.deleted}
+        return matrices, {}
+
+    def fetch_vectors(self, ids: list[str], colbert: bool = True) -> dict[str, StoredVectors]:
         out = {}
         for i in ids:
             if i in self.deleted:
                 continue
             k = self.ids.index(i)
-            out[i] = {"dense": self.dense[k], "sparse": self.sparse[k], "colbert": self.colbert[k] if colbert else None}
+            out[i] = StoredVectors(i, self.dense[k], self.sparse[k], self.colbert[k] if colbert else None)
         return out
 
     def get(self, ids: list[str], output_fields: list[str] | None = None, with_vectors: bool = False) -> list[dict]:
@@ -239,7 +255,7 @@ def test_representation_subsets_pick_routes(store: FakeStore, searcher, reps, ro
      ({"representations": ["sparse"], "routes": ["dense"]}, {"dense": True, "sparse": True, "colbert": False}),
      ({"representations": ["dense"], "routes": ["sparse"]}, {"dense": True, "sparse": True, "colbert": False})],
 )
-def test_query_outputs_are_what_search_encodes(store: FakeStore, plan, expected) -> None:
+def test_prepare_says_what_search_encodes(store: FakeStore, plan, expected) -> None:
     seen: list[dict] = []
 
     def recording(texts, **kwargs):  # noqa: ANN001, ANN202
@@ -248,10 +264,10 @@ def test_query_outputs_are_what_search_encodes(store: FakeStore, plan, expected)
 
     with HybridSearcher(store, recording, max_top_k=50) as s:
         req = SearchRequest("q", top_k=3, plan=plan)
-        assert s.query_outputs(req) == expected
+        assert dict(s.prepare(req).encode_kwargs) == expected
         s.search(req)
         with pytest.raises(InvalidArgument, match="max_top_k"):
-            s.query_outputs(SearchRequest("q", top_k=10, offset=45))
+            s.prepare(SearchRequest("q", top_k=10, offset=45))
     assert seen == [expected]
 
 
@@ -274,7 +290,7 @@ def test_collection_defaults_from_layout_extra() -> None:
     store = FakeStore(layout=FakeLayout(extra={"search": {"fusion": "rrf", "depth": 30}}))
     with HybridSearcher(store, encode) as s:
         assert s.default_plan.fusion == "rrf" and s.default_plan.depth == 30
-        assert s.plan_for(SearchRequest("q", plan={"fusion": "m3"})).depth == 30
+        assert s.prepare(SearchRequest("q", plan={"fusion": "m3"})).plan.depth == 30
 
 
 def test_output_fields_and_deleted_between_stages(store: FakeStore, searcher) -> None:
@@ -283,13 +299,13 @@ def test_output_fields_and_deleted_between_stages(store: FakeStore, searcher) ->
     assert "fields" in res.timings_ms
     # a document deleted after stage 1 is dropped and counted, never returned half-scored
     first = res.hits[0].id
-    original = store.fetch_vectors
+    original = store.fetch_colbert
 
-    def fetch_then_delete(ids, **kw):
+    def fetch_then_delete(refs):
         store.deleted.add(first)
-        return original(ids, **kw)
+        return original(refs)
 
-    store.fetch_vectors = fetch_then_delete  # type: ignore[method-assign]
+    store.fetch_colbert = fetch_then_delete  # type: ignore[method-assign]
     res2 = searcher.search(SearchRequest("q", top_k=3))
     assert first not in [h.id for h in res2.hits] and res2.dropped == 1
 
@@ -297,14 +313,17 @@ def test_output_fields_and_deleted_between_stages(store: FakeStore, searcher) ->
 def test_candidate_without_colbert_rows_is_left_out_and_flagged(store: FakeStore, searcher) -> None:
     full = searcher.search(SearchRequest("q", top_k=3, plan={"depth": 60}))
     first = full.hits[0].id
-    original = store.fetch_vectors
+    original = store.fetch_colbert
 
-    def fetch_missing_colbert(ids, **kw):
-        out = original(ids, **kw)
-        out[first] = {**out[first], "colbert": None}
-        return out
+    def fetch_missing_colbert(refs):
+        # the rows the main row named are gone and a re-read finds none either
+        matrices, _ = original(refs)
+        matrices.pop(first, None)
+        reread = {i: StoredVectors(i, v.dense, v.sparse, None) for i, v in store.fetch_vectors([first]).items()
+                  if i in refs}
+        return matrices, reread
 
-    store.fetch_vectors = fetch_missing_colbert  # type: ignore[method-assign]
+    store.fetch_colbert = fetch_missing_colbert  # type: ignore[method-assign]
     res = searcher.search(SearchRequest("q", top_k=3, plan={"depth": 60}))
     assert first not in [h.id for h in res.hits]
     assert not res.complete and "lack stored vectors" in res.degraded[0]
@@ -410,3 +429,96 @@ def test_plan_replace_keeps_unset_values() -> None:
         SearchPlan().replace(weights={"bm25": 1.0})
     with pytest.raises(InvalidArgument, match="must be a list"):
         SearchPlan().replace(representations="dense")
+
+
+# ---------------------------------------------------------------- bounded ColBERT reads (m3)
+
+
+def _spread_store(seed: int, n: int = 80, ties: bool = False) -> FakeStore:
+    """A store whose lexical scores spread widely (as BGE-M3's do), so the ColBERT bound can skip reads."""
+    store = FakeStore(n=n, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    store.sparse = [{int(t): float(rng.uniform(0.05, 3)) for t in rng.choice(40, 8, replace=False)} for _ in range(n)]
+    if ties:  # exact duplicates: equal fused scores, ordered by id
+        for k in range(0, n - 1, 7):
+            store.dense[k + 1], store.sparse[k + 1], store.colbert[k + 1] = (
+                store.dense[k], dict(store.sparse[k]), store.colbert[k].copy())
+    return store
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("top_k, offset", [(1, 0), (5, 0), (10, 0), (4, 6)])
+def test_m3_page_equals_brute_force_with_bounded_colbert_reads(seed: int, top_k: int, offset: int) -> None:
+    store = _spread_store(seed, ties=seed % 3 == 0)
+    with HybridSearcher(store, encode, max_top_k=80) as s:
+        query = f"query {seed}"
+        res = s.search(SearchRequest(query, top_k=top_k, offset=offset, plan={"depth": 80}))
+    expected = brute_force_m3(store, encode([query]))[offset:offset + top_k]
+    assert [h.id for h in res.hits] == [i for i, _ in expected]
+    for h, (_, score) in zip(res.hits, expected, strict=True):
+        assert h.score == pytest.approx(score, abs=1e-6)
+    read = [i for batch in store.colbert_reads for i in batch]
+    assert len(read) == len(set(read)) == res.colbert_read  # no candidate read twice
+    assert {h.id for h in res.hits} <= set(read)
+
+
+def test_bounded_reads_skip_candidates_that_cannot_reach_the_page() -> None:
+    store = _spread_store(3)
+    with HybridSearcher(store, encode, max_top_k=80) as s:
+        res = s.search(SearchRequest("skip", top_k=5, plan={"depth": 80}))
+        assert res.candidates == 80 and res.colbert_read < res.candidates
+        # fusions that normalise over all candidates need every candidate's ColBERT score
+        store.colbert_reads.clear()
+        rrf = s.search(SearchRequest("skip", top_k=5, plan={"depth": 80, "fusion": "rrf"}))
+        assert rrf.colbert_read == rrf.candidates == 80
+
+
+def test_deleted_candidates_do_not_shorten_the_page() -> None:
+    store = _spread_store(5)
+    with HybridSearcher(store, encode, max_top_k=80) as s:
+        full = s.search(SearchRequest("gone", top_k=5, plan={"depth": 80}))
+        store.deleted.update(h.id for h in full.hits[:3])  # deleted after stage 1: their ColBERT rows vanish
+        store._live = lambda: list(range(len(store.ids)))  # type: ignore[method-assign]  # stage 1 still sees them
+        res = s.search(SearchRequest("gone", top_k=5, plan={"depth": 80}))
+    assert res.dropped == 3 and len(res.hits) == 5
+    assert [h.id for h in res.hits] == [h.id for h in full.hits[3:]] + [
+        i for i, _ in brute_force_m3(store, encode(["gone"])) if i not in {h.id for h in full.hits}][:3]
+
+
+def test_reread_documents_score_with_their_new_vectors(store: FakeStore) -> None:
+    """A newer write between stage 1 and the ColBERT read: the document is scored as one newer version."""
+    searcher = HybridSearcher(store, encode, max_top_k=60)
+    first = searcher.search(SearchRequest("q", top_k=3, plan={"depth": 60})).hits[0].id
+    k = store.ids.index(first)
+    original = store.fetch_colbert
+
+    def newer_version(refs):
+        store.sparse[k] = {}  # the new version has no lexical weights and other ColBERT rows
+        store.colbert[k] = -store.colbert[k]
+        matrices, _ = original(refs)
+        if first in matrices:
+            matrices.pop(first)
+            return matrices, store.fetch_vectors([first])
+        return matrices, {}
+
+    store.fetch_colbert = newer_version  # type: ignore[method-assign]
+    res = searcher.search(SearchRequest("q", top_k=60, plan={"depth": 60}))
+    hit = next(h for h in res.hits if h.id == first)
+    q = encode(["q"])
+    assert hit.scores["sparse"] == 0.0
+    assert hit.scores["colbert"] == pytest.approx(colbert_score(q.colbert[0], store.colbert[k]), abs=1e-6)
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "bits"])
+def test_colbert_bound_holds_for_decoded_vectors(codec: str) -> None:
+    from milvus_embed_ext.store import codecs
+
+    rng = np.random.default_rng(7)
+    for dim in (16, 1024):
+        q = _unit(rng.normal(size=(12, dim)))
+        docs = [codecs.decode(codecs.encode(_unit(rng.normal(size=(20, dim))), codec), codec, dim)
+                for _ in range(30)]
+        docs.append(codecs.decode(codecs.encode(np.tile(q[:1], (3, 1)), codec), codec, dim))  # MaxSim near 1
+        bound = colbert_bound(q, codec)
+        assert max(colbert_scores(q, docs)) <= bound
+        assert bound < (1.13 if codec == "int8" else 1.01)

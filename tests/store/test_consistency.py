@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pymilvus.exceptions import MilvusException
 
+from milvus_embed_ext.encoder import lexical_score
 from milvus_embed_ext.errors import ConsistencyError, Unavailable
 from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore
 
@@ -29,7 +30,7 @@ class FlakyClient:
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._client, name)
-        if name not in {"upsert", "delete", "insert", "query"}:
+        if name not in {"upsert", "delete", "insert", "query", "search"}:
             return target
 
         def call(collection_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -205,7 +206,7 @@ def test_reader_racing_a_writer_gets_one_whole_version(flaky: tuple[DocumentStor
 
 
 def test_reads_that_leave_colbert_out_never_touch_the_companion(
-        flaky: tuple[DocumentStore, FlakyClient], monkeypatch: pytest.MonkeyPatch) -> None:
+        flaky: tuple[DocumentStore, FlakyClient]) -> None:
     from milvus_embed_ext.search import HybridSearcher, SearchRequest
 
     ds, client = flaky
@@ -219,16 +220,20 @@ def test_reads_that_leave_colbert_out_never_touch_the_companion(
 
     client.calls.clear()
     lean = searcher.search(request, query_encoding=query)
-    assert companion not in client.calls and ("query", ds.name) in client.calls
+    # stage 1 returns the dense and sparse vectors with its hits: no second read of any collection
+    assert companion not in client.calls and ("search", ds.name) in client.calls
+    assert ("query", ds.name) not in client.calls
     got = ds.get(ids[:3], with_vectors=True, with_colbert=False)
     assert companion not in client.calls
     assert [d["id"] for d in got] == ids[:3] and all("colbert" not in d and "dense" in d for d in got)
 
-    # the same ranking as when the ColBERT vectors are read (and ignored)
-    fetch = ds.fetch_vectors
-    monkeypatch.setattr(ds, "fetch_vectors", lambda i, colbert=True: fetch(i, colbert=True))
-    full = searcher.search(request, query_encoding=query)
+    # the same ranking as exact scores over every stored document's vectors, read back whole
+    stored = ds.fetch_vectors(ids)
     assert companion in client.calls
-    assert [(h.id, h.score) for h in lean.hits] == [(h.id, h.score) for h in full.hits]
+    exact = {i: (0.4 * float(np.dot(query.dense[0], v.dense)) + 0.2 * lexical_score(query.sparse[0], v.sparse)) / 0.6
+             for i, v in stored.items()}
+    expected = sorted(exact.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert [h.id for h in lean.hits] == [i for i, _ in expected]
+    np.testing.assert_allclose([h.score for h in lean.hits], [s for _, s in expected], rtol=1e-5, atol=1e-6)
     assert len(lean.hits) == 5
     np.testing.assert_array_equal(ds.get(ids[:1], with_vectors=True)[0]["colbert"], written.colbert[0])

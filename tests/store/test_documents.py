@@ -221,6 +221,20 @@ def test_upsert_validates_once_and_encodes_what_the_layout_stores(
         ds.delete(["good", "other"])  # the shared collection stays empty for the bad-input cases
 
 
+def test_colbert_rows_longer_than_unit_are_refused(lite_store: MilvusStore, collection_name: str,
+                                                   tiny_encoder: Any) -> None:
+    """Search bounds MaxSim by the stored rows' norm to skip reads, so a write must not break that bound."""
+    ds = make(lite_store, collection_name, tiny_encoder)
+    enc = tiny_encoder.encode([GOOD.text], truncate_dims=(16,))
+    enc.colbert[0] = enc.colbert[0] * 1.5
+    with pytest.raises(InvalidArgument, match="L2-normalised"):
+        ds.write([GOOD], enc)
+    assert ds.count() == 0
+    enc.colbert[0] = enc.colbert[0] / 1.5 * 0.5  # shorter rows are fine: the bound still holds
+    ds.write([GOOD], enc)
+    assert ds.count() == 1
+
+
 def test_dense_dim_mismatch_writes_nothing(lite_store: MilvusStore, collection_name: str, tiny_encoder: Any) -> None:
     ds = DocumentStore.create(lite_store, CollectionLayout(collection_name, tiny_encoder.hidden_size * 2))
     with pytest.raises(FailedPrecondition, match=f"produces {tiny_encoder.hidden_size}-d"):
