@@ -31,8 +31,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("MEE_TEST_CACHE", REPO_ROOT / ".cache"))
-DATA_VERSION = 1
-"""Bump when the cached search data's layout or contents change."""
+DATA_VERSION = 2
+"""Bump when the cached search data's layout or contents change (the encodings cache stays valid)."""
 BASELINE_COLLECTION = "baseline"
 SIDECAR_COLLECTION = "documents"
 M3_WEIGHTS = (0.4, 0.2, 0.4)
@@ -321,16 +321,71 @@ def _top_ids(scores: np.ndarray, ids: Sequence[str], k: int) -> list[str]:
     return [i for i, _ in fusion.order({ids[j]: float(scores[j]) for j in head})[:k]]
 
 
+def _save_encoding(path: Path, enc: Any) -> None:
+    """One chunk of corpus encodings: dense and truncated fp32, sparse as flat arrays, ColBERT as fp16."""
+    lengths = np.asarray([len(s) for s in enc.sparse], dtype=np.int64)
+    arrays = {
+        "dense": enc.dense, "token_counts": enc.token_counts, "sparse_lengths": lengths,
+        "sparse_ids": np.asarray([t for s in enc.sparse for t in s], dtype=np.int64),
+        "sparse_weights": np.asarray([w for s in enc.sparse for w in s.values()], dtype=np.float32),
+        "colbert_lengths": np.asarray([m.shape[0] for m in enc.colbert], dtype=np.int64),
+        "colbert": np.concatenate(enc.colbert).astype(np.float16),
+        **{f"truncated_{d}": v for d, v in enc.truncated.items()},
+    }
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_encoding(path: Path) -> Any:
+    from milvus_embed_ext.encoder import M3Output
+
+    z = np.load(path)
+    bounds = np.concatenate([[0], np.cumsum(z["sparse_lengths"])])
+    ids, weights = z["sparse_ids"].tolist(), z["sparse_weights"].tolist()
+    sparse = [dict(zip(ids[a:b], weights[a:b], strict=True)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    rows = z["colbert"].astype(np.float32)
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)  # unit again after fp16 rounding
+    cb_bounds = np.concatenate([[0], np.cumsum(z["colbert_lengths"])])
+    colbert = [rows[a:b] for a, b in zip(cb_bounds[:-1], cb_bounds[1:], strict=True)]
+    truncated = {int(k.split("_", 1)[1]): z[k] for k in z.files if k.startswith("truncated_")}
+    return M3Output(dense=z["dense"], sparse=sparse, colbert=colbert, truncated=truncated,
+                    token_counts=z["token_counts"])
+
+
+def encoded_chunks(encoder: Any, docs: Sequence[Any], dims: Sequence[int], *, seed: int, chunk: int,
+                   log: Any = print) -> Iterator[tuple[int, Any, float]]:
+    """``(start, encoding, encode seconds)`` per chunk of ``docs``, encoded once and cached as fp16 ColBERT.
+
+    Rebuilding the Lite files (a new layout, codec or DATA_VERSION) then costs no model time: at BGE-M3's
+    widths encoding is most of a build. Every chunk is returned as cached (ColBERT rows rounded to fp16 and
+    renormalised), so the exact reference scores and the stored vectors come from the same numbers.
+    """
+    root = CACHE_DIR / "bench" / f"enc-{encoder.fingerprint[:12]}-{len(docs)}-s{seed}-c{chunk}"
+    root.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(docs), chunk):
+        path = root / f"chunk-{start:07d}-{'_'.join(map(str, dims)) or 'none'}.npz"
+        seconds = 0.0
+        if not path.exists():
+            t = time.perf_counter()
+            enc = encoder.encode([d.text for d in docs[start:start + chunk]], truncate_dims=tuple(dims))
+            seconds = time.perf_counter() - t
+            _save_encoding(path, enc)
+        yield start, _load_encoding(path), seconds
+
+
 def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: int, *, k: int = 10, seed: int = 7,
                        chunk: int = 512, log: Any = print) -> SearchData:
     """Build (once) and return the cached search data for this checkpoint and size."""
     from milvus_embed_ext import migrations
-    from milvus_embed_ext.config import load_settings
+    from milvus_embed_ext.config import Settings, load_settings
     from milvus_embed_ext.search.evaluation import brute_force_scores
     from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.store import Document, DocumentStore, MilvusStore
 
-    root = CACHE_DIR / "bench" / f"search-v{DATA_VERSION}-{encoder.fingerprint[:12]}-{n_docs}-{n_queries}-s{seed}"
+    codec = Settings().colbert_codec  # the layout the sidecar's migrations create
+    root = (CACHE_DIR / "bench" /
+            f"search-v{DATA_VERSION}-{encoder.fingerprint[:12]}-{n_docs}-{n_queries}-s{seed}-{codec}")
     manifest = root / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text(encoding="utf-8"))
@@ -358,11 +413,9 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
         hidden = int(ds.layout.dense_dim)
         baseline_create(base, BASELINE_COLLECTION, hidden)
         dims = tuple(t.dim for t in ds.layout.truncated if t.projection == "prefix")
-        for start in range(0, n_docs, chunk):
+        for start, enc, seconds in encoded_chunks(encoder, docs, dims, seed=seed, chunk=chunk, log=log):
             part = docs[start:start + chunk]
-            t = time.perf_counter()
-            enc = encoder.encode([d.text for d in part], truncate_dims=dims)
-            encode_s += time.perf_counter() - t
+            encode_s += seconds
             ds.write([Document(d.id, d.text, d.metadata) for d in part], enc)
             base.insert(BASELINE_COLLECTION, baseline_rows([d.id for d in part], [d.text for d in part],
                                                            [d.metadata for d in part], enc.dense, enc.sparse))
@@ -373,13 +426,18 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
                 fused = sum(w[i] * ref[r] for i, r in enumerate(("dense", "sparse", "colbert"))) / w.sum()
                 if not np.allclose(fused, scores[0, :len(part)], atol=1e-4):
                     raise AssertionError("exact_m3_scores disagrees with search.evaluation.brute_force_scores")
-            log(f"  {min(start + chunk, n_docs)}/{n_docs} docs")
+            log(f"  {min(start + chunk, n_docs)}/{n_docs} docs" + (f" (encoded in {seconds:.0f}s)" if seconds else ""))
+        # Milvus Lite keeps fresh rows in growing segments; flushing seals them as a long-running server would
+        for name in (SIDECAR_COLLECTION, ds.layout.companion_name):
+            store.client.flush(name)
+        base.flush(BASELINE_COLLECTION)
     finally:
         store.close()
         base.close()
     truth = [_top_ids(scores[qi], ids, k) for qi in range(len(queries))]
     meta = {"n_docs": n_docs, "hidden": hidden, "queries": queries, "truth": truth, "k": k, "encode_s": encode_s,
-            "seed": seed, "model_fingerprint": encoder.fingerprint, "truncated": list(dims)}
+            "seed": seed, "model_fingerprint": encoder.fingerprint, "truncated": list(dims),
+            "colbert_codec": ds.layout.colbert_codec}
     manifest.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")  # written last: the "done" mark
     return SearchData(root, n_docs, hidden, queries, truth, k, encode_s, meta)
 

@@ -1,6 +1,7 @@
 """Benchmark options and fixtures (pytest-benchmark). Not part of the default test run (testpaths = tests).
 
-    pytest bench                       # tiny checkpoint: checks the suites work, ratios mean little
+    pytest bench                       # the 'wide' checkpoint: BGE-M3's widths (1024-d vectors), 2 layers
+    pytest bench --quick               # tiny checkpoint, small sizes: checks the suites work, ratios mean little
     pytest bench --full-model          # BGE-M3's exact shapes (built once into .cache/test-model-full, ~2.3 GB)
     pytest bench --model-dir DIR       # any BGE-M3 checkpoint directory, e.g. the real one
 """
@@ -23,7 +24,11 @@ RESULTS: dict[str, dict[str, dict]] = {}
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("milvus-embed bench")
     group.addoption("--full-model", action="store_true", default=False,
-                    help="benchmark on a full-size (BGE-M3-shaped, random) checkpoint, built once and cached")
+                    help="benchmark on a full-size (BGE-M3-shaped, random) checkpoint, built once and cached "
+                         "(same as --model-size full)")
+    group.addoption("--model-size", choices=("tiny", "wide", "full"), default=None,
+                    help="test checkpoint to build and use: wide (default; BGE-M3's 1024-d vectors and vocabulary, "
+                         "2 layers), tiny (default with --quick), full (BGE-M3's exact shapes)")
     group.addoption("--model-dir", default=None, help="benchmark this checkpoint directory instead")
     group.addoption("--bench-device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     group.addoption("--no-baseline", action="store_true", default=False,
@@ -74,9 +79,17 @@ def bench_model_dir(request: pytest.FixtureRequest, bench_full: bool) -> Path:
     explicit = request.config.getoption("--model-dir")
     if explicit:
         return Path(explicit)
-    if bench_full:
-        return ensure_test_model(CACHE_DIR / "test-model-full", size="full", seed=0)
-    return ensure_test_model(CACHE_DIR / "test-model-tiny", size="tiny", seed=0)
+    size = bench_model_size(request.config)
+    return ensure_test_model(CACHE_DIR / f"test-model-{size}", size=size, seed=0)
+
+
+def bench_model_size(config: pytest.Config) -> str:
+    """The test checkpoint's size: --model-size, else full with --full-model, tiny with --quick, else wide."""
+    if config.getoption("--model-size"):
+        return str(config.getoption("--model-size"))
+    if config.getoption("--full-model"):
+        return "full"
+    return "tiny" if config.getoption("--quick") else "wide"
 
 
 @pytest.fixture(scope="session")
@@ -138,9 +151,11 @@ _LOAD_AT_START: list[float] = []
 
 
 def _bench_options(config) -> dict:
-    names = ["full_model", "model_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
+    names = ["full_model", "model_size", "model_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
              "duration", "concurrency", "ingest_docs", "storage_docs", "sidecar_address", "sidecar_collection", "sidecar_env"]
-    return {n: config.getoption("--" + n.replace("_", "-")) for n in names}
+    opts = {n: config.getoption("--" + n.replace("_", "-")) for n in names}
+    opts["model_size"] = bench_model_size(config)  # resolved: the default depends on --quick
+    return opts
 
 
 def pytest_sessionstart(session) -> None:  # noqa: ARG001
@@ -148,11 +163,23 @@ def pytest_sessionstart(session) -> None:  # noqa: ARG001
         _LOAD_AT_START[:] = list(os.getloadavg())
 
 
+def cpu_simd_flags() -> list[str]:
+    """The CPU's vector extensions (AVX2, AVX-512, VNNI, BF16, AMX): int8 and bf16 speed hinges on them, so
+    every saved figure carries them and figures are compared only within one kind of CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in set(flags) if f.startswith(("avx", "amx", "fma")))
+
+
 def pytest_benchmark_update_machine_info(config, machine_info) -> None:
     """Load average before the run, cores, torch build and threads: the report prints them beside the figures."""
     machine_info["load_avg_start"] = _LOAD_AT_START
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["bench_options"] = _bench_options(config)
+    machine_info["cpu_simd"] = cpu_simd_flags()
     try:
         import torch
 
@@ -179,7 +206,7 @@ def _bench_extra_info(request: pytest.FixtureRequest):
     bench = request.getfixturevalue("benchmark")
     opts = request.config.getoption
     where = opts("--sidecar-address") or "local"
-    model = "live" if opts("--sidecar-address") else opts("--model-dir") or ("full" if opts("--full-model") else "tiny")
+    model = "live" if opts("--sidecar-address") else opts("--model-dir") or bench_model_size(request.config)
     env = " env=" + ",".join(opts("--sidecar-env")) if opts("--sidecar-env") else ""
     bench.extra_info.setdefault("config", f"model={model} device={opts('--bench-device')} quick={opts('--quick')}"
                                           f" sidecar={where}{env}")

@@ -122,6 +122,8 @@ def machine_line(run: Run) -> str:
         parts.append(f"torch {mi['torch']} ({mi.get('torch_threads', '?')} threads)")
     if mi.get("gpu"):
         parts.append(f"GPU {mi['gpu']}")
+    if mi.get("cpu_simd"):
+        parts.append("CPU flags " + " ".join(mi["cpu_simd"]))
     load = mi.get("load_avg_start") or []
     if load:
         parts.append("load average at start " + "/".join(f"{x:.1f}" for x in load))
@@ -132,7 +134,9 @@ def machine_line(run: Run) -> str:
 
 def options_line(run: Run) -> str:
     opts = (run.data.get("machine_info") or {}).get("bench_options") or {}
-    model = opts.get("model_dir") or ("full-size random checkpoint" if opts.get("full_model") else "tiny test checkpoint")
+    size = opts.get("model_size") or ("full" if opts.get("full_model") else "tiny")  # runs saved before model_size
+    model = opts.get("model_dir") or {"full": "full-size random checkpoint", "tiny": "tiny test checkpoint",
+                                      "wide": "wide random checkpoint (BGE-M3's 1024-d widths, 2 layers)"}[size]
     bits = [f"model: {model}", f"device {opts.get('bench_device', 'cpu')}"]
     if opts.get("sidecar_address"):
         bits.append(f"live sidecar {opts['sidecar_address']}")
@@ -274,18 +278,43 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
                          frac(ex.get("recall_at_10")), frac(ex.get("overlap_at_10"))])
         parts.append(f"### {docs} documents\n\n" + table(
             ["implementation", "fusion", "p50 ms", "p99 ms", "recall@10", "overlap@10"], rows))
+        stage_table = _stages_table(by)
+        if stage_table:
+            parts.append("Per-stage p50 (ms; each stage's own median, so they need not add up to the total). "
+                         "Sidecar stages come from its reply's timings (`client`: the whole call as the client saw "
+                         "it); `colbert_read`: candidates whose ColBERT vectors were read, of `candidates_n`. The "
+                         "baseline's `encode` is FlagEmbedding in-process, `hybrid_search` the Milvus call.\n\n"
+                         + stage_table)
         base = [v for (impl, _), v in by.items() if impl == "flagembedding"]
         ours = by.get(("milvus-embed", "m3"))
         if ours and base:
             fastest = min(base, key=lambda v: v.get("p50_ms") or float("inf"))
-            best_recall = max((v.get("recall_at_10") or 0.0) for v in base)
             r = ratio(ours.get("p50_ms"), fastest.get("p50_ms"))
-            goals.setdefault("search", []).append((docs, r, ours.get("recall_at_10"), best_recall))
+            goals.setdefault("search", []).append((docs, r, ours.get("recall_at_10")))
             parts.append(f"milvus-embed m3 p50 / fastest baseline p50 ({fastest.get('fusion')}): {_x(r)} (goal <= 1x); "
-                         f"recall@10 {frac(ours.get('recall_at_10'))} vs the baseline's best {frac(best_recall)} "
-                         "(goal: equal or better).")
+                         f"recall@10 {frac(ours.get('recall_at_10'))} (goal >= 0.99; the baseline's best "
+                         f"{frac(max((v.get('recall_at_10') or 0.0) for v in base))}).")
+        for fusion_name in ("rrf", "weighted"):
+            mine, theirs = by.get(("milvus-embed", fusion_name)), by.get(("flagembedding", fusion_name))
+            if mine and theirs:
+                goals.setdefault("same_fusion", []).append(
+                    (docs, fusion_name, ratio(mine.get("p50_ms"), theirs.get("p50_ms"))))
     parts.append(sources(used))
     return "\n\n".join(parts)
+
+
+def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
+    """implementation/fusion rows by stage columns, from each benchmark's ``stages_p50_ms`` (names from the data)."""
+    have = {key: ex["stages_p50_ms"] for key, ex in by.items() if ex.get("stages_p50_ms")}
+    if not have:
+        return ""
+    first = ["encode", "candidates", "fetch", "rescore", "fuse", "fields", "total", "client", "hybrid_search"]
+    names = sorted({n for st in have.values() for n in st}, key=lambda n: (n not in first,
+                                                                         first.index(n) if n in first else 0, n))
+    rows = [[impl, str(fusion_name), *(fmt(st.get(n)) if n in st else "" for n in names)]
+            for (impl, fusion_name), st in sorted(have.items(), key=lambda kv: (kv[0][0] != "milvus-embed",
+                                                                                  str(kv[0][1])))]
+    return table(["implementation", "fusion", *names], rows)
 
 
 def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
@@ -383,11 +412,14 @@ def goals_section(goals: dict[str, Any]) -> str:
              met(goals.get("encode_tokens"), lambda v: v >= 2)],
             ["One-query encode latency (p50) vs FlagEmbedding", "<= 0.5x", _x(goals.get("encode_p50")),
              met(goals.get("encode_p50"), lambda v: v <= 0.5)]]
-    for docs, r, recall, base_recall in goals.get("search") or [(None, None, None, None)]:
-        fidelity_ok = recall is not None and base_recall is not None and recall >= base_recall
-        rows.append([f"Sidecar hybrid-search p50 vs baseline, {docs or '—'} docs", "<= 1x, recall@10 >= baseline's",
-                     f"{_x(r)}, recall {frac(recall)} vs {frac(base_recall)}",
+    for docs, r, recall in goals.get("search") or [(None, None, None)]:
+        fidelity_ok = recall is not None and recall >= 0.99
+        rows.append([f"Sidecar m3 p50 vs the fastest baseline, {docs or '—'} docs", "<= 1x, recall@10 >= 0.99",
+                     f"{_x(r)}, recall {frac(recall)}",
                      "—" if r is None else ("met" if r <= 1 and fidelity_ok else "not met")])
+    for docs, fusion_name, r in goals.get("same_fusion") or []:
+        rows.append([f"Sidecar {fusion_name} p50 vs the baseline's {fusion_name}, {docs} docs", "<= 0.8x", _x(r),
+                     met(r, lambda v: v <= 0.8)])
     for rpc, best in goals.get("throughput") or [("—", None)]:
         rows.append([f"Concurrent throughput vs sequential ({rpc})", ">= 3x", _x(best), met(best, lambda v: v >= 3)])
     if goals.get("ingest") is not None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
+import numpy as np
 import pytest
 
 K = 10
@@ -107,6 +108,8 @@ class Impls:
         self.baseline = None
         self._fns: dict[tuple[str, str], Callable[[str], list[str]]] = {}
         self._answers: dict[tuple[str, str], list[list[str]]] = {}
+        self.stages: dict[tuple[str, str], list[dict[str, float]]] = {}
+        """Per call: each stage's milliseconds (the sidecar's own timings; the baseline's encode and search)."""
 
     def search(self, impl: str, fusion: str) -> Callable[[str], list[str]]:
         if (impl, fusion) not in self._fns:
@@ -120,8 +123,13 @@ class Impls:
                 plan["candidate_k"] = DEPTH
             client, collection = self.client, self.sidecar.collection
 
+            stages = self.stages.setdefault((impl, fusion), [])
+
             def fn(q: str) -> list[str]:
+                t = time.perf_counter()
                 res = client.hybrid_search(q, collection=collection, top_k=K, output_fields=["text"], **plan)
+                stages.append({**res.timings.stages_ms, "client": (time.perf_counter() - t) * 1000.0,
+                               "colbert_read": float(res.colbert_read), "candidates_n": float(res.candidates)})
                 return [h.id for h in res.hits]
 
             return fn
@@ -129,10 +137,16 @@ class Impls:
             raise RuntimeError("the baseline fixture was not attached")
         base, flag = self.baseline
 
+        stages = self.stages.setdefault((impl, fusion), [])
+
         def fn(q: str) -> list[str]:
+            t0 = time.perf_counter()
             dense, sparse = benchlib.flag_encode(flag, [q])
-            return benchlib.baseline_search(base, benchlib.BASELINE_COLLECTION, dense[0], sparse[0],
-                                            fusion=fusion, top_k=K, depth=DEPTH)
+            t1 = time.perf_counter()
+            ids = benchlib.baseline_search(base, benchlib.BASELINE_COLLECTION, dense[0], sparse[0],
+                                           fusion=fusion, top_k=K, depth=DEPTH)
+            stages.append({"encode": (t1 - t0) * 1000.0, "hybrid_search": (time.perf_counter() - t1) * 1000.0})
+            return ids
 
         return fn
 
@@ -174,7 +188,12 @@ def test_hybrid_search(benchmark, request, impl, fusion, search_data, impls, liv
     benchmark.group = f"search-{search_data.n_docs or 'live'}"
     cycle = itertools.cycle(search_data.queries)
     rounds = max(len(search_data.queries), 30 if request.config.getoption("--quick") else 100)
+    impls.stages.get((impl, fusion), []).clear()  # the timed rounds only (not the untimed answers above)
     benchmark.pedantic(lambda: fn(next(cycle)), rounds=rounds, warmup_rounds=3)
+    timed = impls.stages.get((impl, fusion), [])[3:]  # drop the warm-up calls
+    if timed:
+        info["stages_p50_ms"] = {name: float(np.percentile([t[name] for t in timed if name in t], 50))
+                                 for name in sorted({n for t in timed for n in t})}
     bench_record(f"search-{fusion}", impl, **benchlib.percentiles_ms(benchmark.stats.stats.data))
 
 

@@ -102,6 +102,8 @@ class SearchResult:
     candidates: int
     degraded: list[str]
     timings: Timings
+    colbert_read: int = 0
+    """Candidates whose ColBERT vectors the sidecar read (m3: only those that could still reach the page)."""
 
 
 # ---------------------------------------------------------------------------- request building (shared)
@@ -277,7 +279,8 @@ def parse_search_response(resp: search_pb2.HybridSearchResponse) -> SearchResult
     hits = [Hit(id=h.id, score=h.score, scores=dict(h.scores), text=h.text or None,
                 metadata=json.loads(h.metadata_json) if h.metadata_json else None) for h in resp.hits]
     return SearchResult(hits=hits, query_tokens=resp.query_tokens, candidates=resp.candidates,
-                        degraded=list(resp.degraded), timings=Timings.from_pb(resp.timings))
+                        degraded=list(resp.degraded), timings=Timings.from_pb(resp.timings),
+                        colbert_read=resp.colbert_read)
 
 
 def _channel_args(max_message_bytes: int, tls: TLSConfig | None) -> list[tuple[str, Any]]:

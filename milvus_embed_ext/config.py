@@ -65,8 +65,9 @@ class Settings:
     truncate_dims: tuple[int, ...] = (256,)
     """Truncated dense fields (Matryoshka-style prefixes) kept for cheap first-stage search."""
     encoder_threads: int = 0
-    """CPU threads for one forward pass; 0 keeps torch's default (one per core). Where embedded Milvus Lite
-    or other processes share the cores, fewer threads cut query latency under load (bench/README.md)."""
+    """CPU threads for one forward pass. 0 (auto): one core fewer than the machine has (at least one) when
+    embedded Milvus Lite shares the machine, else one per core. torch's threads wait on each other at every
+    layer, so one held by another process stalls the whole pass (bench/RESULTS.md, encoder threads)."""
     allow_demo_model: bool = True
     """If the model is neither cached nor downloadable, fall back to a locally built demo checkpoint."""
 
@@ -87,8 +88,9 @@ class Settings:
     """Timeout for each Milvus call, in seconds."""
     collection: str = "documents"
     """Default collection for Upsert/Search when a request names none."""
-    colbert_codec: str = "fp16"
-    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store."""
+    colbert_codec: str = "int8"
+    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store (new collections).
+    int8 reads and stores half of fp16; its ColBERT top-10 overlap with fp32 is in bench/RESULTS.md (codecs)."""
     index_type: str = "auto"
     """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW."""
     migrations_dir: str = ""
@@ -101,6 +103,9 @@ class Settings:
     """How long the micro-batcher waits for more requests before running a forward pass."""
     max_queue: int = 1024
     """Texts waiting for the encoder; beyond it requests get RESOURCE_EXHAUSTED."""
+    milvus_threads: int = 16
+    """Threads for blocking Milvus calls (searches, reads, writes): each concurrent request holds one while
+    Milvus answers, so this bounds how many requests reach Milvus at once."""
     max_concurrent: int = 64
     """Requests in flight at once; beyond it requests get RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 32 * 1024 * 1024
@@ -199,7 +204,8 @@ def _validate(s: Settings) -> None:
         raise InvalidArgument(f"backend must be torch, onnx or onnx-int8, got {s.backend!r}")
     if s.encoder_threads < 0:
         raise InvalidArgument(f"encoder_threads must be >= 0 (0: one per core), got {s.encoder_threads}")
-    for name in ("max_length", "token_budget", "max_batch", "max_queue", "max_concurrent", "max_message_bytes",
+    for name in ("max_length", "token_budget", "max_batch", "max_queue", "max_concurrent", "milvus_threads",
+                 "max_message_bytes",
                  "max_texts_per_request", "max_top_k"):
         if getattr(s, name) <= 0:
             raise InvalidArgument(f"{name} must be > 0, got {getattr(s, name)}")

@@ -408,6 +408,7 @@ class SearchHandlers:
             query_tokens=int(enc.output.token_counts.sum()),
             candidates=int(result.candidates),
             degraded=list(result.degraded),
+            colbert_read=int(result.colbert_read),
         )
         for hit in result.hits:
             out = resp.hits.add(id=str(hit.id), score=float(hit.score))

@@ -129,7 +129,8 @@ class Sidecar:
         self.metrics = ServiceMetrics()
         self._encoder_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
         self.rt = Runtime(settings=settings,
-                          store_executor=ThreadPoolExecutor(max_workers=4, thread_name_prefix="mee-store"))
+                          store_executor=ThreadPoolExecutor(max_workers=settings.milvus_threads,
+                                                            thread_name_prefix="mee-store"))
         self._given_encoder = encoder
         self._given_store = store
         self.schema_settings = settings

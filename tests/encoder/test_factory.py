@@ -42,3 +42,16 @@ def test_migration_backfills_use_the_factory(monkeypatch: pytest.MonkeyPatch, to
     assert ctx.encoder() is first and len(calls) == 1  # loaded once per run
     assert calls[0][0] == "some/model" and calls[0][1]["max_batch"] == 7
     assert torch_threads.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, cores, expected",
+    [({}, 2, 1), ({}, 8, 7), ({}, 1, 1),  # embedded Lite (the default URI) keeps a core for itself
+     ({"milvus_uri": "http://127.0.0.1:19530"}, 8, 0),  # a server elsewhere: torch's default, every core
+     ({"device": "cuda"}, 8, 0),
+     ({"encoder_threads": 3}, 2, 3)],  # an explicit setting always wins
+)
+def test_encoder_threads_default_leaves_a_core_to_embedded_lite(overrides, cores, expected) -> None:
+    from milvus_embed_ext.encoder.factory import encoder_threads
+
+    assert encoder_threads(load_settings(env={}, overrides=overrides), cores=cores) == expected

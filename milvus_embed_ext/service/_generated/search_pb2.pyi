@@ -123,15 +123,17 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class HybridSearchResponse(_message.Message):
-    __slots__ = ("hits", "query_tokens", "timings", "candidates", "degraded")
+    __slots__ = ("hits", "query_tokens", "timings", "candidates", "degraded", "colbert_read")
     HITS_FIELD_NUMBER: _ClassVar[int]
     QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    COLBERT_READ_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     query_tokens: int
     timings: _common_pb2.Timings
     candidates: int
     degraded: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_tokens: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., candidates: _Optional[int] = ..., degraded: _Optional[_Iterable[str]] = ...) -> None: ...
+    colbert_read: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_tokens: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., candidates: _Optional[int] = ..., degraded: _Optional[_Iterable[str]] = ..., colbert_read: _Optional[int] = ...) -> None: ...
