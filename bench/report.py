@@ -351,6 +351,27 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def threads_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
+    groups = latest_by_group(runs, lambda g: g.startswith("threads-"))
+    head = ("## Encoder threads on a busy machine\n\n"
+            "bench/test_threads.py: one-query Embed p50 over gRPC with `encoder_threads` auto (default: one core "
+            "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
+            "spinning process (as Lite answering searches would), and on an idle machine.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="threads")
+    rows, used = [], []
+    for group in sorted(groups):
+        run, benches = groups[group]
+        used.append(run)
+        for b in sorted(benches, key=lambda b: str((b.get("extra_info") or {}).get("setting"))):
+            ex = b.get("extra_info") or {}
+            rows.append([str(ex.get("load")), str(ex.get("setting")), " ".join(f"{k}={v}" for k, v in
+                                                                          (ex.get("env") or {}).items()) or "—",
+                         fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms"))])
+    return "\n\n".join([head, table(["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows),
+                         sources(used)])
+
+
 def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
     groups = latest_by_group(runs, lambda g: g == "ingest")
     head = ("## Ingestion: documents per second, text to every representation stored\n\n"
@@ -432,6 +453,7 @@ SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
     ("bench-encode", encode_section),
     ("bench-search", search_section),
     ("bench-throughput", throughput_section),
+    ("bench-threads", threads_section),
     ("bench-ingest", ingest_section),
     ("bench-storage", storage_section),
 ]
