@@ -45,7 +45,7 @@ proto-check: setup
 	$(PY) -m milvus_embed_ext.service.protogen --check
 
 bench: setup
-	$(PY) -m pytest bench -q --benchmark-autosave --benchmark-storage=.benchmarks
+	$(PY) -m pytest bench -q --timeout 0 --benchmark-autosave --benchmark-storage=.benchmarks
 
 bench-compare: setup
 	$(PY) bench/compare.py --storage .benchmarks --threshold 0.25

@@ -242,7 +242,8 @@ class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
     """"encode", "candidates" (stage 1 wall), "candidates.<field>" (each Milvus call, vectors included),
-    "fetch" (reading ColBERT vectors), "rescore" (exact scoring), "fuse", "fields", "total"."""
+    "fetch" (reading ColBERT vectors), "rescore" (exact scoring), "fuse", "fields" (only when documents changed
+    after stage 1, which otherwise reads the output fields with the vectors), "total"."""
     plan: SearchPlan
     routes: tuple[Route, ...]
     candidates: int
@@ -489,7 +490,8 @@ class HybridSearcher:
 
         # stage 1: candidates with their dense and sparse vectors, one Milvus search per route, concurrently
         t = time.perf_counter()
-        route_results, degraded = self._candidates(routes, q, request.filter, plan, timings, deadline)
+        route_results, degraded = self._candidates(routes, q, request.filter, prepared.output_fields, plan,
+                                                   timings, deadline)
         timings["candidates"] = _ms(t)
         found: dict[str, Candidate] = {}
         for hits in route_results.values():
@@ -515,22 +517,27 @@ class HybridSearcher:
 
         hits = [Hit(doc_id, float(score), {r: scores[r][doc_id] for r in reps}) for doc_id, score in page]
         dropped = pool.dropped
-        if prepared.output_fields and hits:
-            t = time.perf_counter()
-            wanted = list(prepared.output_fields)
-            rows = self._call(lambda: self.doc_store.get([h.id for h in hits], output_fields=wanted),
-                              "read output fields")
-            by_id = {str(row["id"]): row for row in rows}
-            kept = []
+        wanted = list(prepared.output_fields)
+        if wanted:
+            # stage 1 read the fields with the vectors; only documents re-read since then need them again
             for h in hits:
-                row = by_id.get(h.id)
-                if row is None:
-                    dropped += 1
-                    continue
-                h.fields = {f: row.get(f) for f in wanted}
-                kept.append(h)
-            hits = kept
-            timings["fields"] = _ms(t)
+                h.fields = {f: pool.found[h.id].fields.get(f) for f in wanted}
+            stale = [h.id for h in hits if h.id in pool.reread]
+            if stale:
+                t = time.perf_counter()
+                rows = self._call(lambda: self.doc_store.get(stale, output_fields=wanted), "read output fields")
+                by_id = {str(row["id"]): row for row in rows}
+                kept = []
+                for h in hits:
+                    if h.id in pool.reread:
+                        row = by_id.get(h.id)
+                        if row is None:
+                            dropped += 1
+                            continue
+                        h.fields = {f: row.get(f) for f in wanted}
+                    kept.append(h)
+                hits = kept
+                timings["fields"] = _ms(t)
         timings["total"] = _ms(t_start)
         return SearchResult(
             hits=hits,
@@ -599,6 +606,7 @@ class HybridSearcher:
         routes: Sequence[Route],
         q: _QueryVectors,
         filter_expr: str,
+        output_fields: Sequence[str],
         plan: SearchPlan,
         timings: dict[str, float],
         deadline: float | None,
@@ -606,13 +614,15 @@ class HybridSearcher:
         def run(route: Route) -> tuple[list[Candidate], float]:
             t = time.perf_counter()
             if route.name == "sparse":
-                hits = self.doc_store.candidates("sparse", q.sparse, route.depth, filter_expr) if q.sparse else []
+                hits = (self.doc_store.candidates("sparse", q.sparse, route.depth, filter_expr, output_fields)
+                        if q.sparse else [])
             elif route.name == "dense":
-                hits = self.doc_store.candidates("dense", q.dense, route.depth, filter_expr)
+                hits = self.doc_store.candidates("dense", q.dense, route.depth, filter_expr, output_fields)
             else:
                 dim = int(route.field.split("_", 1)[1])
                 projected = np.asarray(self.doc_store.project(q.dense[None, :], dim), dtype=np.float32)
-                hits = self.doc_store.candidates(route.field, projected.reshape(-1), route.depth, filter_expr)
+                hits = self.doc_store.candidates(route.field, projected.reshape(-1), route.depth, filter_expr,
+                                                 output_fields)
             return hits, _ms(t)
 
         pool = self._pool()
@@ -701,6 +711,7 @@ class _CandidatePool:
         self.reps = tuple(reps)
         self.values: dict[str, dict[str, float]] = {r: {} for r in self.reps}
         self.gone: set[str] = set()
+        self.reread: set[str] = set()
         self.lacking: list[str] = []
         self.colbert_read = 0
 
@@ -740,6 +751,7 @@ class _CandidatePool:
                     continue
                 self.found[i] = Candidate(i, self.found[i].score, np.asarray(v.dense, np.float32), dict(v.sparse),
                                           self.found[i].colbert)
+                self.reread.add(i)
                 self.score_dense_sparse([i])
                 scored.append(i)
                 mats.append(v.colbert)

@@ -129,6 +129,8 @@ class Candidate:
     dense: np.ndarray
     sparse: dict[int, float]
     colbert: ColbertRef | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The stored scalar fields asked for (text, metadata), read with the hit."""
 
 
 class CheckedDocuments(list[Document]):
@@ -724,14 +726,19 @@ class DocumentStore:
         """Inner-product search on the sparse lexical weights (empty query -> no hits)."""
         return [(hit["id"], float(hit["distance"])) for hit in self._search(SPARSE, query, limit, filter, [ID])]
 
-    def candidates(self, field: str, query: Any, limit: int, filter: str = "") -> list[Candidate]:
+    def candidates(self, field: str, query: Any, limit: int, filter: str = "",
+                   output_fields: Sequence[str] = ()) -> list[Candidate]:
         """A stage-1 search that also returns each hit's dense and sparse vectors and its ColBERT reference.
 
         ``field`` is ``dense``, ``dense_<d>`` (a full-size query is projected) or ``sparse`` (a token -> weight
         mapping). Reading the vectors with the hit costs the search little and spares the planner a second
-        read of every candidate's main row.
+        read of every candidate's main row; ``output_fields`` (stored scalar fields) come along the same way.
         """
-        fields = [ID, DENSE, SPARSE]
+        extra = [f for f in dict.fromkeys(output_fields) if f != ID]
+        bad = [f for f in extra if f not in self.layout.scalar_fields]
+        if bad:
+            raise InvalidArgument(f"unknown output fields {bad}; choose from {', '.join(self.layout.scalar_fields)}")
+        fields = [ID, DENSE, SPARSE, *extra]
         if self.layout.colbert == "companion":
             fields += [COLBERT_VERSION, COLBERT_ROWS]
         out = []
@@ -743,7 +750,7 @@ class DocumentStore:
                 id=str(hit["id"]), score=float(hit["distance"]),
                 dense=np.asarray(row[DENSE], dtype=np.float32),
                 sparse={int(k): float(v) for k, v in (row.get(SPARSE) or {}).items()},
-                colbert=ref))
+                colbert=ref, fields={f: row.get(f) for f in extra}))
         return out
 
     def fetch_colbert(self, refs: Mapping[str, ColbertRef | None]
