@@ -361,7 +361,7 @@ def encoded_chunks(encoder: Any, docs: Sequence[Any], dims: Sequence[int], *, se
     widths encoding is most of a build. Every chunk is returned as cached (ColBERT rows rounded to fp16 and
     renormalised), so the exact reference scores and the stored vectors come from the same numbers.
     """
-    root = CACHE_DIR / "bench" / f"enc-{encoder.fingerprint[:12]}-{len(docs)}-s{seed}-c{chunk}"
+    root = CACHE_DIR / "bench" / f"enc-{encoder.fingerprint[:12]}-{encoder.dtype}-{len(docs)}-s{seed}-c{chunk}"
     root.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(docs), chunk):
         path = root / f"chunk-{start:07d}-{'_'.join(map(str, dims)) or 'none'}.npz"
@@ -375,8 +375,14 @@ def encoded_chunks(encoder: Any, docs: Sequence[Any], dims: Sequence[int], *, se
 
 
 def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: int, *, k: int = 10, seed: int = 7,
-                       chunk: int = 512, log: Any = print) -> SearchData:
-    """Build (once) and return the cached search data for this checkpoint and size."""
+                       chunk: int = 512, log: Any = print, corpus_encoder: Any = None) -> SearchData:
+    """Build (once) and return the cached search data for this checkpoint and size.
+
+    ``corpus_encoder`` (default ``encoder``) encodes the documents, e.g. the same checkpoint in bf16 where the
+    CPU runs it much faster: the corpus is data, and the exact reference scores come from what is stored.
+    Queries are encoded with ``encoder``, as each implementation encodes them at search time.
+    """
+    corpus_encoder = corpus_encoder or encoder
     from milvus_embed_ext import migrations
     from milvus_embed_ext.config import Settings, load_settings
     from milvus_embed_ext.search.evaluation import brute_force_scores
@@ -384,8 +390,8 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
     from milvus_embed_ext.store import Document, DocumentStore, MilvusStore
 
     codec = Settings().colbert_codec  # the layout the sidecar's migrations create
-    root = (CACHE_DIR / "bench" /
-            f"search-v{DATA_VERSION}-{encoder.fingerprint[:12]}-{n_docs}-{n_queries}-s{seed}-{codec}")
+    root = (CACHE_DIR / "bench" / f"search-v{DATA_VERSION}-{encoder.fingerprint[:12]}-{n_docs}-{n_queries}-s{seed}-"
+                                  f"{codec}-{corpus_encoder.dtype}")
     manifest = root / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text(encoding="utf-8"))
@@ -413,7 +419,7 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
         hidden = int(ds.layout.dense_dim)
         baseline_create(base, BASELINE_COLLECTION, hidden)
         dims = tuple(t.dim for t in ds.layout.truncated if t.projection == "prefix")
-        for start, enc, seconds in encoded_chunks(encoder, docs, dims, seed=seed, chunk=chunk, log=log):
+        for start, enc, seconds in encoded_chunks(corpus_encoder, docs, dims, seed=seed, chunk=chunk, log=log):
             part = docs[start:start + chunk]
             encode_s += seconds
             ds.write([Document(d.id, d.text, d.metadata) for d in part], enc)
@@ -437,6 +443,7 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
     truth = [_top_ids(scores[qi], ids, k) for qi in range(len(queries))]
     meta = {"n_docs": n_docs, "hidden": hidden, "queries": queries, "truth": truth, "k": k, "encode_s": encode_s,
             "seed": seed, "model_fingerprint": encoder.fingerprint, "truncated": list(dims),
+            "corpus_dtype": corpus_encoder.dtype,
             "colbert_codec": ds.layout.colbert_codec}
     manifest.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")  # written last: the "done" mark
     return SearchData(root, n_docs, hidden, queries, truth, k, encode_s, meta)

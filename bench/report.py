@@ -304,8 +304,8 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
 
 
 def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
-    """implementation/fusion rows by stage columns, from each benchmark's ``stages_p50_ms`` (names from the data)."""
-    have = {key: ex["stages_p50_ms"] for key, ex in by.items() if ex.get("stages_p50_ms")}
+    """implementation/fusion rows by stage columns, from each benchmark's ``stages_ms`` (names from the data)."""
+    have = {key: ex["stages_ms"] for key, ex in by.items() if ex.get("stages_ms")}
     if not have:
         return ""
     first = ["encode", "candidates", "fetch", "rescore", "fuse", "fields", "total", "client", "hybrid_search"]

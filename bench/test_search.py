@@ -65,8 +65,15 @@ def search_data(request, live):
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     log = (lambda msg: tr.write_line(msg)) if tr else print
     encoder = request.getfixturevalue("m3_encoder")  # only here: a live sidecar needs no local model
+    corpus_dtype = request.config.getoption("--corpus-dtype")
+    corpus_encoder = encoder
+    if corpus_dtype != encoder.dtype:
+        from milvus_embed_ext.encoder import M3Encoder
+
+        corpus_encoder = M3Encoder.from_pretrained(str(request.getfixturevalue("bench_model_dir")),
+                                                   device=str(encoder.device), dtype=corpus_dtype, max_length=8192)
     return benchlib.ensure_search_data(encoder, request.getfixturevalue("bench_model_dir"), n_docs, n_queries,
-                                       k=K, log=log)
+                                       k=K, log=log, corpus_encoder=corpus_encoder)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +199,7 @@ def test_hybrid_search(benchmark, request, impl, fusion, search_data, impls, liv
     benchmark.pedantic(lambda: fn(next(cycle)), rounds=rounds, warmup_rounds=3)
     timed = impls.stages.get((impl, fusion), [])[3:]  # drop the warm-up calls
     if timed:
-        info["stages_p50_ms"] = {name: float(np.percentile([t[name] for t in timed if name in t], 50))
+        info["stages_ms"] = {name: float(np.percentile([t[name] for t in timed if name in t], 50))
                                  for name in sorted({n for t in timed for n in t})}
     bench_record(f"search-{fusion}", impl, **benchlib.percentiles_ms(benchmark.stats.stats.data))
 

@@ -156,9 +156,9 @@ def _encode_and_search(quick: bool, load: float) -> list[dict]:
         bench("test_single_query[flagembedding]", group="query", impl="flagembedding", p50_ms=10.0, p99_ms=20.0),
         bench("s-m3", group="search-1000", impl="milvus-embed", fusion="m3", p50_ms=8.0, recall_at_10=1.0),
         bench("s-b", group="search-1000", impl="flagembedding", fusion="rrf", p50_ms=10.0, recall_at_10=0.5,
-              stages_p50_ms={"encode": 7.5, "hybrid_search": 2.5}),
+              stages_ms={"encode": 7.5, "hybrid_search": 2.5}),
         bench("s-rrf", group="search-1000", impl="milvus-embed", fusion="rrf", p50_ms=9.0, recall_at_10=0.4,
-              stages_p50_ms={"encode": 3.0, "candidates": 2.0, "total": 5.5, "colbert_read": 0.0}),
+              stages_ms={"encode": 3.0, "candidates": 2.0, "total": 5.5, "colbert_read": 0.0}),
         bench("t1", group="throughput-embed", clients=1, qps=100.0, harness_timing=True),
         bench("t8", group="throughput-embed", clients=8, qps=350.0, harness_timing=True, mean_batch_texts=6.0),
     ]
