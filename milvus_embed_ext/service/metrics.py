@@ -61,7 +61,6 @@ class ServiceMetrics:
         if seconds > 0:
             self.tokens_per_second.set(n_tokens / seconds)
 
-
     def observe_search_stages(self, stages_ms: Mapping[str, float]) -> None:
         """One observation per stage of a search (the stage names come from the planner's timings)."""
         for stage, ms in stages_ms.items():
