@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = maxsim_all(qs, docs)
 
     rows = []
+    records = []  # the same figures as data, for bench/results (the plots)
     for codec in codecs.CODECS:
         decoded = [codecs.decode(codecs.encode(d, codec), codec, dim) for d in docs]
         scores = maxsim_all(qs, decoded)
@@ -131,11 +132,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.mean(overlap):.3f}",
             f"{np.abs(scores - reference).max():.2e}",
         ])
+        records.append({"codec": codec, "payload_bytes": payload, "rows": n_rows,
+                        "bytes_per_token_stored": payload / n_tokens, "top10_overlap": float(np.mean(overlap)),
+                        "spearman_all": float(np.mean(rho_all)), "spearman_top100": float(np.mean(rho_top))})
 
     mean_doc_tokens = n_tokens / len(docs)
     version = new_version_prefix() + ".000000"
     # key "<version>/<chunk>" + version + chunk, n_tokens (int32) + codec name + 2-d float32 placeholder
     overhead = len(version) + 4 + len(version) + 4 + 4 + len("fp16") + 4 * PLACEHOLDER_DIM
+    if not args.no_write:  # one file per ColBERT width, so the tiny and full runs sit side by side
+        from plots import save_results
+
+        for r in records:  # stored companion bytes per document: payload plus each row's fixed fields
+            r["bytes_per_doc"] = (r.pop("payload_bytes") + r.pop("rows") * overhead) / len(docs)
+        save_results("codecs", {"label": label, "dim": dim, "docs": len(corpus), "queries": len(queries),
+                                "tokens_per_doc": mean_doc_tokens, "codecs": records},
+                     Path(args.results).parent / "results" / f"codecs_{dim}d.json")
     body = "\n".join([
         f"### {label}: {dim}-d ColBERT vectors",
         "",

@@ -145,6 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s for s in ("candidates", "fetch", "rescore", "fuse", "total") if s in stage_row.stage_ms]
     stage_text = ", ".join(f"{s} {statistics.median(stage_row.stage_ms[s]):.1f}" for s in stages)
     elapsed = time.perf_counter() - started
+    if not args.no_write:  # the data behind bench/RESULTS.md's recall figure (bench/plots.py)
+        from plots import save_results
+
+        def as_rows(table_: dict, cols: list[str]) -> list[dict]:
+            return [{"route": c, "depth": d, "recall": float(table_[(c, d)].mean),
+                     "candidates": float(statistics.mean(table_[(c, d)].candidates))
+                     if getattr(table_[(c, d)], "candidates", None) else None} for c in cols for d in args.depths]
+
+        save_results("recall", {
+            "model": model_label, "docs": len(docs), "queries": len(queries), "k": args.k, "codec": args.codec,
+            "pipeline": as_rows(pipeline, cols_p), "alone": as_rows(alone, cols_a),
+            "prefetch": as_rows(prefetch, cols_f),
+            "stage_depth": stage_row.depth, "stage_route": cols_p[0],
+            "stages_ms": {s: float(statistics.median(v)) for s, v in stage_row.stage_ms.items() if v},
+        }, Path(args.results).parent / "results" / "recall.json")
 
     section = f"""{START}
 ## Hybrid search recall

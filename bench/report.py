@@ -5,6 +5,9 @@
     python bench/report.py --run -- -k search --search-docs 100000   # run `pytest bench` (autosave) first
     python bench/report.py --check          # exit 1 if RESULTS.md is not what the saved runs give
 
+It also draws the figures (bench/plots.py, matplotlib from the `bench` extra) into bench/figures/ and links them
+from the sections; a figure without data is not drawn and its link says what to run.
+
 RESULTS.md is shared: every section sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->``. This script
 rewrites only the sections it owns (``bench-*``) and leaves every other section and all text outside sections as
 they are (the measure scripts' ``<!-- name:start -->`` / ``<!-- name:end -->`` sections too). A section takes each
@@ -25,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plots  # noqa: E402
 from compare import Run, find_runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "RESULTS.md"
+FIGURES = REPO / "bench" / "figures"
+RESULTS_DATA = REPO / "bench" / "results"
 TITLE = "# Benchmark results\n"
 BUSY_LOAD_PER_CORE = 0.5
 """Load average per core at the start of a run above which its figures are flagged as measured on a busy machine."""
@@ -281,9 +287,9 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
         stage_table = _stages_table(by)
         if stage_table:
             parts.append("Per-stage p50 (ms; each stage's own median, so they need not add up to the total). "
-                         "Sidecar stages come from its reply's timings (`client`: the whole call as the client saw "
-                         "it); `colbert_read`: candidates whose ColBERT vectors were read, of `candidates_n`. The "
-                         "baseline's `encode` is FlagEmbedding in-process, `hybrid_search` the Milvus call.\n\n"
+                         "Sidecar stages come from its reply's timings; ColBERT read: candidates whose ColBERT "
+                         "vectors were read, of all candidates (p50). The baseline's `encode` is FlagEmbedding "
+                         "in-process, `hybrid_search` the Milvus call.\n\n"
                          + stage_table)
         base = [v for (impl, _), v in by.items() if impl == "flagembedding"]
         ours = by.get(("milvus-embed", "m3"))
@@ -304,17 +310,21 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
 
 
 def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
-    """implementation/fusion rows by stage columns, from each benchmark's ``stages_ms`` (names from the data)."""
-    have = {key: ex["stages_ms"] for key, ex in by.items() if ex.get("stages_ms")}
+    """implementation/fusion rows by stage columns, from each benchmark's ``stages_ms`` (names from the data),
+    then how many candidates had their ColBERT vectors read (``colbert_read_p50`` of ``candidates_p50``)."""
+    have = {key: ex for key, ex in by.items() if ex.get("stages_ms")}
     if not have:
         return ""
-    first = ["encode", "candidates", "fetch", "rescore", "fuse", "fields", "total", "client", "hybrid_search"]
-    names = sorted({n for st in have.values() for n in st}, key=lambda n: (n not in first,
-                                                                         first.index(n) if n in first else 0, n))
-    rows = [[impl, str(fusion_name), *(fmt(st.get(n)) if n in st else "" for n in names)]
-            for (impl, fusion_name), st in sorted(have.items(), key=lambda kv: (kv[0][0] != "milvus-embed",
-                                                                                  str(kv[0][1])))]
-    return table(["implementation", "fusion", *names], rows)
+    first = ["encode", "candidates", "fetch", "rescore", "fuse", "fields", "total", "hybrid_search"]
+    names = sorted({n for ex in have.values() for n in ex["stages_ms"]},
+                   key=lambda n: (n not in first, first.index(n) if n in first else 0, n))
+    rows = []
+    for (impl, fusion_name), ex in sorted(have.items(), key=lambda kv: (kv[0][0] != "milvus-embed", str(kv[0][1]))):
+        st = ex["stages_ms"]
+        read = (f"{fmt(ex['colbert_read_p50'])} of {fmt(ex.get('candidates_p50'))}"
+                if ex.get("colbert_read_p50") is not None else "")
+        rows.append([impl, str(fusion_name), *(fmt(st.get(n)) if n in st else "" for n in names), read])
+    return table(["implementation", "fusion", *names, "ColBERT read"], rows)
 
 
 def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
@@ -459,10 +469,34 @@ SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
 ]
 
 
-def render_all(text: str, runs: Sequence[Run]) -> str:
-    """RESULTS.md text with every bench-* section regenerated from ``runs`` (oldest first)."""
+def figure_set(runs: Sequence[Run], data_dir: Path = RESULTS_DATA) -> dict[str, plots.Figure]:
+    """The figures' data: the newest run of each search/throughput group, and bench/results/*.json."""
+    return plots.figures(latest_by_group(runs, lambda g: g.startswith("search-")),
+                         latest_by_group(runs, lambda g: g.startswith("throughput-")),
+                         plots.load_results(data_dir))
+
+
+def _with_figures(name: str, body: str, figs: dict[str, plots.Figure], results: Path, figures_dir: Path) -> str:
+    """Figure links under the bench-* sections whose runs exist (a section without a run already says so)."""
+    links = {"bench-search": ["search_p50", "search_stages"], "bench-throughput": ["throughput_clients"]}
+    names = links.get(name, [])
+    if not names or not figs[names[0]].available:
+        return body
+    return body + "\n\n" + "\n\n".join(figs[n].markdown(results, figures_dir) for n in names)
+
+
+# Figures of the measure scripts' sections: own sections placed right after theirs (never edited here).
+FIGURE_SECTIONS = (("bench-figure-recall", "hybrid-search-recall", "recall_depth", "measure_recall.py", "recall"),
+                   ("bench-figure-codecs", "colbert-codecs", "codecs_overlap", "measure_codecs.py", "codecs"))
+
+
+def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
+               results: Path = RESULTS, figures_dir: Path = FIGURES) -> str:
+    """RESULTS.md text with every bench-* section regenerated from ``runs`` (oldest first) and figure links
+    (relative to ``results``) to the PNGs ``draw_figures`` writes into ``figures_dir``."""
+    figs = figure_set(runs) if figs is None else figs
     goals: dict[str, Any] = {}
-    bodies = [(name, fn(runs, goals)) for name, fn in SECTIONS]
+    bodies = [(name, _with_figures(name, fn(runs, goals), figs, results, figures_dir)) for name, fn in SECTIONS]
     note = ("_Sections `bench-*` are generated by `make bench-report` (bench/report.py) from the runs saved under "
             ".benchmarks/; edit the generator, not the text._")
     text = splice(text or TITLE, "bench-goals", goals_section(goals) + "\n\n" + note, top=True)
@@ -473,7 +507,24 @@ def render_all(text: str, runs: Sequence[Run]) -> str:
     gpu = gpu_section()
     if gpu is not None:
         text = splice(text, "gpu-check", gpu, after=prev)
+    for name, after, fig_name, script, kind in FIGURE_SECTIONS:
+        fig = figs[fig_name]
+        note = (f"_Drawn by `make bench-report` from bench/results/{kind}*.json, which bench/{script} writes._"
+                if fig.available else "")
+        text = splice(text, name, f"{fig.markdown(results, figures_dir)}\n\n{note}".strip(), after=after)
     return text
+
+
+def draw_figures(figs: dict[str, plots.Figure], figures_dir: Path) -> list[Path]:
+    """Write every figure that has data; remove the PNG of one that has none (its link is gone too)."""
+    drawn = []
+    for fig in figs.values():
+        path = plots.draw(fig, figures_dir)
+        if path is not None:
+            drawn.append(path)
+        elif (figures_dir / fig.file).exists():
+            (figures_dir / fig.file).unlink()
+    return drawn
 
 
 def gpu_section() -> str | None:
@@ -508,6 +559,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--storage", default=str(REPO / ".benchmarks"), help="folder of saved runs")
     p.add_argument("--results", default=str(RESULTS), help="the Markdown file to update")
+    p.add_argument("--figures", default=str(FIGURES), help="folder of the PNG figures (linked from the results file)")
+    p.add_argument("--data", default=str(RESULTS_DATA), help="folder of the measure scripts' JSON (bench/results)")
     p.add_argument("--all", action="store_true", help="also rerun measure_codecs.py and measure_recall.py")
     p.add_argument("--run", action="store_true",
                    help="first run `pytest bench --benchmark-autosave` (arguments after -- go to pytest)")
@@ -536,8 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = find_runs(storage) if storage.is_dir() else []
     path = Path(args.results)
     before = path.read_text(encoding="utf-8") if path.exists() else ""
+    figs = figure_set(runs, Path(args.data))
     try:
-        after = render_all(before, runs)
+        after = render_all(before, runs, figs=figs, results=path, figures_dir=Path(args.figures))
     except ValueError as exc:
         print(f"error: {path}: {exc}; fix the markers by hand, nothing was written", file=sys.stderr)
         return 2
@@ -548,7 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if after != before:
         path.write_text(after, encoding="utf-8")
-    print(f"{path}: {len(SECTIONS) + 1} sections from {len(runs)} saved run(s)", file=sys.stderr)
+    drawn = draw_figures(figs, Path(args.figures))
+    print(f"{path}: {len(SECTIONS) + 1} sections from {len(runs)} saved run(s); {len(drawn)} figure(s) in "
+          f"{args.figures}", file=sys.stderr)
+    for fig in figs.values():
+        if not fig.available:
+            print(f"  not drawn: {fig.title}: {fig.missing}", file=sys.stderr)
     return 0
 
 

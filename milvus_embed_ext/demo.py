@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from .config import Settings
 from .errors import FailedPrecondition, InvalidArgument
+from .progress import ProgressBoard, ProgressCallback, add_quiet_arg
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus" / "sample.jsonl"
 DEMO_COLLECTION = "demo_corpus"
@@ -123,21 +124,23 @@ def ensure_collection(settings: Settings, store: Any) -> Any:
     return doc_store, applied
 
 
-def load_documents(doc_store: Any, encoder: Any, docs: Sequence[Any], out: TextIO) -> tuple[int, float]:
-    """Upsert the documents whose text or metadata differ from what is stored; returns (written, seconds)."""
+def load_documents(doc_store: Any, encoder: Any, docs: Sequence[Any],
+                   progress: ProgressCallback | None = None) -> tuple[int, float]:
+    """Upsert the documents whose text or metadata differ from what is stored; returns (written, seconds).
+
+    ``progress("load corpus", written, to_write)`` is called before the first batch and after each one.
+    """
     stored = {row["id"]: row for row in doc_store.get([d.id for d in docs], output_fields=["text", "metadata"])}
     todo = [d for d in docs
             if d.id not in stored or stored[d.id].get("text") != d.text
             or (stored[d.id].get("metadata") or {}) != (d.metadata or {})]
     started = time.perf_counter()
-    progress = bool(getattr(out, "isatty", lambda: False)())
+    if progress is not None and todo:
+        progress("load corpus", 0, len(todo))
     for i in range(0, len(todo), UPSERT_BATCH):
         doc_store.upsert(todo[i:i + UPSERT_BATCH], encoder)
-        if progress:
-            print(f"\r  encoded and written {min(i + UPSERT_BATCH, len(todo))}/{len(todo)}", end="", file=out,
-                  flush=True)
-    if todo and progress:
-        print(file=out)
+        if progress is not None:
+            progress("load corpus", min(i + UPSERT_BATCH, len(todo)), len(todo))
     return len(todo), time.perf_counter() - started
 
 
@@ -171,10 +174,12 @@ def print_result(query: DemoQuery, result: Any, out: TextIO, *, width: int = 72)
 
 def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERIES, top_k: int = 5,
              corpus: str | Path = CORPUS_PATH, fusion: str | None = None, reset: bool = False,
-             load: bool = True, out: TextIO = sys.stdout, encoder: Any = None) -> dict[str, Any]:
+             load: bool = True, out: TextIO = sys.stdout, encoder: Any = None,
+             progress: ProgressCallback | None = None) -> dict[str, Any]:
     """The whole demo; returns a summary (documents, written, results) for tests and scripts.
 
     ``encoder``: an already loaded M3Encoder to use instead of loading ``settings.model``.
+    ``progress``: told how loading the corpus advances (the CLI passes a bar or JSON log lines on stderr).
     """
     from .search import HybridSearcher, SearchRequest
     from .store import DocumentStore, MilvusStore
@@ -214,7 +219,7 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
                 "or choose another --collection")
         written = 0
         if load:
-            written, secs = load_documents(doc_store, encoder, docs, out)
+            written, secs = load_documents(doc_store, encoder, docs, progress)
             rate = f" in {secs:.1f} s" if written else ""
             print(f"  corpus: {len(docs)} passages, {written} upserted{rate}, "
                   f"{len(docs) - written} already stored unchanged; collection holds {doc_store.count()}", file=out)
@@ -271,6 +276,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default=str(CORPUS_PATH), help="JSONL corpus {id, text, metadata} (default: the sample)")
     p.add_argument("--no-load", action="store_true", help="skip loading the corpus; search what is stored")
     p.add_argument("--reset", action="store_true", help="drop the demo collection first (e.g. after changing model)")
+    add_quiet_arg(p)
     p.set_defaults(handler=cmd_demo)
 
     from . import healthcheck
@@ -292,6 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InvalidArgument("--filter applies to --query searches; give at least one --query")
     settings = settings_from_args(args, collection=args.collection)
     queries = tuple(DemoQuery(q, filter=args.filter) for q in args.query) if args.query else DEFAULT_QUERIES
-    run_demo(settings, queries=queries, top_k=args.top_k, corpus=args.corpus, fusion=args.fusion,
-             reset=args.reset, load=not args.no_load)
+    with ProgressBoard(unit="docs", quiet=args.quiet) as board:
+        run_demo(settings, queries=queries, top_k=args.top_k, corpus=args.corpus, fusion=args.fusion,
+                 reset=args.reset, load=not args.no_load, progress=board)
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..cli import add_settings_args
+    from ..progress import add_quiet_arg
     from .testmodel import SIZES
 
     p = subparsers.add_parser(
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output directory (must be empty or absent)")
     p.add_argument("--size", choices=tuple(SIZES), default="tiny")
     p.add_argument("--seed", type=int, default=0)
+    add_quiet_arg(p)
     p.set_defaults(handler=_make_test_model)
 
     e = subparsers.add_parser(
@@ -39,10 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make_test_model(args: argparse.Namespace) -> int:
+    from ..progress import ProgressBoard
     from .testmodel import build_test_model
 
     started = time.perf_counter()
-    out = build_test_model(Path(args.out), size=args.size, seed=args.seed)
+    with ProgressBoard(unit="steps", quiet=args.quiet) as board:
+        out = build_test_model(Path(args.out), size=args.size, seed=args.seed, progress=board)
     print(f"built {args.size} test model in {out} ({time.perf_counter() - started:.1f}s)")
     return 0
 

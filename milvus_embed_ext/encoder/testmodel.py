@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -173,8 +174,13 @@ def _init_tensor(name: str, shape: tuple[int, ...], size: ModelSize, gen):
     return torch.randn(shape, generator=gen) * std
 
 
-def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 0) -> Path:
-    """Write a BGE-M3-layout checkpoint to ``out_dir`` (created; must be empty or absent)."""
+def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 0,
+                     progress: Callable[[str, int, int | None], None] | None = None) -> Path:
+    """Write a BGE-M3-layout checkpoint to ``out_dir`` (created; must be empty or absent).
+
+    ``progress(task, steps_done, steps)``: the full size takes minutes; steps are the tokenizer, each weight
+    tensor, writing the safetensors file and the two heads.
+    """
     import torch
     from safetensors.torch import save_file
     from transformers import XLMRobertaConfig, XLMRobertaModel
@@ -200,11 +206,16 @@ def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
     with torch.device("meta"):
         skeleton = XLMRobertaModel(XLMRobertaConfig(**config))
     gen = torch.Generator().manual_seed(seed)
-    state = {
-        name: _init_tensor(name, tuple(p.shape), spec, gen).contiguous()
-        for name, p in skeleton.state_dict().items()
-    }
+    shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
+    steps, task = len(shapes) + 3, f"build {size} test model"
+    report = progress or (lambda task, done, total: None)
+    report(task, 1, steps)  # the tokenizer is trained
+    state = {}
+    for i, (name, shape) in enumerate(shapes.items(), start=2):
+        state[name] = _init_tensor(name, shape, spec, gen).contiguous()
+        report(task, i, steps)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    report(task, steps - 1, steps)
 
     h = spec.hidden
     colbert = {"weight": torch.randn((h, h), generator=gen) / math.sqrt(h), "bias": torch.zeros(h)}
@@ -212,6 +223,7 @@ def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
     sparse = {"weight": torch.randn((1, h), generator=gen) / math.sqrt(h), "bias": torch.full((1,), 1.0)}
     torch.save(colbert, out / "colbert_linear.pt")
     torch.save(sparse, out / "sparse_linear.pt")
+    report(task, steps, steps)
     stamp = {"builder_version": BUILDER_VERSION, "size": size, "seed": seed,
              "build_seconds": round(time.perf_counter() - started, 2)}
     (out / STAMP_FILE).write_text(json.dumps(stamp), encoding="utf-8")

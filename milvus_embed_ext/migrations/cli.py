@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from ..progress import ProgressBoard, add_quiet_arg
 from . import runner
+from .executor import RunHooks
 from .history import utc_iso
 
 
@@ -40,16 +42,23 @@ def _print_steps(steps: list[runner.PlanStep], as_json: bool) -> None:
         print("\n".join(step.lines()))
 
 
+def _board(args: argparse.Namespace) -> ProgressBoard:
+    """Backfill progress per op (rows done of total, rate, ETA), from its checkpoint when a run resumes."""
+    return ProgressBoard(unit="rows", quiet=args.quiet)
+
+
 def _upgrade(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    done = runner.upgrade(cfg, args.target)
+    with _board(args) as board:
+        done = runner.upgrade(cfg, args.target, hooks=RunHooks(progress=board))
     print(f"applied {len(done)} revision(s): {', '.join(done)}" if done else "already at the target; nothing applied")
     return 0
 
 
 def _downgrade(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    done = runner.downgrade(cfg, args.target)
+    with _board(args) as board:
+        done = runner.downgrade(cfg, args.target, hooks=RunHooks(progress=board))
     print(f"unapplied {len(done)} revision(s): {', '.join(done)}" if done else "already at the target")
     return 0
 
@@ -155,8 +164,10 @@ def register(subparsers: Any) -> None:
 
     p = cmd("upgrade", _upgrade, "apply revisions up to TARGET (resumes an interrupted run)", lock=True)
     p.add_argument("target", nargs="?", default="head", help="revision id or prefix, head, heads or +N (default head)")
+    add_quiet_arg(p)
     p = cmd("downgrade", _downgrade, "unapply revisions down to TARGET", lock=True)
     p.add_argument("target", help="revision id or prefix, base, or -N")
+    add_quiet_arg(p)
     cmd("current", _current, "show the collection's current revision")
     p = cmd("history", _history, "list the revisions (newest first) and when each was applied")
     p.add_argument("--log", action="store_true", help="show the log of upgrade/downgrade/stamp events instead")

@@ -65,9 +65,11 @@ PCA_CHUNK_CHARS = 60000
 
 @dataclass
 class RunHooks:
-    """Test and progress hooks. ``after_batch(key, copied_rows)`` runs after each checkpointed batch."""
+    """Test and progress hooks. ``after_batch(key, copied_rows)`` runs after each checkpointed batch;
+    ``progress(op, rows_done, total)`` when a backfill starts (from its checkpoint) and after each batch."""
 
     after_batch: Callable[[str, int], None] | None = None
+    progress: Callable[[str, int, int | None], None] | None = None
     on_op: Callable[[str, str, Op], None] | None = None  # (revision, direction, op) before it runs
 
 
@@ -275,6 +277,8 @@ def copy_rows(ctx: OpContext, src: str, dst: str, transform: Callable[[list[dict
     ids = all_ids(ctx, src)
     start = bisect.bisect_right(ids, last) if last is not None else 0
     ensure_loaded(ctx, dst)
+    if ctx.hooks.progress is not None:
+        ctx.hooks.progress(key, start, len(ids))
     for i in range(start, len(ids), batch_size):
         batch = ids[i:i + batch_size]
         rows = transform(fetch(ctx, src, batch, output_fields))
@@ -284,6 +288,8 @@ def copy_rows(ctx: OpContext, src: str, dst: str, transform: Callable[[list[dict
         ctx.table.set_checkpoint(ctx.scope, key, {**ck, "last_id": batch[-1], "copied": copied})
         if ctx.hooks.after_batch is not None:
             ctx.hooks.after_batch(key, copied)
+        if ctx.hooks.progress is not None:
+            ctx.hooks.progress(key, i + len(batch), len(ids))
         ctx.refresh_lock()
     return copied
 

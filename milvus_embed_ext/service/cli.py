@@ -30,6 +30,7 @@ SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..cli import add_settings_args
+    from ..progress import add_quiet_arg
 
     p = subparsers.add_parser(
         "serve", help="run the gRPC sidecar",
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp = client_parser("upsert", "insert or replace documents from JSONL ({\"id\",\"text\",\"metadata\"} per line)")
     sp.add_argument("file", nargs="?", default="-", help="JSONL file; - or none: stdin")
     sp.add_argument("--chunk-size", type=int, default=64, help="documents per streamed message")
+    add_quiet_arg(sp)
     sp.set_defaults(handler=cmd_upsert)
 
     sp = client_parser("search", "hybrid search")
@@ -172,10 +174,26 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
             yield doc
 
 
+def _count_documents(path: str) -> int | None:
+    """Non-blank lines of a file (the progress total); None for stdin, which cannot be counted up front."""
+    if path == "-" or not Path(path).is_file():
+        return None
+    with Path(path).open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def cmd_upsert(args: argparse.Namespace) -> int:
+    from ..progress import open_progress, track
+
     client, collection = _client(args)
+    progress = open_progress("upsert", _count_documents(args.file), unit="docs", quiet=args.quiet)
     with client:
-        res = client.upsert(_read_jsonl(args.file), collection=collection, chunk_size=args.chunk_size)
+        try:
+            # Counts documents as the stream takes them (gRPC flow control keeps that close to what the server has).
+            res = client.upsert(track(_read_jsonl(args.file), progress), collection=collection,
+                                chunk_size=args.chunk_size)
+        finally:
+            progress.close()
     _emit({"upserted": res.upserted, "tokens": res.tokens, "total_ms": round(res.timings.total_ms, 3)})
     return 0
 

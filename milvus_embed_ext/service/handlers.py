@@ -46,6 +46,7 @@ class Runtime:
     batcher: Batcher | None = None
     store: Any = None            # MilvusStore once Milvus answers
     doc_stores: dict[str, Any] = field(default_factory=dict)
+    metrics: Any = None          # ServiceMetrics (search stage latency)
 
     def require_encoder(self) -> tuple[Any, Batcher]:
         if self.encoder is None or self.batcher is None:
@@ -422,4 +423,6 @@ class SearchHandlers:
         resp.timings.queue_ms = _ms(enc.queue_ms / 1000.0)
         resp.timings.inference_ms = _ms(enc.inference_ms / 1000.0)
         resp.timings.total_ms = _ms(time.perf_counter() - started)
+        if self.rt.metrics is not None:
+            self.rt.metrics.observe_search_stages(resp.timings.stages_ms)
         return resp

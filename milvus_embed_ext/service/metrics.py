@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ..errors import InvalidArgument
+from ..errors import DeadlineExceeded, InvalidArgument, Unavailable
 
 log = logging.getLogger("milvus_embed_ext.service")
 
@@ -39,6 +40,13 @@ class ServiceMetrics:
         self.inference_seconds = Histogram("mee_inference_seconds", "encoder call wall time",
                                            buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("mee_ready", "1 when the model is loaded and Milvus answers", registry=r)
+        self.search_stage = Histogram("mee_search_stage_seconds",
+                                      "hybrid search time per stage (encode, candidates, fetch, rescore, fuse, ...)",
+                                      ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.milvus_latency = Histogram("mee_milvus_call_seconds", "Milvus calls by pymilvus method and outcome (ok|error)",
+                                        ["op", "outcome"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.milvus_up = Gauge("mee_milvus_up", "1 while Milvus answers; 0 before it is connected and after a call "
+                                                "found it unreachable or timed out", registry=r)
 
     def observe_request(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
@@ -52,6 +60,17 @@ class ServiceMetrics:
         self.inference_seconds.observe(seconds)
         if seconds > 0:
             self.tokens_per_second.set(n_tokens / seconds)
+
+    def observe_search_stages(self, stages_ms: Mapping[str, float]) -> None:
+        """One observation per stage of a search (the stage names come from the planner's timings)."""
+        for stage, ms in stages_ms.items():
+            self.search_stage.labels(stage).observe(max(float(ms), 0.0) / 1000.0)
+
+    def observe_milvus_call(self, op: str, seconds: float, error: BaseException | None) -> None:
+        """The store's call observer: latency by method, and Milvus health from whether the call got an answer."""
+        op = op if op.isidentifier() else "other"  # lambdas and partials
+        self.milvus_latency.labels(op, "ok" if error is None else "error").observe(seconds)
+        self.milvus_up.set(0 if isinstance(error, (Unavailable, DeadlineExceeded)) else 1)
 
 
 def parse_host_port(address: str, what: str) -> tuple[str, int]:

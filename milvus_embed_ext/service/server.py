@@ -130,7 +130,8 @@ class Sidecar:
         self._encoder_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
         self.rt = Runtime(settings=settings,
                           store_executor=ThreadPoolExecutor(max_workers=settings.milvus_threads,
-                                                            thread_name_prefix="mee-store"))
+                                                            thread_name_prefix="mee-store"),
+                          metrics=self.metrics)
         self._given_encoder = encoder
         self._given_store = store
         self.schema_settings = settings
@@ -275,6 +276,8 @@ class Sidecar:
                 raise
             await self._health.set(EMBEDDER, health_pb2.HealthCheckResponse.SERVING)
             store = await connecting
+            store.observer = self.metrics.observe_milvus_call  # Milvus call latency and mee_milvus_up
+            self.metrics.milvus_up.set(1)
             await self._check_schema(store)
             for name in ("", DOCUMENTS, SEARCH):
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -6,9 +6,11 @@ domain errors and scrubs credentials from the messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +47,8 @@ class MilvusStore:
         self._secrets = tuple(s for s in secrets if s)
         self._lite_path = lite_path
         self._closed = False
+        # Told about every call: (pymilvus method name, seconds, mapped error or None). The service's metrics.
+        self.observer: Callable[[str, float, BaseException | None], None] | None = None
 
     # ------------------------------------------------------------------ connect
     @classmethod
@@ -159,12 +163,19 @@ class MilvusStore:
         """Run a pymilvus call, mapping failures to domain errors (messages never carry secrets)."""
         if self._closed:
             raise FailedPrecondition(f"the Milvus connection to {self.target} is closed")
+        started, error = time.perf_counter(), None
         try:
             return fn(*args, **kwargs)
-        except MilvusEmbedError:
+        except MilvusEmbedError as exc:
+            error = exc
             raise
         except Exception as exc:  # noqa: BLE001
-            raise self.map_error(what, exc) from None
+            error = self.map_error(what, exc)
+            raise error from None
+        finally:
+            if self.observer is not None:
+                with contextlib.suppress(Exception):  # metrics never fail a call
+                    self.observer(getattr(fn, "__name__", "other"), time.perf_counter() - started, error)
 
     def map_error(self, what: str, exc: BaseException) -> MilvusEmbedError:
         reason = self.scrub(_reason(exc))

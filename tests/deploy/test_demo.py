@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from milvus_embed_ext.demo import (
     load_demo_encoder,
     run_demo,
 )
+from milvus_embed_ext.progress import ProgressBoard
 
 
 @pytest.fixture()
@@ -27,10 +29,14 @@ def lite_settings(tmp_path: Path, tiny_model_dir: Path):
 
 
 def test_demo_loads_once_and_reports_every_representation(lite_settings, tiny_encoder) -> None:
-    out = io.StringIO()
-    first = run_demo(lite_settings, encoder=tiny_encoder, out=out, top_k=4)
+    out, progress_log = io.StringIO(), io.StringIO()
+    with ProgressBoard(unit="docs", stream=progress_log) as board:  # what `milvus-embed demo` passes
+        first = run_demo(lite_settings, encoder=tiny_encoder, out=out, top_k=4, progress=board)
     n = len(load_corpus())
     assert first["documents"] == n and first["written"] == n
+    progress = [json.loads(line) for line in progress_log.getvalue().splitlines()]
+    assert (progress[0]["task"], progress[0]["done"], progress[0]["total"]) == ("load corpus", 0, n)
+    assert (progress[-1]["state"], progress[-1]["done"]) == ("finished", n)
     text = out.getvalue()
     assert "fused" in text and "dense" in text and "sparse" in text and "colbert" in text
     assert "timings ms: encode" in text and "total" in text
