@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -344,6 +345,8 @@ def test_http_off_and_busy_port(tiny_encoder):
     finally:
         side.close()
     with face.bind("127.0.0.1:0") as taken, pytest.raises(InvalidArgument, match="MEE_HTTP_LISTEN"):
+        # no Nagle: otherwise every JSON response waits ~40 ms for the client's delayed ACK
+        assert taken.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         taken.listen()
         face.bind(f"127.0.0.1:{taken.getsockname()[1]}").close()
     assert load_settings(env={"MEE_HTTP_LISTEN": ""}).http_listen == ""
