@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -142,12 +142,15 @@ class Guard:
             raise BodyTooLarge(f"the body has {length} bytes, more than max_message_bytes={self._max_body}; send "
                                "fewer or shorter texts per request")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_body:
-                raise BodyTooLarge(f"the body exceeds max_message_bytes={self._max_body}; send fewer or shorter "
-                                   "texts per request")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self._max_body:
+                    raise BodyTooLarge(f"the body exceeds max_message_bytes={self._max_body}; send fewer or shorter "
+                                       "texts per request")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGone() from None
         if not required:
             return None
         raw = b"".join(chunks)

@@ -18,6 +18,7 @@ from .core import HttpCore
 from .errors import BadParam
 
 DIRECTIONS = {"left": "Left", "right": "Right"}
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # TEI names them so in /info
 # The sidecar always truncates at max_length when a request does not say otherwise (gRPC does the same).
 AUTO_TRUNCATE = True
 
@@ -154,7 +155,7 @@ async def info(core: HttpCore, body: Any, timeout: float | None) -> Any:
     return {
         "model_id": core.model_name(),
         "model_sha": str(getattr(encoder, "fingerprint", "")) or None,
-        "model_dtype": str(getattr(encoder, "dtype", s.dtype)),
+        "model_dtype": _DTYPES.get(str(getattr(encoder, "dtype", s.dtype)), str(getattr(encoder, "dtype", s.dtype))),
         "served_model_name": core.model_name(),
         "model_type": {"embedding": {"pooling": "cls"}},
         "max_concurrent_requests": s.max_concurrent,
