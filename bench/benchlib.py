@@ -177,6 +177,7 @@ def start_sidecar(model_dir: Path, db_path: Path, workdir: Path, *, device: str 
         "MEE_MILVUS_URI": str(db_path), "MEE_LISTEN": f"127.0.0.1:{port}",
         "MEE_METRICS_LISTEN": f"127.0.0.1:{mport}", "MEE_API_KEYS": key, "MEE_ALLOW_DEMO_MODEL": "false",
         "MEE_LOG_LEVEL": "WARNING", "MEE_SHUTDOWN_GRACE_S": "5",
+        "MEE_HTTP_LISTEN": "",  # off unless a suite asks for it (extra_env): several sidecars run side by side
     })
     env.update(extra_env or {})
     exe = Path(sys.executable).with_name("milvus-embed")

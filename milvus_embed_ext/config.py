@@ -99,6 +99,9 @@ class Settings:
     # --- service
     listen: str = "127.0.0.1:50051"
     """gRPC listen address. Loopback by default: expose it deliberately."""
+    http_listen: str = "127.0.0.1:8080"
+    """host:port of the HTTP API in the same process (TEI and OpenAI dialects, docs/http.md); empty turns it off.
+    API keys, TLS, limits and the micro-batcher are shared with gRPC."""
     max_wait_ms: float = 5.0
     """How long the micro-batcher waits for more requests before running a forward pass."""
     max_queue: int = 1024
@@ -217,6 +220,9 @@ def _validate(s: Settings) -> None:
         raise InvalidArgument("tls_cert and tls_key must be given together")
     if s.tls_client_ca and not s.tls_cert:
         raise InvalidArgument("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
+    if s.http_listen and s.http_listen == s.listen and not s.listen.endswith(":0"):
+        raise InvalidArgument(f"http_listen and listen are both {s.listen!r}; give HTTP its own port or set "
+                              "MEE_HTTP_LISTEN to empty to turn HTTP off")
     if s.log_format not in {"json", "text"}:
         raise InvalidArgument(f"log_format must be json or text, got {s.log_format!r}")
     if not s.collection:

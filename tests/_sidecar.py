@@ -45,6 +45,7 @@ def sidecar_env(model_dir: Path, work: Path, port: int, **settings: Any) -> dict
     env.update({
         "MEE_MODEL": str(model_dir), "MEE_DEVICE": "cpu", "MEE_DTYPE": "fp32", "MEE_MAX_LENGTH": "512",
         "MEE_MILVUS_URI": str(work / "milvus.db"), "MEE_LISTEN": f"127.0.0.1:{port}", "MEE_ALLOW_DEMO_MODEL": "false",
+        "MEE_HTTP_LISTEN": "",  # HTTP off unless a test asks (http_listen=...): no fixed port shared between runs
     })
     for name, value in settings.items():
         if value is None:

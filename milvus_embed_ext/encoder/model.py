@@ -254,6 +254,20 @@ class M3Encoder:
         """Tokens each text will occupy in a forward pass (incl. special tokens, after truncation)."""
         return [len(ids) for ids in self.tokenize(texts, max_length)]
 
+    def plain_tokenizer(self) -> Any:
+        """The Rust tokenizer with neither truncation nor padding, shared and read-only: for length checks
+        and token offsets (the HTTP face's ``truncate=false`` and ``/tokenize``). Do not change its state."""
+        with self._tok_lock:
+            tok = getattr(self, "_plain_tok", None)
+            if tok is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_str(self._backend_json)
+                tok.no_padding()
+                tok.no_truncation()
+                self._plain_tok = tok
+            return tok
+
     def id_to_token(self, token_id: int) -> str | None:
         """The vocabulary piece for a sparse-vector key (for display and debugging)."""
         return self._hf_tokenizer.convert_ids_to_tokens(int(token_id))

@@ -19,6 +19,8 @@ from ..errors import InvalidArgument
 
 SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--listen": ("listen", str, "gRPC listen address host:port (MEE_LISTEN, default 127.0.0.1:50051)"),
+    "--http-listen": ("http_listen", str, "HTTP (TEI/OpenAI) listen address host:port; empty: off "
+                                          "(MEE_HTTP_LISTEN, default 127.0.0.1:8080)"),
     "--token-budget": ("token_budget", int, "padded tokens per forward pass (MEE_TOKEN_BUDGET)"),
     "--max-batch": ("max_batch", int, "texts per forward pass (MEE_MAX_BATCH)"),
     "--max-concurrent": ("max_concurrent", int, "requests in flight before RESOURCE_EXHAUSTED (MEE_MAX_CONCURRENT)"),

@@ -141,7 +141,9 @@ class Sidecar:
         self._health = health_aio.HealthServicer()
         self._startup: asyncio.Task[None] | None = None
         self._metrics_server: Any = None
+        self._http: Any = None  # the HTTP face (service/httpapi), when http_listen is set
         self.port: int = 0
+        self.http_port: int = 0
         self.startup_error: BaseException | None = None
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()
@@ -259,6 +261,15 @@ class Sidecar:
             self._metrics_server = start_metrics_endpoint(s.metrics_listen, self.metrics)
         await server.start()
         self._server = server
+        if s.http_listen:  # TEI and OpenAI dialects, same loop, keys, limits and batcher
+            from .httpapi import HttpFace
+
+            self._http = HttpFace(self)
+            try:
+                self.http_port = await self._http.start()
+            except BaseException:
+                await server.stop(0)
+                raise
         log.info("listening", extra={"listen": s.listen, "port": port, "tls": bool(creds),
                                      "mtls": bool(s.tls_client_ca), "auth": bool(s.api_keys)})
         log.info("settings", extra={"settings": str(s.redacted())})
@@ -345,8 +356,11 @@ class Sidecar:
             self._startup.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._startup
+        http_stopping = asyncio.ensure_future(self._http.stop(grace)) if self._http is not None else None
         if self._server is not None:
             await self._server.stop(grace)
+        if http_stopping is not None:
+            await http_stopping
         if self.rt.batcher is not None:
             await self.rt.batcher.stop()
         self._encoder_executor.shutdown(wait=False, cancel_futures=True)

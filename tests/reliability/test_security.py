@@ -282,8 +282,8 @@ def test_tls_and_mutual_tls_with_api_keys(tiny_encoder, pki: Path, mutual: bool)
             certificate_chain=(pki / f"{client}.pem").read_bytes() if client else None)
 
     async def main() -> dict[str, str]:
-        overrides = {"listen": "127.0.0.1:0", "max_length": 512, "api_keys": KEYS, "tls_cert": str(pki / "server.pem"),
-                     "tls_key": str(pki / "server.key")}
+        overrides = {"listen": "127.0.0.1:0", "http_listen": "", "max_length": 512, "api_keys": KEYS,
+                     "tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server.key")}
         if mutual:
             overrides["tls_client_ca"] = str(pki / "ca.pem")
         sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=_NoStore())

@@ -45,7 +45,8 @@ class _NoStore:
 
 
 async def _start(encoder, **overrides) -> Sidecar:
-    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "max_length": 512, **overrides})
+    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "", "max_length": 512,
+                                                **overrides})
     sidecar = Sidecar(settings, encoder=encoder, store=_NoStore())
     await sidecar.start()
     await asyncio.wait_for(sidecar.ready.wait(), 30)

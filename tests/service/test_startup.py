@@ -60,7 +60,8 @@ def test_health_not_serving_until_milvus_answers(monkeypatch, tiny_encoder):
     monkeypatch.setattr(server_mod, "ensure_schema", lambda settings, store: ("0001",))
 
     async def main():
-        settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "milvus_uri": "http://127.0.0.1:1"})
+        settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "",
+                                                    "milvus_uri": "http://127.0.0.1:1"})
         sc = server_mod.Sidecar(settings, encoder=tiny_encoder)
         port = await sc.start()
         try:
@@ -95,7 +96,8 @@ def test_serve_refuses_an_unknown_revision(monkeypatch, tiny_encoder, tmp_path):
     monkeypatch.setattr(server_mod, "load_encoder", lambda s: (tiny_encoder, tmp_path))
     monkeypatch.setattr(server_mod, "connect_store", lambda s: FakeStore())
     monkeypatch.setattr(server_mod, "ensure_schema", unknown_revision)
-    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "milvus_uri": str(tmp_path / "m.db")})
+    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "",
+                                                "milvus_uri": str(tmp_path / "m.db")})
     with pytest.raises(FailedPrecondition, match="9999_future"):
         asyncio.run(asyncio.wait_for(server_mod.serve(settings), 60))
     assert FakeStore.closed
