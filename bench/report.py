@@ -361,6 +361,31 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def http_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
+    groups = latest_by_group(runs, lambda g: g.startswith("http-"))
+    head = ("## HTTP face (TEI and OpenAI dialects) beside gRPC Embed\n\n"
+            "bench/test_http.py: the same sidecar answers gRPC `Embed`, TEI `POST /embed` and OpenAI "
+            "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
+            "clients (calls/s). The ratios are what the HTTP layer costs.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="http")
+    rows, used = [], []
+    for group in sorted(groups):
+        run, benches = groups[group]
+        used.append(run)
+        for b in sorted(benches, key=lambda b: str((b.get("extra_info") or {}).get("transport"))):
+            ex = b.get("extra_info") or {}
+            rows.append([group.removeprefix("http-"), str(ex.get("transport")), fmt(ex.get("p50_ms")),
+                         fmt(ex.get("p99_ms")), fmt(ex.get("qps")),
+                         _x(ex.get("p50_vs_grpc") if ex.get("p50_vs_grpc") is not None else ex.get("qps_vs_grpc"))])
+            if ex.get("p50_vs_grpc") is not None and ex.get("transport") != "grpc":
+                goals.setdefault("http_p50", []).append((ex.get("transport"), ex["p50_vs_grpc"]))
+            if ex.get("qps_vs_grpc") is not None and ex.get("transport") != "grpc":
+                goals.setdefault("http_qps", []).append((ex.get("transport"), ex["qps_vs_grpc"]))
+    return "\n\n".join([head, table(["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows),
+                         sources(used)])
+
+
 def threads_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
     groups = latest_by_group(runs, lambda g: g.startswith("threads-"))
     head = ("## Encoder threads on a busy machine\n\n"
@@ -451,6 +476,11 @@ def goals_section(goals: dict[str, Any]) -> str:
     for docs, fusion_name, r in goals.get("same_fusion") or []:
         rows.append([f"Sidecar {fusion_name} p50 vs the baseline's {fusion_name}, {docs} docs", "<= 0.8x", _x(r),
                      met(r, lambda v: v <= 0.8)])
+    for transport, r in goals.get("http_p50") or []:
+        rows.append([f"One-query p50 over HTTP ({transport}) vs gRPC Embed", "<= 1.2x", _x(r), met(r, lambda v: v <= 1.2)])
+    for transport, r in goals.get("http_qps") or []:
+        rows.append([f"16-client throughput over HTTP ({transport}) vs gRPC", ">= 0.8x", _x(r),
+                     met(r, lambda v: v >= 0.8)])
     for rpc, best in goals.get("throughput") or [("—", None)]:
         rows.append([f"Concurrent throughput vs sequential ({rpc})", ">= 3x", _x(best), met(best, lambda v: v >= 3)])
     if goals.get("ingest") is not None:
@@ -463,6 +493,7 @@ SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
     ("bench-encode", encode_section),
     ("bench-search", search_section),
     ("bench-throughput", throughput_section),
+    ("bench-http", http_section),
     ("bench-threads", threads_section),
     ("bench-ingest", ingest_section),
     ("bench-storage", storage_section),
