@@ -6,6 +6,7 @@ consistent like Milvus with Strong reads, which is all the claim rule assumes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
@@ -234,10 +235,8 @@ def test_a_worker_resumes_a_shard_after_the_last_checkpointed_batch() -> None:
 
 
 def _run_quietly(book: sh.ShardBook, job: MemJob, name: str) -> None:
-    try:
+    with contextlib.suppress(Died):
         sh.Worker(book, job, name, lease_ttl_s=0.2, batch_size=10, poll_s=0.05).run()
-    except Died:
-        pass
 
 
 def test_finish_refuses_unfinished_shards_and_a_changed_count() -> None:
