@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,34 @@ class MilvusServer:
     uri: str
     process: subprocess.Popen
     log: Path
+    drops_descriptions: bool = False  # milvus-lite 3.2.2 does: see _desc_shim.py
+
+    def python(self) -> list[str]:
+        """argv prefix running ``milvus_embed_ext.cli`` in a child process (with the shim when needed)."""
+        if not self.drops_descriptions:
+            return [sys.executable, "-m", "milvus_embed_ext.cli"]
+        here = str(Path(__file__).resolve().parent)
+        code = (f"import sys; sys.path.insert(0, {here!r}); import _desc_shim; _desc_shim.install(); "
+                "from milvus_embed_ext.cli import main; sys.exit(main())")
+        return [sys.executable, "-c", code]
+
+
+def _drops_descriptions(uri: str) -> bool:
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False, description="probe")
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=8)
+        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+        index = client.prepare_index_params()
+        index.add_index("v", index_type="FLAT", metric_type="L2")
+        client.create_collection("mee_probe_description", schema=schema, index_params=index)
+        dropped = not client.describe_collection("mee_probe_description").get("description")
+        client.drop_collection("mee_probe_description")
+        return dropped
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +93,15 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusSe
                 if time.monotonic() > deadline:
                     pytest.fail(f"the Milvus server did not listen on {port} within 90 s")
                 time.sleep(0.3)
-        yield MilvusServer(uri, proc, log)
+        server = MilvusServer(uri, proc, log, drops_descriptions=_drops_descriptions(uri))
+        import _desc_shim
+
+        if server.drops_descriptions:
+            _desc_shim.install()
+        try:
+            yield server
+        finally:
+            _desc_shim.uninstall()
     finally:
         proc.terminate()
         try:
