@@ -57,6 +57,10 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
         raise InvalidArgument(f"--workers must be > 0, got {workers}")
     owner = whoami()
     hooks = hooks or RunHooks()
+    encoders: dict[str, Any] = {}  # OpContext.encoder_cache, shared: the model is loaded once
+
+    def load_model() -> None:  # before opening or claiming anything: a bad checkpoint must not hold a shard
+        OpContext(None, cfg.settings, None, cfg.scope, rev, "up", 0, encoder_cache=encoders).encoder()
     with runner._connected(cfg, store) as st:
         table = runner._table(cfg, st)
         deadline = time.monotonic() + max(0.0, wait_s)
@@ -80,10 +84,13 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
                 i, op, plan = target
                 book = ShardBook(table, plan)
                 batch = op.batch_size or cfg.batch_size
-                ctx = OpContext(st, cfg.settings, table, cfg.scope, rev, "up", i, None, hooks, batch)
+                ctx = OpContext(st, cfg.settings, table, cfg.scope, rev, "up", i, None, hooks, batch,
+                                encoder_cache=encoders)
                 from .reencode import ReencodeJob
 
-                worker = Worker(book, ReencodeJob(ctx, op.collection), owner, cfg.lease_ttl_s, batch,
+                job = ReencodeJob(ctx, op.collection)
+                load_model()
+                worker = Worker(book, job, owner, cfg.lease_ttl_s, batch,
                                 worker_index, workers,
                                 after_batch=(lambda k, n, g=plan.group: hooks.after_batch(f"{g}:{k}", n))
                                 if hooks.after_batch is not None else None)
@@ -93,6 +100,7 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
                     f"no shard of revision {rev} is left ({plan.n_shards} shards; this worker did {stats.shards} "
                     f"shards, {stats.rows} rows in {stats.seconds:.1f}s). Finish the revision with "
                     f"`milvus-embed migrate upgrade {rev}`", stats)
+            load_model()
             try:  # open the plan ourselves: run the revision up to its sharded op under the lock
                 with open_only():
                     runner.upgrade(dataclasses.replace(cfg, lock_wait_s=min(cfg.lock_wait_s, 5.0)), rev, store=st)
