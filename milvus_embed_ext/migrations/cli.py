@@ -168,7 +168,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("--shards", type=int, default=256,
                        help="shards of a sharded backfill (reencode), fixed when its plan is opened (default 256)")
         p.add_argument("--lease-ttl", type=float, default=120.0,
-                       help="seconds a shard claim lives without renewal (renewed every batch; default 120)")
+                       help="seconds a shard claim lives without renewal (renewed every TTL/3 while working; default 120)")
 
     p = cmd("upgrade", _upgrade, "apply revisions up to TARGET (resumes an interrupted run; works and finishes "
             "sharded backfills)", lock=True)

@@ -22,7 +22,7 @@ from .graph import RevisionGraph
 from .history import LockInfo, SystemTable, whoami
 from .ops import CollectionModel, Op, Operations, SchemaModel
 from .script import Script, builtin_migrations_dir, load_scripts, resolve_migrations_dir, write_revision
-from .shards import ShardSettings
+from .shards import MAX_SHARDS, ShardSettings
 
 UP, DOWN = "up", "down"
 
@@ -44,8 +44,6 @@ def config_from_settings(settings: Settings, *, migrations_dir: str | Path | Non
                          shards: int = 256, lease_ttl_s: float = 120.0) -> MigrationConfig:
     if batch_size <= 0:
         raise InvalidArgument(f"batch size must be > 0, got {batch_size}")
-    from .shards import MAX_SHARDS
-
     if not 1 <= shards <= MAX_SHARDS:
         raise InvalidArgument(f"--shards must be between 1 and {MAX_SHARDS}, got {shards}")
     if lease_ttl_s <= 0:

@@ -20,13 +20,15 @@ otherwise it deletes its row and moves on. Two claimers that both saw no rival i
 write precedes its own read, so the later of the two reads sees the earlier claimer's row. Expired
 leases of the shard (a dead worker's) are deleted by the winner.
 
-A holder renews its lease before every batch and checks that its row is still there; a worker whose
-lease has run out (its batch took longer than the TTL, or it was paused) abandons the shard. Limits,
-which the TTL must cover: a worker paused *between* that check and its write (or a clock skew between
-machines larger than the margin) can write one batch after another worker took the shard over. Its
+A holder renews its lease before every batch and, while a batch runs, from a heartbeat thread every
+TTL/3, each time checking that its row is still there; a worker whose lease was removed or ran out (it
+was paused, or Milvus was unreachable for a TTL) abandons the shard without checkpointing the batch.
+Limits: a worker paused between a check and its write (or a clock skew between machines larger than
+the TTL) can write one batch after another worker took the shard over. Its
 writes are idempotent upserts of the same documents, so no row is lost or duplicated; the worst case is
 a document whose ColBERT rows the other writer swept, which the finish step's sample check and the
-store's reads report. Keep ``lease_ttl_s`` well above one batch's encode + write time.
+store's reads report. A hung worker whose heartbeat still runs keeps its shard: bound a worker's run time
+from outside (a Job's ``activeDeadlineSeconds``).
 
 The op finishes (``migrate upgrade``, holding the migration lock) only when every shard is ``done``
 and the rows processed add up to the collection's count; then the plan is marked verified and the
@@ -40,6 +42,7 @@ import contextlib
 import contextvars
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -331,6 +334,33 @@ class Worker:
         finally:
             self.stats.seconds += time.monotonic() - started
 
+    def _process(self, lease: Lease, batch: Sequence[str]) -> tuple[Lease, int]:
+        """Process one batch while a heartbeat renews the lease every TTL/3 (a batch may outlast the TTL)."""
+        held = {"lease": lease}
+        lost: list[LeaseLost] = []
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_ttl_s / 3):
+                try:
+                    held["lease"] = self.book.renew(held["lease"], self.lease_ttl_s)
+                except LeaseLost as exc:
+                    lost.append(exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - a transient Milvus error: try again at the next beat
+                    log.warning("could not renew the lease on shard %d: %s", lease.shard, exc)
+
+        heart = threading.Thread(target=beat, name=f"lease-{lease.shard}", daemon=True)
+        heart.start()
+        try:
+            n = self.job.process(batch)
+        finally:
+            stop.set()
+            heart.join()
+        if lost:
+            raise lost[0]
+        return held["lease"], n
+
     def _work_shard(self, lease: Lease) -> None:
         k = lease.shard
         t0 = time.monotonic()
@@ -346,10 +376,10 @@ class Worker:
             for i in range(start, len(ids), self.batch_size):
                 lease = book.renew(lease, self.lease_ttl_s)
                 batch = ids[i:i + self.batch_size]
-                n = self.job.process(batch)
-                if lease.expired(time.time()):  # the batch outlived the lease: someone may own the shard now
-                    raise LeaseLost(f"shard {k}: one batch took longer than the lease TTL ({self.lease_ttl_s}s); "
-                                    "lower --batch-size or raise --lease-ttl")
+                lease, n = self._process(lease, batch)
+                if lease.expired(time.time()):  # renewals failed during the batch: someone may own the shard now
+                    raise LeaseLost(f"shard {k}: the lease could not be renewed within its TTL "
+                                    f"({self.lease_ttl_s}s) while a batch ran; is Milvus reachable?")
                 done_rows += n
                 self.stats.rows += n
                 book.set_state(k, done=False, last_id=batch[-1], rows=len(ids), by=self.owner)

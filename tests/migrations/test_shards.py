@@ -253,3 +253,26 @@ def test_finish_refuses_unfinished_shards_and_a_changed_count() -> None:
     assert sh.verify_plan(book, job) == 51
     book.clear()
     assert table.rows("shard", book.group) == [] and table.rows("lease", book.group) == []
+
+
+def test_a_batch_longer_than_the_ttl_keeps_its_lease_by_heartbeat() -> None:
+    table, job = MemTable(), MemJob(_ids(6), delay_s=0.5)
+    book = sh.ShardBook(table, _plan(table, job, 1))
+    stats = sh.Worker(book, job, "slow", lease_ttl_s=0.2, batch_size=6).run()
+    assert (stats.shards, stats.lost) == (1, 0) and book.remaining() == []
+
+
+def test_a_lease_removed_during_a_batch_drops_the_shard_without_its_checkpoint() -> None:
+    table, job = MemTable(), MemJob(_ids(20), delay_s=0.3)
+    book = sh.ShardBook(table, _plan(table, job, 1))
+    original = job.process
+
+    def process(ids: Sequence[str]) -> int:
+        for lease in book.leases():  # another worker took the shard over (a `claim` after expiry deletes it)
+            table.delete([book.lease_id(lease.shard, lease.token)])
+        return original(ids)
+
+    job.process = process  # type: ignore[method-assign]
+    worker = sh.Worker(book, job, "w", lease_ttl_s=0.15, batch_size=10, poll_s=0.01)
+    worker._work_shard(book.claim(0, "w", 0.15))
+    assert worker.stats.lost == 1 and "last_id" not in book.state(0) and not book.state(0)["done"]
