@@ -198,9 +198,17 @@ def plan_row_id(scope: str, key: str) -> str:
 class ShardBook:
     """Shard states and leases of one plan in the history table."""
 
-    def __init__(self, table: Table, plan: ShardPlan) -> None:
+    def __init__(self, table: Table, plan: ShardPlan, plan_row: str | None = None) -> None:
         self.table = table
         self.plan = plan
+        self.plan_row = plan_row  # the plan's own row, to notice when the finish step closed it
+
+    def closed(self) -> bool:
+        """The plan was verified (or cleared with its step): its shard rows are gone, nothing is left."""
+        if self.plan_row is None:
+            return False
+        row = self.table.get(self.plan_row)
+        return row is None or row.get("state") == "verified"
 
     @property
     def group(self) -> str:
@@ -310,6 +318,8 @@ class Worker:
         poll = self.poll_s if self.poll_s is not None else min(5.0, max(0.2, self.lease_ttl_s / 4))
         try:
             while True:
+                if self.book.closed():  # finished by `upgrade` meanwhile: its shard rows are deleted
+                    return self.stats
                 remaining = set(self.book.remaining())
                 if not remaining:
                     return self.stats
@@ -469,7 +479,7 @@ def run_in_op(ctx: Any, job: ShardJob, sample_ids: Callable[[int], list[str]],
         return 0
     if _open_only.get():
         raise PlanOpened(ctx.revision, ctx.op_index)
-    book = ShardBook(ctx.table, plan)
+    book = ShardBook(ctx.table, plan, plan_row_id(ctx.scope, key))
     while True:
         worker = Worker(book, job, owner, settings.lease_ttl_s, batch_size or ctx.batch_size, settings.worker_index,
                         settings.workers, keepalive=ctx.refresh_lock,

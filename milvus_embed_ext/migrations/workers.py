@@ -23,7 +23,7 @@ from . import runner
 from .executor import OpContext, RunHooks
 from .history import whoami
 from .ops import Reencode
-from .shards import PlanOpened, ShardBook, Worker, WorkStats, open_only, read_plan
+from .shards import PlanOpened, ShardBook, Worker, WorkStats, open_only, plan_row_id, read_plan
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
                     break
             if target is not None:
                 i, op, plan = target
-                book = ShardBook(table, plan)
+                book = ShardBook(table, plan, plan_row_id(cfg.scope, f"{rev}:up:{i}:shards"))
                 batch = op.batch_size or cfg.batch_size
                 ctx = OpContext(st, cfg.settings, table, cfg.scope, rev, "up", i, None, hooks, batch,
                                 encoder_cache=encoders)

@@ -276,3 +276,21 @@ def test_a_lease_removed_during_a_batch_drops_the_shard_without_its_checkpoint()
     worker = sh.Worker(book, job, "w", lease_ttl_s=0.15, batch_size=10, poll_s=0.01)
     worker._work_shard(book.claim(0, "w", 0.15))
     assert worker.stats.lost == 1 and "last_id" not in book.state(0) and not book.state(0)["done"]
+
+
+def test_a_waiting_worker_stops_when_the_finish_step_closes_the_plan() -> None:
+    table, job = MemTable(), MemJob(_ids(10))
+    plan = _plan(table, job, 1)
+    book = sh.ShardBook(table, plan, sh.plan_row_id("c", "r:up:0:shards"))
+    held = book.claim(0, "finisher", ttl_s=30)  # the last shard, held by the finish step
+    assert held is not None
+    waiting = threading.Thread(target=lambda: sh.Worker(book, job, "w", poll_s=0.02).run(
+        deadline=time.monotonic() + 30))
+    waiting.start()
+    time.sleep(0.1)
+    book.set_state(0, done=True, rows=10)  # the finisher completes it, verifies, closes the plan, clears the rows
+    table.put(sh.plan_row_id("c", "r:up:0:shards"), "ckpt", "c",
+              sh.ShardPlan(plan.group, plan.bounds, "verified").to_payload())
+    book.clear()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and not job.written, "nothing is redone after the plan is closed"
