@@ -85,3 +85,14 @@ def test_upgrade_reencodes_as_one_worker_and_resumes_after_a_crash(lite, tmp_pat
                                                                      output_fields=["id", "colbert_version"])}
     assert {(r["doc_id"], r["version"]) for r in companion} == set(mains.items()), "no orphan ColBERT rows"
     assert [e["action"] for e in table.log(name) if e["revision"] == "0002_reencode"] == ["upgrade"]
+
+    # the finish step's sample check catches a document that does not hold this model's vectors
+    from milvus_embed_ext.errors import ConsistencyError
+    from milvus_embed_ext.migrations.executor import OpContext
+    from milvus_embed_ext.migrations.reencode import ReencodeJob
+
+    ds.write(docs[:1], M3Output(dense=dense[:1] / np.linalg.norm(dense[:1]), sparse=[{7: 0.5}], colbert=[dense[:1]]))
+    job = ReencodeJob(OpContext(st, settings, table, name, "check", "up", 0), name)
+    job.check_sample([d["id"] for d in docs[1:5]])
+    with pytest.raises(ConsistencyError, match="another model"):
+        job.check_sample([d["id"] for d in docs[:5]])
