@@ -416,7 +416,7 @@ def read_plan(table: Table, scope: str, key: str) -> ShardPlan | None:
     return ShardPlan.from_payload(row) if row and row.get("group") else None
 
 
-def open_plan(table: Table, scope: str, key: str, group: str, job: ShardJob, n_shards: int, owner: str,
+def open_plan(table: Table, scope: str, key: str, group: str, n_shards: int, owner: str,
               sample_ids: Callable[[int], list[str]]) -> ShardPlan:
     """The op's plan, opened from a sample of the ids when it is not there yet."""
     existing = read_plan(table, scope, key)
@@ -474,7 +474,7 @@ def run_in_op(ctx: Any, job: ShardJob, sample_ids: Callable[[int], list[str]],
     key = ctx.key("shards")
     owner = whoami()
     group = f"{ctx.scope}/{ctx.revision}/{ctx.direction}/{ctx.op_index}"
-    plan = open_plan(ctx.table, ctx.scope, key, group, job, settings.n_shards, owner, sample_ids)
+    plan = open_plan(ctx.table, ctx.scope, key, group, settings.n_shards, owner, sample_ids)
     if plan.state == "verified":  # verified before a crash that kept the step open
         return 0
     if _open_only.get():

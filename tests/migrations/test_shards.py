@@ -180,13 +180,13 @@ def test_racing_claims_never_both_win() -> None:
 
 # ---------------------------------------------------------------------------------------- workers
 def _plan(table: MemTable, job: MemJob, n_shards: int) -> sh.ShardPlan:
-    return sh.open_plan(table, "c", "r:up:0:shards", "c/r/up/0", job, n_shards, "test", job.sample_ids)
+    return sh.open_plan(table, "c", "r:up:0:shards", "c/r/up/0", n_shards, "test", job.sample_ids)
 
 
 def test_workers_that_die_leave_shards_that_the_others_finish_exactly() -> None:
     table, job = MemTable(), MemJob(_ids(600), delay_s=0.002)
     plan = _plan(table, job, 24)
-    assert sh.open_plan(table, "c", "r:up:0:shards", "c/r/up/0", job, 99, "again", job.sample_ids) == plan
+    assert sh.open_plan(table, "c", "r:up:0:shards", "c/r/up/0", 99, "again", job.sample_ids) == plan
     book = sh.ShardBook(table, plan)
     job.die_after = {"w0": 3, "w1": 7}
     errors: list[BaseException] = []
