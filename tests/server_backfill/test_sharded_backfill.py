@@ -158,7 +158,7 @@ def test_a_worker_exits_0_when_the_revision_is_applied_and_refuses_a_revision_wi
 def test_three_workers_two_killed_with_sigkill_end_exactly_like_one_worker(
         milvus_server, tmp_path: Path, tiny_model_dir: Path) -> None:
     scripts = _scripts(tmp_path)
-    docs = _docs(240)
+    docs = _docs(480)
     single = _settings(milvus_server.uri, "single", scripts, tiny_model_dir)
     multi = _settings(milvus_server.uri, "multi", scripts, tiny_model_dir)
     with MilvusStore.connect(single) as store:
@@ -171,7 +171,7 @@ def test_three_workers_two_killed_with_sigkill_end_exactly_like_one_worker(
         m.upgrade(m.config_from_settings(single, batch_size=16, shards=8), store=store)
 
         # three workers at once; two killed with -9 at random moments, two replacements
-        opts = ["--lease-ttl", "4", "--batch-size", "4", "--shards", "24", "--wait", "180"]
+        opts = ["--lease-ttl", "4", "--batch-size", "4", "--shards", "32", "--wait", "180"]
         logs = tmp_path / "logs"
         logs.mkdir()
 
