@@ -24,6 +24,7 @@ from .ops import (
     Op,
     Operations,
     RebuildCollection,
+    Reencode,
     RunPython,
 )
 from .runner import (
@@ -46,13 +47,14 @@ from .runner import (
     upgrade,
 )
 from .script import Script, builtin_migrations_dir, load_scripts
+from .workers import WorkReport, work
 
 __all__ = [
     "SYSTEM_COLLECTION", "AddField", "AddTruncatedDense", "AlterProperties", "CheckReport", "CreateCollection",
     "CreateIndex", "CurrentState", "DropCollection", "DropField", "DropIndex", "DropTruncatedDense", "FieldSpec",
     "IndexSpec", "IrreversibleOperation", "LockInfo", "MigrationConfig", "Op", "OpContext", "Operations",
-    "PlanStep", "RebuildCollection", "RevisionGraph", "RunHooks", "RunPython", "Script", "SystemTable",
+    "PlanStep", "RebuildCollection", "Reencode", "RevisionGraph", "RunHooks", "RunPython", "Script", "SystemTable",
     "builtin_migrations_dir", "check", "check_revision_known", "config_from_settings", "current", "downgrade",
     "graph_from_mapping", "heads", "history", "load_environment", "load_scripts", "new_revision", "plan", "stamp",
-    "unlock", "upgrade",
+    "unlock", "upgrade", "WorkReport", "work",
 ]

@@ -21,7 +21,9 @@ def _settings(args: argparse.Namespace) -> Any:
 def _config(args: argparse.Namespace) -> runner.MigrationConfig:
     return runner.config_from_settings(_settings(args), lock_ttl_s=getattr(args, "lock_ttl", 120.0),
                                        lock_wait_s=getattr(args, "lock_wait", 5.0),
-                                       batch_size=getattr(args, "batch_size", 512))
+                                       batch_size=getattr(args, "batch_size", 512),
+                                       shards=getattr(args, "shards", 256),
+                                       lease_ttl_s=getattr(args, "lease_ttl", 120.0))
 
 
 def _ts(value: Any) -> str:
@@ -52,6 +54,15 @@ def _upgrade(args: argparse.Namespace) -> int:
     with _board(args) as board:
         done = runner.upgrade(cfg, args.target, hooks=RunHooks(progress=board))
     print(f"applied {len(done)} revision(s): {', '.join(done)}" if done else "already at the target; nothing applied")
+    return 0
+
+
+def _work(args: argparse.Namespace) -> int:
+    from .workers import work
+
+    report = work(_config(args), args.revision, worker_index=args.worker_index, workers=args.workers,
+                  wait_s=args.wait)
+    print(report.message)
     return 0
 
 
@@ -162,9 +173,26 @@ def register(subparsers: Any) -> None:
         p.set_defaults(handler=handler)
         return p
 
-    p = cmd("upgrade", _upgrade, "apply revisions up to TARGET (resumes an interrupted run)", lock=True)
+    def shard_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--shards", type=int, default=256,
+                       help="shards of a sharded backfill (reencode), fixed when its plan is opened (default 256)")
+        p.add_argument("--lease-ttl", type=float, default=120.0,
+                       help="seconds a shard claim lives without renewal (renewed every TTL/3 while working; default 120)")
+
+    p = cmd("upgrade", _upgrade, "apply revisions up to TARGET (resumes an interrupted run; works and finishes "
+            "sharded backfills)", lock=True)
     p.add_argument("target", nargs="?", default="head", help="revision id or prefix, head, heads or +N (default head)")
     add_quiet_arg(p)
+    shard_args(p)
+    p = cmd("work", _work, "one worker of REVISION's sharded backfill: claims shards until none is left "
+            "(run many at once; finish with `migrate upgrade REVISION`)", lock=True)
+    p.add_argument("--revision", required=True, help="the revision whose backfill to work (id or unique prefix)")
+    p.add_argument("--worker-index", type=int, default=None,
+                   help="this worker's index (an Indexed Job's completion index) to spread the first claims")
+    p.add_argument("--workers", type=int, default=None, help="how many workers run (with --worker-index)")
+    p.add_argument("--wait", type=float, default=600.0,
+                   help="seconds to wait for the shard plan while another process holds the lock (default 600)")
+    shard_args(p)
     p = cmd("downgrade", _downgrade, "unapply revisions down to TARGET", lock=True)
     p.add_argument("target", help="revision id or prefix, base, or -N")
     add_quiet_arg(p)

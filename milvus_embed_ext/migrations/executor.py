@@ -53,6 +53,7 @@ from .ops import (
     IndexSpec,
     Op,
     RebuildCollection,
+    Reencode,
     RunPython,
 )
 
@@ -88,6 +89,7 @@ class OpContext:
     hooks: RunHooks = field(default_factory=RunHooks)
     batch_size: int = 512  # rows per backfill batch (and per checkpoint)
     encoder_cache: dict[str, Any] = field(default_factory=dict)
+    shard_settings: Any = None  # shards.ShardSettings for sharded backfills (None: the defaults)
 
     @property
     def client(self) -> Any:
@@ -679,6 +681,15 @@ def _run_python(op: RunPython, ctx: OpContext) -> None:
     op.fn(ctx)
 
 
+def _reencode(op: Reencode, ctx: OpContext) -> None:
+    """Sharded: this run works the shards with any ``migrate work`` workers, then verifies them."""
+    from .reencode import ReencodeJob
+    from .shards import run_in_op
+
+    job = ReencodeJob(ctx, op.collection)
+    run_in_op(ctx, job, job.sample_ids, ctx.shard_settings, op.batch_size)
+
+
 _HANDLERS: dict[type, Callable[[Any, OpContext], None]] = {
     CreateCollection: _create_collection,
     DropCollection: _drop_collection,
@@ -691,4 +702,5 @@ _HANDLERS: dict[type, Callable[[Any, OpContext], None]] = {
     DropTruncatedDense: _drop_truncated,
     RebuildCollection: _rebuild_collection,
     RunPython: _run_python,
+    Reencode: _reencode,
 }

@@ -361,6 +361,30 @@ class RebuildCollection(Op):
 
 
 @dataclass(frozen=True)
+class Reencode(Op):
+    """Re-encode every stored text with the configured model and rewrite every representation.
+
+    The backfill of a model upgrade, a new ColBERT codec or ColBERT for a collection stored without it.
+    It is sharded (``shards.py``): ``milvus-embed migrate work`` workers on other machines share it.
+    """
+
+    collection: str
+    batch_size: int | None = None  # None: the run's batch size
+    kind: ClassVar[str] = "reencode"
+    backfills: ClassVar[bool] = True
+
+    def reverse(self) -> Op:
+        return self  # a downgrade re-encodes with the model it runs with
+
+    def describe(self) -> str:
+        return (f"reencode {self.collection} (every stored text through the configured model, every "
+                "representation rewritten; sharded: `milvus-embed migrate work` workers can join)")
+
+    def apply_to_model(self, model: SchemaModel) -> None:
+        _require(model, self.collection, self)
+
+
+@dataclass(frozen=True)
 class RunPython(Op):
     """Custom code: ``fn(ctx)`` with a :class:`~.executor.OpContext` (client, store, encoder, backfill)."""
 
@@ -498,6 +522,10 @@ class Operations:
     def rebuild_collection(self, layout: CollectionLayout, *, batch_size: int | None = None) -> Op:
         previous = _layout_obj(self.model[layout.name].layout) if layout.name in self.model else None
         return self._add(RebuildCollection(layout, previous, batch_size))
+
+    def reencode(self, *, collection: str | None = None, batch_size: int | None = None) -> Op:
+        """Re-encode every document's stored text (needs ``store_text``); many workers can share it."""
+        return self._add(Reencode(collection or self.collection, batch_size))
 
     def run_python(self, fn: Callable[[Any], None], reverse_fn: Callable[[Any], None] | None = None,
                    description: str = "") -> Op:

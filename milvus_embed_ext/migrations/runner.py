@@ -22,6 +22,7 @@ from .graph import RevisionGraph
 from .history import LockInfo, SystemTable, whoami
 from .ops import CollectionModel, Op, Operations, SchemaModel
 from .script import Script, builtin_migrations_dir, load_scripts, resolve_migrations_dir, write_revision
+from .shards import MAX_SHARDS, ShardSettings
 
 UP, DOWN = "up", "down"
 
@@ -34,14 +35,22 @@ class MigrationConfig:
     lock_ttl_s: float = 120.0
     lock_wait_s: float = 5.0
     batch_size: int = 512  # rows per backfill batch and checkpoint
+    shards: int = 256  # shards of a sharded backfill (fixed when its plan is opened)
+    lease_ttl_s: float = 120.0  # a shard claim expires this long after its last renewal (one per batch)
 
 
 def config_from_settings(settings: Settings, *, migrations_dir: str | Path | None = None,
-                         lock_ttl_s: float = 120.0, lock_wait_s: float = 5.0, batch_size: int = 512) -> MigrationConfig:
+                         lock_ttl_s: float = 120.0, lock_wait_s: float = 5.0, batch_size: int = 512,
+                         shards: int = 256, lease_ttl_s: float = 120.0) -> MigrationConfig:
     if batch_size <= 0:
         raise InvalidArgument(f"batch size must be > 0, got {batch_size}")
+    if not 1 <= shards <= MAX_SHARDS:
+        raise InvalidArgument(f"--shards must be between 1 and {MAX_SHARDS}, got {shards}")
+    if lease_ttl_s <= 0:
+        raise InvalidArgument(f"--lease-ttl must be > 0 seconds, got {lease_ttl_s}")
     directory = resolve_migrations_dir(migrations_dir if migrations_dir is not None else settings.migrations_dir)
-    return MigrationConfig(settings, directory, settings.collection, lock_ttl_s, lock_wait_s, batch_size)
+    return MigrationConfig(settings, directory, settings.collection, lock_ttl_s, lock_wait_s, batch_size,
+                           shards, lease_ttl_s)
 
 
 def _cfg(config: MigrationConfig | Settings) -> MigrationConfig:
@@ -197,7 +206,8 @@ def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step
             continue
         if hooks.on_op is not None:
             hooks.on_op(rev, direction, op)
-        ctx = OpContext(st, cfg.settings, table, scope, rev, direction, i, lock, hooks, cfg.batch_size)
+        ctx = OpContext(st, cfg.settings, table, scope, rev, direction, i, lock, hooks, cfg.batch_size,
+                        shard_settings=ShardSettings(cfg.shards, cfg.lease_ttl_s))
         execute(op, ctx)
         table.set_progress(scope, rev, direction, script.checksum, i + 1)
         lock.refresh()

@@ -237,3 +237,101 @@ def test_kustomize_renders_base_and_gpu_overlay() -> None:
     assert container["readinessProbe"]["grpc"]["port"] == GRPC_PORT  # the patch kept the probes
     cm = next(d for d in gpu if d["kind"] == "ConfigMap")
     assert cm["data"]["MEE_DEVICE"] == "cuda" and cm["data"]["MEE_MILVUS_URI"].startswith("http")
+
+
+# ------------------------------------------------------------------------------- sharded backfills
+BACKFILL = K8S / "backfill"
+
+
+def _backfill_params() -> dict[str, str]:
+    k = yaml.safe_load((BACKFILL / "kustomization.yaml").read_text(encoding="utf-8"))
+    gen = next(g for g in k["configMapGenerator"] if g["name"] == "backfill-params")
+    return dict(lit.split("=", 1) for lit in gen["literals"])
+
+
+def _expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """Kubernetes' $(VAR) expansion; an unknown variable fails the test (Kubernetes would pass it literally)."""
+    def sub(m: re.Match[str]) -> str:
+        assert m.group(1) in env, f"$({m.group(1)}) is not defined for the container"
+        return env[m.group(1)]
+
+    return [re.sub(r"\$\((\w+)\)", sub, a) for a in args]
+
+
+def _job_container(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    job = _load_all(BACKFILL / name)[0]
+    return job, job["spec"]["template"]["spec"]["containers"][0]
+
+
+def _parse_cli(args: list[str]) -> Any:
+    from milvus_embed_ext.cli import build_parser
+
+    return build_parser().parse_args(args)
+
+
+def test_backfill_workers_are_an_indexed_job_of_migrate_work() -> None:
+    params = _backfill_params()
+    job, container = _job_container("workers-job.yaml")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(params["WORKERS"])
+    assert spec["backoffLimit"] >= spec["completions"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert int(params["SHARDS"]) >= 8 * int(params["WORKERS"]), "far more shards than workers"
+    env = {e["name"]: "0" for e in container["env"]} | params
+    index = next(e for e in container["env"] if e["name"] == "WORKER_INDEX")
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    args = _parse_cli(_expand(container["args"], env | {"REVISION": "0003_reencode"}))
+    assert (args.command, args.migrate_command, args.revision) == ("migrate", "work", "0003_reencode")
+    assert args.workers == int(params["WORKERS"]) and args.shards == int(params["SHARDS"])
+    assert args.lease_ttl == float(params["LEASE_TTL_S"])
+    refs = {r.get("configMapRef", {}).get("name") for r in container["envFrom"]}
+    assert {"milvus-embed-config", "backfill-params"} <= refs
+
+
+def test_backfill_finish_step_upgrades_to_the_same_revision_with_the_same_shards() -> None:
+    params = _backfill_params()
+    job, container = _job_container("finish-job.yaml")
+    assert job["spec"].get("completionMode") != "Indexed" and job["spec"]["completions"] == 1
+    args = _parse_cli(_expand(container["args"], params | {"REVISION": "0003_reencode"}))
+    assert (args.migrate_command, args.target, args.shards) == ("upgrade", "0003_reencode", int(params["SHARDS"]))
+    assert args.lock_wait >= 600, "the finish step waits while a worker opens the shard plan"
+
+
+def test_backfill_gpu_overlay_requests_whole_gpus_for_every_job() -> None:
+    from milvus_embed_ext.config import setting_docs
+
+    envs = {env for _n, env, _d, _doc in setting_docs()}
+    overlay = K8S / "overlays" / "backfill-gpu"
+    k = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
+    patched = set()
+    for patch in k["patches"]:
+        doc = _load_all(overlay / patch["path"])[0]
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        res = container["resources"]
+        assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == 1
+        mee = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("MEE_")}
+        assert mee["MEE_DEVICE"] == "cuda" and set(mee) <= envs, f"{patch['path']}: not settings: {set(mee) - envs}"
+        patched.add(doc["metadata"]["name"])
+    assert patched == {_job_container(n)[0]["metadata"]["name"] for n in ("workers-job.yaml", "finish-job.yaml")}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kustomize built in)")
+def test_kustomize_renders_the_backfill_and_its_gpu_overlay() -> None:
+    for path in (BACKFILL, K8S / "overlays" / "backfill-gpu"):
+        out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        jobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
+        assert set(jobs) == {"milvus-embed-backfill", "milvus-embed-backfill-finish"}
+        cm = next(d for d in docs if d["kind"] == "ConfigMap")
+        for job in jobs.values():
+            assert job["metadata"]["namespace"] == "milvus-embed"
+            refs = [r["configMapRef"]["name"] for r in job["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+                    if "configMapRef" in r]
+            assert cm["metadata"]["name"] in refs  # the generated name (with its hash) is wired in
+        if "gpu" in path.name:
+            c = jobs["milvus-embed-backfill"]["spec"]["template"]["spec"]["containers"][0]
+            assert c["image"].endswith("-cuda") and c["resources"]["limits"]["nvidia.com/gpu"] == 1
+            assert {"WORKER_INDEX", "MEE_DEVICE"} <= {e["name"] for e in c["env"]}
