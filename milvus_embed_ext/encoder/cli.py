@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output directory (must be empty or absent)")
     p.add_argument("--size", choices=("tiny", "full"), default="tiny")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", choices=("m3", "reranker"), default="m3",
+                   help="m3: BGE-M3's layout (default); reranker: bge-reranker-v2-m3's (sequence classification, "
+                        "one logit, same tokenizer)")
     p.set_defaults(handler=_make_test_model)
 
     e = subparsers.add_parser(
@@ -40,8 +43,8 @@ def _make_test_model(args: argparse.Namespace) -> int:
     from .testmodel import build_test_model
 
     started = time.perf_counter()
-    out = build_test_model(Path(args.out), size=args.size, seed=args.seed)
-    print(f"built {args.size} test model in {out} ({time.perf_counter() - started:.1f}s)")
+    out = build_test_model(Path(args.out), size=args.size, seed=args.seed, kind=args.kind)
+    print(f"built {args.size} {args.kind} test model in {out} ({time.perf_counter() - started:.1f}s)")
     return 0
 
 
