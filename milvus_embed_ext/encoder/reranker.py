@@ -31,7 +31,7 @@ MIN_LENGTH = 8  # <s> q </s></s> p </s>: four special tokens plus room for text
 DEFAULT_MAX_LENGTH = 512
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
     """FlagEmbedding's sigmoid (float64 on the float32 logit), so normalised scores agree bit for bit."""
     return float(1 / (1 + np.exp(-x)))
 
@@ -223,17 +223,22 @@ class Reranker:
     def compute_score(self, pairs: Sequence[tuple[str, str]], normalize: bool = False, *,
                       max_length: int | None = None) -> list[float]:
         """One score per pair, in input order: the raw logit, or its sigmoid with ``normalize=True``."""
+        return self.compute_score_detailed(pairs, normalize, max_length=max_length)[0]
+
+    def compute_score_detailed(self, pairs: Sequence[tuple[str, str]], normalize: bool = False, *,
+                               max_length: int | None = None) -> tuple[list[float], list[int]]:
+        """:meth:`compute_score` plus each pair's token count (for responses and metrics), from one tokenisation."""
         ids = self.build_pairs(pairs, max_length)
         n = len(ids)
         scores = np.empty(n, dtype=np.float32)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         if n:
-            lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
             for batch in plan_batches(lengths, self.token_budget, self.max_batch):
                 scores[batch] = self._forward([ids[i] for i in batch])
         values = scores.tolist()
         if normalize:
-            return [_sigmoid(v) for v in values]
-        return values
+            values = [sigmoid(v) for v in values]
+        return values, lengths.tolist()
 
     def rerank(self, query: str, passages: Sequence[str], normalize: bool = False) -> list[float]:
         """Scores of ``passages`` against one ``query``, in passage order."""

@@ -8,7 +8,9 @@ One request runs as:
    the full dense field, each with its own depth and the caller's filter expression;
 3. stage 2, exact re-score of the union of candidates inside the sidecar from the stored vectors: full
    dense inner product, lexical score and ColBERT MaxSim (vectorised, :mod:`.rescore`);
-4. fusion (:mod:`.fusion`): ``m3`` (BGE-M3 ``compute_score``), ``rrf``, ``weighted`` (normalised), ``dbsf``.
+4. fusion (:mod:`.fusion`): ``m3`` (BGE-M3 ``compute_score``), ``rrf``, ``weighted`` (normalised), ``dbsf``;
+5. stage 3, optional (``SearchRequest.cross_encoder``): a cross-encoder re-orders the fused top N, reading
+   their stored text (:mod:`.crossencoder`).
 
 Fusion always works on the exact stage-2 scores of every candidate, so each representation ranks the
 same candidate set; stage-1 scores only choose candidates. A failed stage fails the request, unless the
@@ -38,8 +40,8 @@ from ..errors import (
     MilvusEmbedError,
     Unavailable,
 )
+from . import crossencoder, rescore
 from . import fusion as fusion_fns
-from . import rescore
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -215,6 +217,8 @@ class SearchRequest:
     plan: Mapping[str, Any] | SearchPlan | None = None
     timeout_s: float | None = None
     """Wall-clock budget for the Milvus calls; exceeded: DeadlineExceeded."""
+    cross_encoder: crossencoder.CrossEncoderStage | None = None
+    """Stage 3: re-order the fused top N with the scorer passed to :meth:`HybridSearcher.search`; None: off."""
 
 
 @dataclass
@@ -232,7 +236,7 @@ class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
     """"encode", "candidates" (stage 1 wall), "candidates.<field>" (each Milvus call), "fetch", "rescore",
-    "fuse", "fields", "total"."""
+    "fuse", "cross_encoder.fetch" and "cross_encoder" (stage 3), "fields", "total"."""
     plan: SearchPlan
     routes: tuple[Route, ...]
     candidates: int
@@ -413,8 +417,10 @@ class HybridSearcher:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, request: SearchRequest, *, query_encoding: M3Output | None = None) -> SearchResult:
-        """Run one request. ``query_encoding`` (one row) skips encoding when the caller already has it."""
+    def search(self, request: SearchRequest, *, query_encoding: M3Output | None = None,
+               scorer: crossencoder.Scorer | None = None) -> SearchResult:
+        """Run one request. ``query_encoding`` (one row) skips encoding when the caller already has it;
+        ``scorer`` (a reranker) runs stage 3 when the request asks for it."""
         t_start = time.perf_counter()
         self._check_request(request)
         plan = self.plan_for(request)
@@ -463,6 +469,8 @@ class HybridSearcher:
         timings["fuse"] = _ms(t)
 
         hits = [Hit(doc_id, float(score), {r: scores[r][doc_id] for r in reps}) for doc_id, score in page]
+        if request.cross_encoder is not None:
+            hits = self._cross_encode(request, ranking, scores, reps, scorer, timings)
         if request.output_fields and hits:
             t = time.perf_counter()
             wanted = [f for f in dict.fromkeys(request.output_fields) if f != "id"]
@@ -493,6 +501,31 @@ class HybridSearcher:
             dropped=dropped,
             candidate_ids=tuple(ids),
         )
+
+    def _cross_encode(self, request: SearchRequest, ranking: fusion_fns.Ranking,
+                      scores: Mapping[str, Mapping[str, float]], reps: Sequence[str],
+                      scorer: crossencoder.Scorer | None, timings: dict[str, float]) -> list[Hit]:
+        """Stage 3: the fused top N re-ordered by the cross-encoder over their stored text; then the page."""
+        stage = request.cross_encoder
+        assert stage is not None
+        if scorer is None:
+            raise FailedPrecondition("this search asks for the cross-encoder stage but no reranker is configured; "
+                                     "set MEE_RERANKER_MODEL (e.g. BAAI/bge-reranker-v2-m3)")
+        scalar = getattr(self.layout, "scalar_fields", None)
+        if not ("text" in scalar if scalar is not None else getattr(self.layout, "store_text", True)):
+            raise FailedPrecondition(f"collection {getattr(self.layout, 'name', '?')!r} stores no text, which the "
+                                     "cross-encoder reads; search it without cross_encoder")
+        top = fusion_fns.top(ranking, stage.depth(request.offset + request.top_k))
+        t = time.perf_counter()
+        rows = self._call(lambda: self.doc_store.get([i for i, _ in top], output_fields=["text"]),
+                          "read passage texts") if top else []
+        timings["cross_encoder.fetch"] = _ms(t)
+        texts = {str(row["id"]): row.get("text") for row in rows}
+        fused = [crossencoder.FusedHit(i, float(sc), {r: scores[r][i] for r in reps}) for i, sc in top]
+        result = crossencoder.apply(request.query, fused, texts, scorer, stage)
+        timings["cross_encoder"] = result.timing_ms
+        page = result.hits[request.offset:request.offset + request.top_k]
+        return [Hit(h.id, h.score, h.scores) for h in page]
 
     def _candidates(
         self,
