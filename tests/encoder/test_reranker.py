@@ -122,3 +122,23 @@ def test_reranker_checkpoint_layout(tiny_reranker_dir: Path):
         keys = set(f.keys())
     assert {"classifier.dense.weight", "classifier.out_proj.weight", "classifier.out_proj.bias"} <= keys
     assert all(k.startswith(("roberta.", "classifier.")) for k in keys)
+
+
+@pytest.mark.parametrize("backend, tol", [("onnx", 1e-4), ("onnx-int8", None)])
+def test_onnx_backends_score_like_torch(tiny_reranker_dir: Path, tiny_reranker: Reranker, pairs, tmp_path_factory,
+                                        backend, tol):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    cache = tmp_path_factory.getbasetemp() / "reranker-onnx-cache"
+    r = Reranker.from_pretrained(str(tiny_reranker_dir), backend=backend, onnx_cache_dir=str(cache))
+    assert r.backend == backend and r.device == "cpu" and r.dtype == "fp32"
+    ref = np.asarray(tiny_reranker.compute_score(pairs))
+    got = np.asarray(r.compute_score(pairs))
+    if tol is not None:
+        assert np.abs(ref - got).max() <= tol
+    else:  # int8: the order is what matters to a reranker
+        from milvus_embed_ext.encoder.fidelity import spearman
+
+        assert spearman(ref, got) > 0.95
+    with pytest.raises(InvalidArgument, match="runs on the CPU"):
+        Reranker.from_pretrained(str(tiny_reranker_dir), backend=backend, device="cuda")
