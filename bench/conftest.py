@@ -25,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--full-model", action="store_true", default=False,
                     help="benchmark on a full-size (BGE-M3-shaped, random) checkpoint, built once and cached")
     group.addoption("--model-dir", default=None, help="benchmark this checkpoint directory instead")
+    group.addoption("--reranker-dir", default=None,
+                    help="cross-encoder checkpoint for test_rerank.py (default: a random one built like the model: "
+                         "tiny, or bge-reranker-v2-m3's shape with --full-model)")
     group.addoption("--bench-device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     group.addoption("--no-baseline", action="store_true", default=False,
                     help="skip FlagEmbedding (e.g. where it is not installed)")
@@ -80,6 +83,17 @@ def bench_model_dir(request: pytest.FixtureRequest, bench_full: bool) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bench_reranker_dir(request: pytest.FixtureRequest, bench_full: bool) -> Path:
+    from milvus_embed_ext.encoder.testmodel import ensure_test_model
+
+    explicit = request.config.getoption("--reranker-dir")
+    if explicit:
+        return Path(explicit)
+    size = "full" if bench_full else "tiny"
+    return ensure_test_model(CACHE_DIR / f"test-reranker-{size}", size=size, seed=0, kind="reranker")
+
+
+@pytest.fixture(scope="session")
 def bench_device(request: pytest.FixtureRequest) -> str:
     return str(request.config.getoption("--bench-device"))
 
@@ -122,9 +136,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     for group, impls in RESULTS.items():
         for impl, v in impls.items():
             tr.write_line(f"{group:>9} {impl:<14} " + "  ".join(f"{k}={v[k]:.4g}" for k in sorted(v)))
-        ours, ref = impls.get("milvus-embed"), impls.get("flagembedding")
+        ours, ref = impls.get("milvus-embed"), impls.get("flagembedding") or impls.get("flagreranker")
+        if ours and ref and "pairs_per_s" in ours:
+            tr.write_line(f"{group:>9} ratio          pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}")
         if ours and ref:
-            if "tokens_per_s" in ours:
+            if "tokens_per_s" in ours and "texts_per_s" in ours:
                 tr.write_line(f"{group:>9} ratio          tokens/s x{ours['tokens_per_s'] / ref['tokens_per_s']:.2f}"
                               f"  texts/s x{ours['texts_per_s'] / ref['texts_per_s']:.2f}")
             if "p50_ms" in ours:
@@ -138,7 +154,7 @@ _LOAD_AT_START: list[float] = []
 
 
 def _bench_options(config) -> dict:
-    names = ["full_model", "model_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
+    names = ["full_model", "model_dir", "reranker_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
              "duration", "concurrency", "ingest_docs", "storage_docs", "sidecar_address", "sidecar_collection", "sidecar_env"]
     return {n: config.getoption("--" + n.replace("_", "-")) for n in names}
 
