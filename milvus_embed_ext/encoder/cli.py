@@ -44,7 +44,8 @@ def _make_test_model(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     out = build_test_model(Path(args.out), size=args.size, seed=args.seed, kind=args.kind)
-    print(f"built {args.size} {args.kind} test model in {out} ({time.perf_counter() - started:.1f}s)")
+    kind = "" if args.kind == "m3" else f"{args.kind} "
+    print(f"built {args.size} {kind}test model in {out} ({time.perf_counter() - started:.1f}s)")
     return 0
 
 

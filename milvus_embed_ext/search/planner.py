@@ -470,7 +470,7 @@ class HybridSearcher:
 
         hits = [Hit(doc_id, float(score), {r: scores[r][doc_id] for r in reps}) for doc_id, score in page]
         if request.cross_encoder is not None:
-            hits = self._cross_encode(request, ranking, scores, reps, scorer, timings)
+            hits = self._cross_encode(request, ranking, scores, reps, scorer, timings, degraded)
         if request.output_fields and hits:
             t = time.perf_counter()
             wanted = [f for f in dict.fromkeys(request.output_fields) if f != "id"]
@@ -504,7 +504,8 @@ class HybridSearcher:
 
     def _cross_encode(self, request: SearchRequest, ranking: fusion_fns.Ranking,
                       scores: Mapping[str, Mapping[str, float]], reps: Sequence[str],
-                      scorer: crossencoder.Scorer | None, timings: dict[str, float]) -> list[Hit]:
+                      scorer: crossencoder.Scorer | None, timings: dict[str, float],
+                      degraded: list[str]) -> list[Hit]:
         """Stage 3: the fused top N re-ordered by the cross-encoder over their stored text; then the page."""
         stage = request.cross_encoder
         assert stage is not None
@@ -524,6 +525,9 @@ class HybridSearcher:
         fused = [crossencoder.FusedHit(i, float(sc), {r: scores[r][i] for r in reps}) for i, sc in top]
         result = crossencoder.apply(request.query, fused, texts, scorer, stage)
         timings["cross_encoder"] = result.timing_ms
+        if result.missing:  # deleted between fusion and the text read: not re-scored, not returned
+            degraded.append(f"cross_encoder: {len(result.missing)} hit(s) had no stored text and were left out "
+                            f"(first: {result.missing[0]!r})")
         page = result.hits[request.offset:request.offset + request.top_k]
         return [Hit(h.id, h.score, h.scores) for h in page]
 

@@ -139,3 +139,15 @@ def test_planner_stage_three_needs_a_scorer_and_stored_text():
     no_text = HybridSearcher(FakeStore(layout=FakeLayout(store_text=False)), encode)
     with pytest.raises(FailedPrecondition, match="stores no text"):
         no_text.search(SearchRequest(query="q", cross_encoder=ce.CrossEncoderStage()), scorer=KeywordScorer())
+
+
+def test_planner_reports_hits_deleted_before_stage_three():
+    store = FakeStore()
+    searcher = HybridSearcher(store, encode)
+    full = searcher.search(SearchRequest(query="q", top_k=10))
+    gone = full.hits[2].id
+    del store.text[gone]  # the row vanished between fusion and the text read
+    res = searcher.search(SearchRequest(query="q", top_k=5, cross_encoder=ce.CrossEncoderStage(top_n=10)),
+                          scorer=KeywordScorer())
+    assert gone not in {h.id for h in res.hits}
+    assert any("no stored text" in d and gone in d for d in res.degraded)
