@@ -197,3 +197,26 @@ def test_search_stage_three_over_milvus_lite(tiny_model_dir: Path, tiny_encoder,
             await sc.stop(1)
 
     asyncio.run(main())
+
+
+def test_reranker_loads_from_settings_and_a_broken_one_fails_start_up(tiny_encoder, tiny_reranker_dir, tiny_model_dir):
+    async def main():
+        sc = await _start(tiny_encoder, reranker_model=str(tiny_reranker_dir), reranker_device="cpu",
+                          reranker_dtype="fp32", reranker_max_length=128)
+        try:
+            assert sc.rt.reranker is not None and sc.rt.reranker.max_length == 128
+            assert len(await sc.rt.rerank("q", ["a", "b"])) == 2
+        finally:
+            await sc.stop(1)
+        # an embedding checkpoint is not a cross-encoder: start-up fails and says why
+        settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "reranker_model": str(tiny_model_dir),
+                                                    "reranker_device": "cpu"})
+        bad = Sidecar(settings, encoder=tiny_encoder, store=_NoStore())
+        await bad.start()
+        try:
+            await asyncio.wait_for(bad.failed.wait(), 60)
+            assert "one-logit cross-encoder" in str(bad.startup_error)
+        finally:
+            await bad.stop(0)
+
+    asyncio.run(main())
