@@ -142,3 +142,29 @@ def test_onnx_backends_score_like_torch(tiny_reranker_dir: Path, tiny_reranker: 
         assert spearman(ref, got) > 0.95
     with pytest.raises(InvalidArgument, match="runs on the CPU"):
         Reranker.from_pretrained(str(tiny_reranker_dir), backend=backend, device="cuda")
+
+
+@pytest.mark.slow  # builds bge-reranker-v2-m3's full shape once (~2.3 GB, minutes), then a few forward passes
+def test_full_size_scores_match_flagreranker():
+    import os
+
+    flag = pytest.importorskip("FlagEmbedding")
+    from milvus_embed_ext.encoder.testmodel import ensure_test_model
+
+    cache = Path(os.environ.get("MEE_TEST_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
+    path = ensure_test_model(cache / "test-reranker-full", size="full", seed=0, kind="reranker")
+    pairs = [("are probiotics good for the stomach", p) for p in (
+        "Probiotics are good for the stomach: live cultures help the gut flora.",
+        "Probiotics harm the stomach: supplements cause bloating and cramps.",
+        "Tokyo is the capital of Japan. " * 30,  # long: > 3/4 of 512 tokens with the query
+        "")]
+    ours = Reranker.from_pretrained(str(path), device="cpu", dtype="fp32")
+    ref = flag.FlagReranker(str(path), use_fp16=False, devices="cpu")
+    try:
+        for normalize in (False, True):
+            a = np.asarray(ours.compute_score(pairs, normalize=normalize))
+            b = np.asarray(ref.compute_score(pairs, normalize=normalize))
+            assert np.abs(a - b).max() <= TOL
+        assert np.std(ours.compute_score(pairs)) > 0.05
+    finally:
+        ref.stop_self_pool()
