@@ -30,6 +30,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="test checkpoint to build and use: wide (default; BGE-M3's 1024-d vectors and vocabulary, "
                          "2 layers), tiny (default with --quick), full (BGE-M3's exact shapes)")
     group.addoption("--model-dir", default=None, help="benchmark this checkpoint directory instead")
+    group.addoption("--reranker-dir", default=None,
+                    help="cross-encoder checkpoint for test_rerank.py (default: a random one built like the model: "
+                         "tiny, or bge-reranker-v2-m3's shape with --full-model)")
     group.addoption("--bench-device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     group.addoption("--no-baseline", action="store_true", default=False,
                     help="skip FlagEmbedding (e.g. where it is not installed)")
@@ -96,6 +99,17 @@ def bench_model_size(config: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
+def bench_reranker_dir(request: pytest.FixtureRequest, bench_full: bool) -> Path:
+    from milvus_embed_ext.encoder.testmodel import ensure_test_model
+
+    explicit = request.config.getoption("--reranker-dir")
+    if explicit:
+        return Path(explicit)
+    size = "full" if bench_full else "tiny"
+    return ensure_test_model(CACHE_DIR / f"test-reranker-{size}", size=size, seed=0, kind="reranker")
+
+
+@pytest.fixture(scope="session")
 def bench_device(request: pytest.FixtureRequest) -> str:
     return str(request.config.getoption("--bench-device"))
 
@@ -138,9 +152,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     for group, impls in RESULTS.items():
         for impl, v in impls.items():
             tr.write_line(f"{group:>9} {impl:<14} " + "  ".join(f"{k}={v[k]:.4g}" for k in sorted(v)))
-        ours, ref = impls.get("milvus-embed"), impls.get("flagembedding")
+        ours, ref = impls.get("milvus-embed"), impls.get("flagembedding") or impls.get("flagreranker")
+        if ours and ref and "pairs_per_s" in ours:
+            tr.write_line(f"{group:>9} ratio          pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}")
         if ours and ref:
-            if "tokens_per_s" in ours:
+            if "tokens_per_s" in ours and "texts_per_s" in ours:
                 tr.write_line(f"{group:>9} ratio          tokens/s x{ours['tokens_per_s'] / ref['tokens_per_s']:.2f}"
                               f"  texts/s x{ours['texts_per_s'] / ref['texts_per_s']:.2f}")
             if "p50_ms" in ours:
@@ -154,7 +170,7 @@ _LOAD_AT_START: list[float] = []
 
 
 def _bench_options(config) -> dict:
-    names = ["corpus_dtype", "full_model", "model_size", "model_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
+    names = ["corpus_dtype", "full_model", "model_size", "model_dir", "reranker_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
              "duration", "concurrency", "ingest_docs", "storage_docs", "sidecar_address", "sidecar_collection", "sidecar_env"]
     opts = {n: config.getoption("--" + n.replace("_", "-")) for n in names}
     opts["model_size"] = bench_model_size(config)  # resolved: the default depends on --quick

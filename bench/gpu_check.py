@@ -4,7 +4,10 @@ Run by ``bench/gpu_check.sh`` on a CUDA machine in well under 5 minutes:
   1. builds (or reuses) the full-size random checkpoint (24 layers, hidden 1024, vocab 250002);
   2. parity of fp16 and bf16 against fp32 on the same GPU: dense cosine / max abs diff, lexical weights,
      ColBERT vectors, and M3 scores of query/passage pairs (tolerances printed beside the figures);
-  3. throughput: tokens/s on passages of mixed length (50-500 tokens) per dtype, one-query latency p50/p99.
+  3. throughput: tokens/s on passages of mixed length (50-500 tokens) per dtype, one-query latency p50/p99;
+  4. the cross-encoder Reranker (bge-reranker-v2-m3's shape: the same body with a one-logit head, made in
+     seconds from the checkpoint of step 1): fp16/bf16 logits against fp32 (max abs, sigmoid max abs,
+     Spearman), pairs/s on (query, 50-400-token passage) pairs and one 10-passage request p50/p99.
 Writes a Markdown section (``--markdown``) and a JSON file (``--json``); prints both.
 """
 
@@ -27,6 +30,124 @@ TOLERANCES = {
     "fp16": {"dense_cos_min": 0.999, "m3_score_rel": 1e-2, "spearman_min": 0.99},
     "bf16": {"dense_cos_min": 0.99, "m3_score_rel": 5e-2, "spearman_min": 0.95},
 }
+# Reranker: sigmoid scores (0..1) against fp32, and the order of the pairs.
+RERANK_TOLERANCES = {
+    "fp16": {"sigmoid_abs": 1e-2, "spearman_min": 0.99},
+    "bf16": {"sigmoid_abs": 5e-2, "spearman_min": 0.95},
+}
+
+
+def reranker_from_m3(m3_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A reranker checkpoint in bge-reranker-v2-m3's layout from a BGE-M3-layout one: the same XLM-R body
+    (``roberta.*``), a random one-logit head, the same tokenizer. Seconds instead of building a second body."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = json.loads((m3_dir / "config.json").read_text(encoding="utf-8"))
+    config.update(architectures=["XLMRobertaForSequenceClassification"], id2label={"0": "LABEL_0"},
+                  label2id={"LABEL_0": 0})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model"):
+        if (m3_dir / name).is_file():
+            shutil.copy(m3_dir / name, tmp / name)
+    state = {f"roberta.{k}": v for k, v in load_file(str(m3_dir / "model.safetensors")).items()
+             if not k.startswith("pooler.")}
+    h = int(config["hidden_size"])
+    gen = torch.Generator().manual_seed(seed)
+    state.update({"classifier.dense.weight": torch.randn((h, h), generator=gen) / h ** 0.5,
+                  "classifier.dense.bias": torch.zeros(h),
+                  "classifier.out_proj.weight": torch.randn((1, h), generator=gen) * 2 / h ** 0.5,
+                  "classifier.out_proj.bias": torch.zeros(1)})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def rerank_check(model_dir: Path, reranker_dir: Path, device: str, seconds: float, n_pairs: int,
+                 rng: random.Random, report: dict) -> bool:
+    """Step 4: the reranker per dtype on ``device``; fills report["reranker"], returns whether it is in tolerance."""
+    import torch
+
+    from milvus_embed_ext.encoder import Reranker
+
+    t0 = time.perf_counter()
+    path = reranker_from_m3(model_dir, reranker_dir)
+    rerankers = {dt: Reranker.from_pretrained(str(path), device=device, dtype=dt, max_length=512,
+                                              token_budget=65536, max_batch=256) for dt in ("fp32", "fp16", "bf16")}
+    ref = rerankers["fp32"]
+    word_src = M3Words(ref)
+    queries = [word_src.text(rng, 8, 24) for _ in range(8)]
+    parity_pairs = [(q, word_src.text(rng, 50, 400)) for q in queries for _ in range(16)]
+    bench_pairs = [(queries[i % len(queries)], word_src.text(rng, 50, 400)) for i in range(n_pairs)]
+    requests = [[(q, word_src.text(rng, 40, 80)) for _ in range(10)] for q in queries]
+    out: dict = {"checkpoint_ready_s": round(time.perf_counter() - t0, 1), "bench_pairs": len(bench_pairs),
+                 "bench_tokens": int(sum(ref.count_tokens(bench_pairs))), "parity": {}, "throughput": {},
+                 "request_latency": {}}
+    ok = True
+    base = np.asarray(ref.compute_score(parity_pairs))
+    for dt in ("fp16", "bf16"):
+        got = np.asarray(rerankers[dt].compute_score(parity_pairs))
+        sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+        res = {"logit_abs_max": float(np.max(np.abs(base - got))),
+               "sigmoid_abs_max": float(np.max(np.abs(sig(base) - sig(got)))),
+               "spearman": spearman(base, got), "logit_std_fp32": float(base.std())}
+        tol = RERANK_TOLERANCES[dt]
+        res["within_tolerance"] = res["sigmoid_abs_max"] <= tol["sigmoid_abs"] and res["spearman"] >= tol["spearman_min"]
+        ok &= res["within_tolerance"]
+        out["parity"][dt] = res
+        print(json.dumps({f"reranker {dt}": res}), flush=True)
+    for dt, r in rerankers.items():
+        r.compute_score(bench_pairs[:64])  # warm-up
+        _sync()
+        runs, started = 0, time.perf_counter()
+        while True:
+            r.compute_score(bench_pairs)
+            _sync()
+            runs += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+        samples = []
+        for i in range(50):
+            t = time.perf_counter()
+            r.compute_score(requests[i % len(requests)])
+            _sync()
+            samples.append((time.perf_counter() - t) * 1000)
+        samples.sort()
+        out["throughput"][dt] = {"pairs_per_s": len(bench_pairs) * runs / elapsed,
+                                 "tokens_per_s": out["bench_tokens"] * runs / elapsed}
+        out["request_latency"][dt] = {"p50_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * 49)]}
+        print(json.dumps({f"reranker {dt}": [out["throughput"][dt], out["request_latency"][dt]]}), flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    report["reranker"] = out
+    return ok
+
+
+class M3Words:
+    """Texts of a target token length for the reranker (count_tokens of a pair with an empty query)."""
+
+    def __init__(self, reranker) -> None:
+        from milvus_embed_ext.encoder.testmodel import _corpus_lines
+
+        self.reranker = reranker
+        self.words = " ".join(_corpus_lines()).split()
+
+    def text(self, rng: random.Random, lo: int, hi: int) -> str:
+        target = rng.randint(lo, hi)
+        start = rng.randrange(len(self.words))
+        text = " ".join(self.words[(start + i) % len(self.words)] for i in range(max(4, target // 2)))
+        while self.reranker.count_tokens([(".", text)], max_length=8192)[0] - 5 < target:
+            text += " " + " ".join(rng.choice(self.words) for _ in range(16))
+        return text
 
 
 def make_texts(encoder, rng: random.Random, n: int, lo: int, hi: int) -> list[str]:
@@ -124,6 +245,10 @@ def main() -> int:
     ap.add_argument("--size", default="full", choices=("tiny", "full"), help="tiny: a smoke run of this script")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script without a GPU")
     ap.add_argument("--passages", type=int, default=512, help="passages in the throughput set")
+    ap.add_argument("--reranker-dir", default="", help="where to make the reranker checkpoint (default: beside "
+                    "--model-dir, suffix -reranker)")
+    ap.add_argument("--rerank-pairs", type=int, default=256, help="pairs in the reranker throughput set")
+    ap.add_argument("--no-reranker", action="store_true", help="skip step 4 (the cross-encoder)")
     ap.add_argument("--markdown", default="")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -188,6 +313,13 @@ def main() -> int:
         print(json.dumps({dt: [report["throughput"][dt], report["query_latency"][dt]]}), flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if not args.no_reranker:
+        try:
+            reranker_dir = Path(args.reranker_dir or f"{str(model_dir).rstrip('/')}-reranker")
+            ok &= rerank_check(Path(model_dir), reranker_dir, args.device, args.seconds, args.rerank_pairs, rng, report)
+        except Exception as exc:  # noqa: BLE001 - report it, keep the encoder figures
+            print(f"gpu_check: reranker check failed: {exc!r}", file=sys.stderr)
+            ok = False
     report["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0
 
     md = to_markdown(report)
@@ -232,6 +364,26 @@ def to_markdown(r: dict) -> str:
                      f"| {p['colbert_abs_max']:.2e} | {p['m3_score_rel_max']:.2e} | {p['m3_spearman']:.4f} "
                      f"| cos >= {tol['dense_cos_min']}, score rel <= {tol['m3_score_rel']}, "
                      f"Spearman >= {tol['spearman_min']} | {_verdict(p, tol)} |")
+    rr = r.get("reranker")
+    if rr:
+        fp32r = rr["throughput"].get("fp32", {}).get("pairs_per_s", float("nan"))
+        lines += ["", f"Reranker (bge-reranker-v2-m3's shape: the body above plus a random one-logit head), "
+                      f"{rr['bench_pairs']} (query, 50-400-token passage) pairs, {rr['bench_tokens']} tokens; "
+                      "one request = a query and 10 passages of 40-80 tokens:", "",
+                  "| dtype | pairs/s | tokens/s | x fp32 | one request p50 ms | p99 ms |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for dt, t in rr["throughput"].items():
+            q = rr["request_latency"][dt]
+            lines.append(f"| {dt} | {t['pairs_per_s']:,.1f} | {t['tokens_per_s']:,.0f} | "
+                         f"{t['pairs_per_s'] / fp32r:.2f} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} |")
+        lines += ["", "Reranker scores against fp32 on the same device (8 queries x 16 passages):", "",
+                  "| dtype | logit max abs | sigmoid max abs | Spearman | fp32 logit std | tolerance | ok |",
+                  "|---|---:|---:|---:|---:|---|---|"]
+        for dt, p in rr["parity"].items():
+            tol = RERANK_TOLERANCES[dt]
+            lines.append(f"| {dt} | {p['logit_abs_max']:.2e} | {p['sigmoid_abs_max']:.2e} | {p['spearman']:.4f} | "
+                         f"{p['logit_std_fp32']:.3f} | sigmoid abs <= {tol['sigmoid_abs']}, Spearman >= "
+                         f"{tol['spearman_min']} | {'yes' if p['within_tolerance'] else 'NO'} |")
     lines += ["", f"Peak GPU memory: {r['peak_gpu_mem_gib']} GiB. Checkpoint build/reuse: {r['checkpoint_ready_s']} s."]
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,20 @@ class Hit:
 
 
 @dataclass
+class RerankResult:
+    scores: list[float]
+    """One per passage, in request order: raw logits, or sigmoid-normalised (0..1) with ``normalize=True``."""
+    token_counts: list[int]
+    timings: Timings
+    model: str = ""
+    model_fingerprint: str = ""
+
+    def order(self) -> list[int]:
+        """Passage indices, best first."""
+        return sorted(range(len(self.scores)), key=lambda i: -self.scores[i])
+
+
+@dataclass
 class SearchResult:
     hits: list[Hit]
     query_tokens: int
@@ -114,6 +129,7 @@ _REPS = {"dense": search_pb2.REPRESENTATION_DENSE, "sparse": search_pb2.REPRESEN
          "colbert": search_pb2.REPRESENTATION_COLBERT, "dense_truncated": search_pb2.REPRESENTATION_DENSE_TRUNCATED}
 _FUSIONS = {"m3": search_pb2.FUSION_METHOD_M3, "rrf": search_pb2.FUSION_METHOD_RRF,
             "weighted": search_pb2.FUSION_METHOD_WEIGHTED, "dbsf": search_pb2.FUSION_METHOD_DBSF}
+_CE_ORDERS = {"reranker": search_pb2.CROSS_ENCODER_ORDER_RERANKER, "fused": search_pb2.CROSS_ENCODER_ORDER_FUSED}
 _NORMS = {"minmax": search_pb2.NORMALIZATION_MINMAX, "arctan": search_pb2.NORMALIZATION_ARCTAN,
           "arctan_pos": search_pb2.NORMALIZATION_ARCTAN_POS}
 
@@ -249,18 +265,53 @@ def parse_get_response(resp: documents_pb2.GetResponse) -> list[dict[str, Any]]:
     return out
 
 
+def build_rerank_request(query: str, passages: Sequence[str], normalize: bool) -> embedder_pb2.RerankRequest:
+    if isinstance(passages, str):
+        raise InvalidArgument("passages must be a list of strings, not a single string; wrap it: [passage]")
+    return embedder_pb2.RerankRequest(query=_check_text(query, "query"), normalize=bool(normalize),
+                                      passages=[_check_text(p, f"passages[{i}]") for i, p in enumerate(passages)])
+
+
+def parse_rerank_response(resp: embedder_pb2.RerankResponse) -> RerankResult:
+    return RerankResult(scores=list(resp.scores), token_counts=list(resp.token_counts),
+                        timings=Timings.from_pb(resp.timings), model=resp.model,
+                        model_fingerprint=resp.model_fingerprint)
+
+
+def _rescore_arg(rescore: Sequence[str] | None, rerank: Sequence[str] | None) -> Sequence[str] | None:
+    """``rescore``, or the deprecated ``rerank`` (its old name, accepted for one release) with a warning."""
+    if rerank is None:
+        return rescore
+    warnings.warn("hybrid_search(rerank=...) is deprecated: the stage-2 representations are now `rescore`; "
+                  "`cross_encoder=True` runs the cross-encoder reranker", DeprecationWarning, stacklevel=3)
+    if rescore is not None and list(rescore) != list(rerank):
+        raise InvalidArgument("rescore and its deprecated alias rerank disagree; send rescore only")
+    return rerank
+
+
 def build_search_request(query: str, *, collection: str, top_k: int, offset: int, filter: str,
-                         output_fields: Sequence[str], candidates: Sequence[str] | None, rerank: Sequence[str] | None,
+                         output_fields: Sequence[str], candidates: Sequence[str] | None, rescore: Sequence[str] | None,
                          candidate_k: int | None, truncate_dim: int | None, allow_partial: bool, fusion: str | None,
                          weights: Mapping[str, float] | None, rrf_k: int | None,
-                         normalization: str | None) -> search_pb2.HybridSearchRequest:
+                         normalization: str | None, cross_encoder: bool = False,
+                         cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
+                         cross_encoder_weight: float | None = None) -> search_pb2.HybridSearchRequest:
     req = search_pb2.HybridSearchRequest(
         query=_check_text(query, "query"), collection=collection, top_k=int(top_k), offset=int(offset),
         filter=filter, output_fields=list(output_fields),
     )
-    if candidates or rerank or candidate_k or truncate_dim or allow_partial:
+    if cross_encoder or cross_encoder_top_n or cross_encoder_order or cross_encoder_weight is not None:
+        if not cross_encoder:
+            raise InvalidArgument("cross_encoder_top_n/order/weight need cross_encoder=True")
+        req.cross_encoder.enabled = True
+        req.cross_encoder.top_n = int(cross_encoder_top_n or 0)
+        if cross_encoder_order:
+            req.cross_encoder.order = _lookup(_CE_ORDERS, cross_encoder_order, "cross_encoder_order")
+        if cross_encoder_weight is not None:
+            req.cross_encoder.weight = float(cross_encoder_weight)
+    if candidates or rescore or candidate_k or truncate_dim or allow_partial:
         req.plan.candidates.extend(_lookup(_REPS, c, "candidate source") for c in candidates or ())
-        req.plan.rerank.extend(_lookup(_REPS, r, "representation") for r in rerank or ())
+        req.plan.rescore.extend(_lookup(_REPS, r, "representation") for r in rescore or ())
         req.plan.candidate_k = int(candidate_k or 0)
         req.plan.truncate_dim = int(truncate_dim or 0)
         req.plan.allow_partial = bool(allow_partial)
@@ -402,16 +453,30 @@ class SidecarClient(_ClientBase):
                                        allow_missing=allow_missing, with_vectors=with_vectors)
         return parse_get_response(self._call(self._documents.Get, req, timeout))
 
+    def rerank(self, query: str, passages: Sequence[str], *, normalize: bool = False,
+               timeout: float | None = None) -> RerankResult:
+        """Cross-encoder scores of ``passages`` against ``query`` (FailedPrecondition: no reranker configured)."""
+        req = build_rerank_request(query, passages, normalize)
+        return parse_rerank_response(self._call(self._embedder.Rerank, req, timeout))
+
     def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0, filter: str = "",
                       output_fields: Sequence[str] = (), candidates: Sequence[str] | None = None,
-                      rerank: Sequence[str] | None = None, candidate_k: int | None = None,
+                      rescore: Sequence[str] | None = None, candidate_k: int | None = None,
                       truncate_dim: int | None = None, allow_partial: bool = False, fusion: str | None = None,
                       weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
-                      normalization: str | None = None, timeout: float | None = None) -> SearchResult:
+                      normalization: str | None = None, cross_encoder: bool = False,
+                      cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
+                      cross_encoder_weight: float | None = None, timeout: float | None = None,
+                      rerank: Sequence[str] | None = None) -> SearchResult:
+        """Hybrid search. ``rescore``: the stage-2 representations (``rerank`` is its deprecated old name);
+        ``cross_encoder=True`` re-orders the fused top ``cross_encoder_top_n`` with the server's reranker."""
         req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
-                                   output_fields=output_fields, candidates=candidates, rerank=rerank,
+                                   output_fields=output_fields, candidates=candidates,
+                                   rescore=_rescore_arg(rescore, rerank),
                                    candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
-                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization)
+                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization,
+                                   cross_encoder=cross_encoder, cross_encoder_top_n=cross_encoder_top_n,
+                                   cross_encoder_order=cross_encoder_order, cross_encoder_weight=cross_encoder_weight)
         return parse_search_response(self._call(self._search.HybridSearch, req, timeout))
 
 
@@ -475,19 +540,32 @@ class AsyncSidecarClient(_ClientBase):
                                        allow_missing=allow_missing, with_vectors=with_vectors)
         return parse_get_response(await self._call(self._documents.Get, req, timeout))
 
+    async def rerank(self, query: str, passages: Sequence[str], *, normalize: bool = False,
+                     timeout: float | None = None) -> RerankResult:
+        """See :meth:`SidecarClient.rerank`."""
+        req = build_rerank_request(query, passages, normalize)
+        return parse_rerank_response(await self._call(self._embedder.Rerank, req, timeout))
+
     async def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0,
                             filter: str = "", output_fields: Sequence[str] = (),
-                            candidates: Sequence[str] | None = None, rerank: Sequence[str] | None = None,
+                            candidates: Sequence[str] | None = None, rescore: Sequence[str] | None = None,
                             candidate_k: int | None = None, truncate_dim: int | None = None,
                             allow_partial: bool = False, fusion: str | None = None,
                             weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
-                            normalization: str | None = None, timeout: float | None = None) -> SearchResult:
+                            normalization: str | None = None, cross_encoder: bool = False,
+                            cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
+                            cross_encoder_weight: float | None = None, timeout: float | None = None,
+                            rerank: Sequence[str] | None = None) -> SearchResult:
+        """See :meth:`SidecarClient.hybrid_search`."""
         req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
-                                   output_fields=output_fields, candidates=candidates, rerank=rerank,
+                                   output_fields=output_fields, candidates=candidates,
+                                   rescore=_rescore_arg(rescore, rerank),
                                    candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
-                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization)
+                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization,
+                                   cross_encoder=cross_encoder, cross_encoder_top_n=cross_encoder_top_n,
+                                   cross_encoder_order=cross_encoder_order, cross_encoder_weight=cross_encoder_weight)
         return parse_search_response(await self._call(self._search.HybridSearch, req, timeout))
 
 
 __all__ = ["SidecarClient", "AsyncSidecarClient", "TLSConfig", "EmbedResult", "UpsertResult", "SearchResult",
-           "Hit", "Timings"]
+           "RerankResult", "Hit", "Timings"]

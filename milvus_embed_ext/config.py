@@ -71,6 +71,35 @@ class Settings:
     allow_demo_model: bool = True
     """If the model is neither cached nor downloadable, fall back to a locally built demo checkpoint."""
 
+    # --- cross-encoder reranker (Rerank RPC, search stage 3)
+    reranker_model: str = ""
+    """Hub id (BAAI/bge-reranker-v2-m3) or local directory of a cross-encoder; empty: no reranker, and the Rerank
+    RPC and search stage 3 answer FAILED_PRECONDITION. Never falls back to a demo model."""
+    reranker_device: str = ""
+    """auto | cpu | cuda | cuda:N for the reranker; empty: the encoder's device."""
+    reranker_dtype: str = ""
+    """auto | fp32 | fp16 | bf16 for the reranker; empty: the encoder's dtype."""
+    reranker_backend: str = ""
+    """torch | onnx | onnx-int8 for the reranker; empty: the encoder's backend."""
+    reranker_max_length: int = 512
+    """Tokens per (query, passage) pair, special tokens included; the query keeps at most 3/4 of it."""
+    reranker_token_budget: int = 16384
+    """Padded tokens per reranker forward pass."""
+    reranker_max_batch: int = 64
+    """Pairs per reranker forward pass."""
+    reranker_max_queue: int = 1024
+    """Pairs waiting for the reranker (its own queue: a burst of reranks cannot starve embedding)."""
+    reranker_max_pairs: int = 256
+    """Passages in one Rerank request, and the largest search stage-3 top_n."""
+    reranker_max_text_chars: int = 32768
+    """Characters in one query or passage sent to the Rerank RPC."""
+    cross_encoder_top_n_factor: int = 3
+    """Search stage 3 re-scores this many times (offset + top_k) fused hits unless a request sets top_n."""
+    cross_encoder_order: str = "reranker"
+    """reranker (the cross-encoder's score alone) | fused (weighted with the stage-2 fused score)."""
+    cross_encoder_weight: float = 0.7
+    """With cross_encoder_order=fused: the cross-encoder's share, 0..1."""
+
     # --- Milvus
     milvus_uri: str = "./data/milvus.db"
     """A file path (embedded Milvus Lite, in-process) or http(s)://host:port of a Milvus server."""
@@ -205,11 +234,25 @@ def _validate(s: Settings) -> None:
         raise InvalidArgument(f"dtype must be auto, fp32, fp16 or bf16, got {s.dtype!r}")
     if s.backend not in {"torch", "onnx", "onnx-int8"}:
         raise InvalidArgument(f"backend must be torch, onnx or onnx-int8, got {s.backend!r}")
+    if s.reranker_device and s.reranker_device not in {"auto", "cpu"} and not (
+            s.reranker_device == "cuda" or s.reranker_device.startswith("cuda:")):
+        raise InvalidArgument(f"reranker_device must be empty, auto, cpu, cuda or cuda:N, got {s.reranker_device!r}")
+    if s.reranker_dtype not in {"", "auto", "fp32", "fp16", "bf16"}:
+        raise InvalidArgument(f"reranker_dtype must be empty, auto, fp32, fp16 or bf16, got {s.reranker_dtype!r}")
+    if s.reranker_backend not in {"", "torch", "onnx", "onnx-int8"}:
+        raise InvalidArgument(f"reranker_backend must be empty, torch, onnx or onnx-int8, got {s.reranker_backend!r}")
+    if s.reranker_max_length < 8:
+        raise InvalidArgument(f"reranker_max_length must be >= 8, got {s.reranker_max_length}")
+    if s.cross_encoder_order not in {"reranker", "fused"}:
+        raise InvalidArgument(f"cross_encoder_order must be reranker or fused, got {s.cross_encoder_order!r}")
+    if not 0.0 <= s.cross_encoder_weight <= 1.0:
+        raise InvalidArgument(f"cross_encoder_weight must be in 0..1, got {s.cross_encoder_weight}")
     if s.encoder_threads < 0:
         raise InvalidArgument(f"encoder_threads must be >= 0 (0: one per core), got {s.encoder_threads}")
     for name in ("max_length", "token_budget", "max_batch", "max_queue", "max_concurrent", "milvus_threads",
-                 "max_message_bytes",
-                 "max_texts_per_request", "max_top_k"):
+                 "max_message_bytes", "max_texts_per_request", "max_top_k", "reranker_token_budget",
+                 "reranker_max_batch", "reranker_max_queue", "reranker_max_pairs", "reranker_max_text_chars",
+                 "cross_encoder_top_n_factor"):
         if getattr(s, name) <= 0:
             raise InvalidArgument(f"{name} must be > 0, got {getattr(s, name)}")
     if any(d <= 0 for d in s.truncate_dims):

@@ -4,7 +4,8 @@ No server needed: the demo uses the library directly (encoder + store + searcher
 under ``./data`` (or a server with ``--milvus-uri``). It brings its own collection (``demo_corpus``) to the
 latest schema revision with the project's migrations, upserts the corpus by id (a second run writes only
 what changed), and prints each hit with every representation's exact score (dense, sparse, ColBERT), the
-fused score and the stage timings.
+fused score and the stage timings. With ``--cross-encoder`` (and a reranker: ``MEE_RERANKER_MODEL`` or
+``--reranker-model``) stage 3 re-orders each query's fused top N with the cross-encoder and prints its score.
 
 Also registers ``milvus-embed health`` (the gRPC health probe, see :mod:`milvus_embed_ext.healthcheck`).
 """
@@ -154,17 +155,20 @@ def print_result(query: DemoQuery, result: Any, out: TextIO, *, width: int = 72)
     if query.filter or query.note:
         print("       " + "  ".join(x for x in (f"filter: {query.filter}" if query.filter else "", query.note) if x),
               file=out)
-    print(f"  {'#':>2}  {'id':<6} {'fused':>7} {'dense':>7} {'sparse':>7} {'colbert':>7}  text", file=out)
+    cross = any("cross_encoder" in h.scores for h in result.hits)
+    reps = ("dense", "sparse", "colbert") + (("fused", "cross_encoder") if cross else ())
+    head = " ".join(f"{'cross' if r == 'cross_encoder' else r:>7}" for r in reps)
+    print(f"  {'#':>2}  {'id':<6} {'final' if cross else 'fused':>7} {head}  text", file=out)
     for rank, hit in enumerate(result.hits, start=1):
         s = hit.scores
-        cols = " ".join(f"{s[r]:7.4f}" if r in s else f"{'-':>7}" for r in ("dense", "sparse", "colbert"))
+        cols = " ".join(f"{s[r]:7.4f}" if r in s else f"{'-':>7}" for r in reps)
         text = _clip(str(hit.fields.get("text", "")), width)
         print(f"  {rank:>2}  {hit.id:<6} {hit.score:7.4f} {cols}  {text}", file=out)
     if not result.hits:
         print("  (no hits)", file=out)
     t = result.timings_ms
     stages = [("encode", "encode"), ("candidates", "candidates"), ("fetch", "fetch"), ("rescore", "rescore"),
-              ("fuse", "fuse"), ("fields", "fields"), ("total", "total")]
+              ("fuse", "fuse"), ("cross-encoder", "cross_encoder"), ("fields", "fields"), ("total", "total")]
     shown = "  ".join(f"{label} {t[key]:.1f}" for label, key in stages if key in t)
     routes = "  ".join(f"{k.split('.', 1)[1]} {v:.1f}" for k, v in sorted(t.items()) if k.startswith("candidates."))
     print(f"  timings ms: {shown}", file=out)
@@ -172,15 +176,46 @@ def print_result(query: DemoQuery, result: Any, out: TextIO, *, width: int = 72)
         print(f"  stage 1 per field ms: {routes}   ({result.candidates} candidates re-scored)", file=out)
 
 
+def reranker_warning(path: Any) -> str | None:
+    """A warning when the reranker is a locally built random checkpoint (its order then means nothing)."""
+    from .encoder.testmodel import STAMP_FILE
+
+    if path is not None and (Path(path) / STAMP_FILE).is_file():
+        return (f"NOTE: the cross-encoder {str(path)!r} is a RANDOM test checkpoint (make-test-model --kind "
+                "reranker): its scores and the order of stage 3 carry NO meaning. Use MEE_RERANKER_MODEL="
+                "BAAI/bge-reranker-v2-m3 (or a local copy of it) for real reranking.")
+    return None
+
+
 def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERIES, top_k: int = 5,
              corpus: str | Path = CORPUS_PATH, fusion: str | None = None, reset: bool = False,
              load: bool = True, out: TextIO = sys.stdout, encoder: Any = None,
-             progress: ProgressCallback | None = None) -> dict[str, Any]:
+             progress: ProgressCallback | None = None, cross_encoder: bool = False,
+             reranker: Any = None, cross_encoder_top_n: int | None = None) -> dict[str, Any]:
     """The whole demo; returns a summary (documents, written, results) for tests and scripts.
 
     ``encoder``: an already loaded M3Encoder to use instead of loading ``settings.model``.
     ``progress``: told how loading the corpus advances (the CLI passes a bar or JSON log lines on stderr).
+    ``cross_encoder``: run search stage 3 with ``reranker`` (or the one ``settings.reranker_model`` names).
     """
+    from .search.crossencoder import stage_from_options
+
+    stage = None
+    if cross_encoder:
+        if reranker is None:
+            from .encoder.factory import reranker_from_settings
+
+            reranker = reranker_from_settings(settings)
+        if reranker is None:
+            raise FailedPrecondition("--cross-encoder needs a reranker: set MEE_RERANKER_MODEL or --reranker-model "
+                                     "(BAAI/bge-reranker-v2-m3, or offline: milvus-embed make-test-model DIR --kind "
+                                     "reranker, then --reranker-model DIR)")
+        stage = stage_from_options(top_n=cross_encoder_top_n, default_order=settings.cross_encoder_order,
+                                   default_weight=settings.cross_encoder_weight,
+                                   top_n_factor=settings.cross_encoder_top_n_factor,
+                                   max_top_n=settings.reranker_max_pairs)
+        print(f"cross-encoder: {reranker.model_id} on {reranker.device}/{reranker.dtype}, re-scores the fused top "
+              f"{stage.depth(top_k)}, order {stage.order}", file=out)
     from .search import HybridSearcher, SearchRequest
     from .store import DocumentStore, MilvusStore
 
@@ -229,15 +264,21 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
         results = []
         for q in queries:
             request = SearchRequest(query=q.text, top_k=top_k, filter=q.filter, output_fields=("text", "metadata"),
-                                    plan=plan)
-            result = searcher.search(request)
+                                    plan=plan, cross_encoder=stage)
+            result = searcher.search(request, scorer=reranker)
             print_result(q, result, out)
             results.append(result)
         print(f"\nfusion: {searcher.plan_for(SearchRequest(query='', plan=plan)).fusion}; scores are exact "
               "(re-scored from the stored vectors): dense = cosine, sparse = lexical weight product, "
               "colbert = MaxSim mean.", file=out)
+        if stage is not None:
+            print("cross = the cross-encoder's logit over (query, stored text); final = the order of stage 3 "
+                  f"({stage.order}); fused = the stage-2 score it re-ordered.", file=out)
         if is_demo_model:
             print("\n" + demo_warning(requested_model), file=out)
+        note = reranker_warning(getattr(reranker, "path", None)) if stage is not None else None
+        if note:
+            print("\n" + note, file=out)
         return {"documents": len(docs), "written": written, "results": results, "demo_model": is_demo_model,
                 "collection": settings.collection}
     finally:
@@ -277,6 +318,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-load", action="store_true", help="skip loading the corpus; search what is stored")
     p.add_argument("--reset", action="store_true", help="drop the demo collection first (e.g. after changing model)")
     add_quiet_arg(p)
+    p.add_argument("--cross-encoder", action="store_true",
+                   help="stage 3: re-order each query's fused top N with the cross-encoder reranker")
+    p.add_argument("--reranker-model", default=None,
+                   help="cross-encoder checkpoint or hub id (MEE_RERANKER_MODEL), e.g. BAAI/bge-reranker-v2-m3")
+    p.add_argument("--cross-encoder-top-n", type=int, default=None, help="fused hits to re-score (default 3x top-k)")
     p.set_defaults(handler=cmd_demo)
 
     from . import healthcheck
@@ -296,9 +342,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--top-k must be > 0, got {args.top_k}")
     if args.filter and not args.query:
         raise InvalidArgument("--filter applies to --query searches; give at least one --query")
-    settings = settings_from_args(args, collection=args.collection)
+    settings = settings_from_args(args, collection=args.collection, reranker_model=args.reranker_model)
     queries = tuple(DemoQuery(q, filter=args.filter) for q in args.query) if args.query else DEFAULT_QUERIES
     with ProgressBoard(unit="docs", quiet=args.quiet) as board:
         run_demo(settings, queries=queries, top_k=args.top_k, corpus=args.corpus, fusion=args.fusion,
-                 reset=args.reset, load=not args.no_load, progress=board)
+                 reset=args.reset, load=not args.no_load, progress=board, cross_encoder=args.cross_encoder,
+                 cross_encoder_top_n=args.cross_encoder_top_n)
     return 0

@@ -37,3 +37,18 @@ def tiny_encoder(tiny_model_dir: Path):
     from milvus_embed_ext.encoder import M3Encoder
 
     return M3Encoder.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32", max_length=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir() -> Path:
+    """The tiny bge-reranker-v2-m3-layout checkpoint (one-logit sequence classification, same tokenizer)."""
+    from milvus_embed_ext.encoder.testmodel import ensure_test_model
+
+    return ensure_test_model(CACHE_DIR / "test-reranker-tiny", size="tiny", seed=0, kind="reranker")
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tiny_reranker_dir: Path):
+    from milvus_embed_ext.encoder import Reranker
+
+    return Reranker.from_pretrained(str(tiny_reranker_dir), device="cpu", dtype="fp32")

@@ -2,7 +2,8 @@
 
 ``M3Encoder.from_pretrained(path_or_hub_id)`` loads a checkpoint; ``encode(texts)`` returns an
 :class:`M3Output`. Scoring helpers mirror FlagEmbedding's ``compute_score``. ``testmodel`` builds
-offline checkpoints in BGE-M3's on-disk layout for tests and benchmarks.
+offline checkpoints in BGE-M3's on-disk layout for tests and benchmarks. :class:`Reranker` is the
+cross-encoder (bge-reranker-v2-m3) beside it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from .batching import plan_batches
 from .hub import resolve_model_path
 from .model import M3Encoder, resolve_device, resolve_dtype
 from .output import M3Output
+from .reranker import Reranker
 from .scoring import DEFAULT_WEIGHTS, colbert_score, dense_score, lexical_score, m3_score, m3_scores
 from .testmodel import build_test_model, ensure_test_model
 
@@ -18,6 +20,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "M3Encoder",
     "M3Output",
+    "Reranker",
     "build_test_model",
     "colbert_score",
     "dense_score",

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=tuple(SIZES), default="tiny")
     p.add_argument("--seed", type=int, default=0)
     add_quiet_arg(p)
+    p.add_argument("--kind", choices=("m3", "reranker"), default="m3",
+                   help="m3: BGE-M3's layout (default); reranker: bge-reranker-v2-m3's (sequence classification, "
+                        "one logit, same tokenizer)")
     p.set_defaults(handler=_make_test_model)
 
     e = subparsers.add_parser(
@@ -46,8 +49,9 @@ def _make_test_model(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     with ProgressBoard(unit="steps", quiet=args.quiet) as board:
-        out = build_test_model(Path(args.out), size=args.size, seed=args.seed, progress=board)
-    print(f"built {args.size} test model in {out} ({time.perf_counter() - started:.1f}s)")
+        out = build_test_model(Path(args.out), size=args.size, seed=args.seed, kind=args.kind, progress=board)
+    kind = "" if args.kind == "m3" else f"{args.kind} "
+    print(f"built {args.size} {kind}test model in {out} ({time.perf_counter() - started:.1f}s)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The one place an M3Encoder is built from Settings (the service, migration backfills and the CLI)."""
+"""The one place an M3Encoder (and the Reranker) is built from Settings (the service, migration backfills and the CLI)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..config import Settings
     from .model import M3Encoder
+    from .reranker import Reranker
 
 
 def encoder_threads(settings: Settings, cores: int | None = None) -> int:
@@ -39,3 +40,27 @@ def encoder_from_settings(settings: Settings, path: str | None = None, **overrid
                                   backend=settings.backend, onnx_cache_dir=settings.onnx_cache_dir or None)
     kwargs.update(overrides)
     return M3Encoder.from_pretrained(path or settings.model, **kwargs)
+
+
+def reranker_from_settings(settings: Settings, **overrides: Any) -> Reranker | None:
+    """The cross-encoder of ``settings.reranker_model`` (None when it is empty: the stage is off).
+
+    Device, dtype and backend default to the encoder's; ``overrides`` win. No demo fallback: a configured
+    reranker that cannot be loaded fails start-up with the loader's message.
+    """
+    if not settings.reranker_model:
+        return None
+    from .reranker import Reranker
+
+    if settings.encoder_threads:
+        import torch
+
+        torch.set_num_threads(settings.encoder_threads)
+    kwargs: dict[str, Any] = dict(device=settings.reranker_device or settings.device,
+                                  dtype=settings.reranker_dtype or settings.dtype,
+                                  backend=settings.reranker_backend or settings.backend,
+                                  max_length=settings.reranker_max_length,
+                                  token_budget=settings.reranker_token_budget, max_batch=settings.reranker_max_batch,
+                                  onnx_cache_dir=settings.onnx_cache_dir or None)
+    kwargs.update(overrides)
+    return Reranker.from_pretrained(settings.reranker_model, **kwargs)

@@ -10,6 +10,11 @@ sparse weights are zero), which would make parity tests pass vacuously. The ``ti
 initialised so that attention is content-dependent and the CLS vector is dominated by the text's
 tokens: unrelated texts get clearly different vectors and ordinary text has non-empty sparse weights.
 The ``full`` model has BGE-M3's exact shapes (and so its compute cost) for benchmarks.
+
+``kind="reranker"`` builds bge-reranker-v2-m3's layout instead: an ``XLMRobertaForSequenceClassification``
+directory with one label (``roberta.*`` body plus ``classifier.dense`` / ``classifier.out_proj``), the same
+tokenizer and no BGE-M3 heads. Its body is initialised like the encoder's, so different (query, passage)
+pairs get clearly different logits.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ SIZES: dict[str, ModelSize] = {
     "wide": ModelSize(hidden=1024, layers=2, heads=16, intermediate=4096, config_vocab=250002,
                       tokenizer_vocab=8000),
 }
+
+
+KINDS = ("m3", "reranker")
 
 
 def _corpus_lines() -> list[str]:
@@ -125,9 +133,13 @@ def _tokenizer_files(out: Path, tok, model_max_length: int) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
 
 
-def _xlmr_config(size: ModelSize, vocab: int) -> dict:
+def _xlmr_config(size: ModelSize, vocab: int, kind: str = "m3") -> dict:
+    extra: dict = {}
+    if kind == "reranker":  # bge-reranker-v2-m3's config.json: one output logit
+        extra = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
     return {
-        "architectures": ["XLMRobertaModel"],
+        **extra,
+        "architectures": ["XLMRobertaForSequenceClassification" if kind == "reranker" else "XLMRobertaModel"],
         "model_type": "xlm-roberta",
         "attention_probs_dropout_prob": 0.1,
         "bos_token_id": 0,
@@ -161,6 +173,8 @@ def _init_tensor(name: str, shape: tuple[int, ...], size: ModelSize, gen):
         return torch.ones(shape)
     if name.endswith(".bias") or "token_type_embeddings" in name:
         return torch.zeros(shape)
+    if name.startswith("classifier."):  # reranker head: tanh(dense(cls)) -> out_proj, logits of order 1
+        return torch.randn(shape, generator=gen) * ((1.0 if "dense" in name else 2.0) / math.sqrt(shape[-1]))
     if "word_embeddings" in name:
         return torch.randn(shape, generator=gen)
     if "position_embeddings" in name:
@@ -174,17 +188,20 @@ def _init_tensor(name: str, shape: tuple[int, ...], size: ModelSize, gen):
     return torch.randn(shape, generator=gen) * std
 
 
-def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 0,
+def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 0, kind: str = "m3",
                      progress: Callable[[str, int, int | None], None] | None = None) -> Path:
-    """Write a BGE-M3-layout checkpoint to ``out_dir`` (created; must be empty or absent).
+    """Write a BGE-M3-layout checkpoint (``kind="reranker"``: bge-reranker-v2-m3's) to ``out_dir`` (created;
+    must be empty or absent).
 
     ``progress(task, steps_done, steps)``: the full size takes minutes; steps are the tokenizer, each weight
     tensor, writing the safetensors file and the two heads.
     """
     import torch
     from safetensors.torch import save_file
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
 
+    if kind not in KINDS:
+        raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if size not in SIZES:
         raise InvalidArgument(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     if not isinstance(seed, int) or seed < 0:
@@ -199,12 +216,13 @@ def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
     tok = _train_tokenizer(spec.tokenizer_vocab)
     vocab = spec.config_vocab or tok.get_vocab_size()
     _tokenizer_files(out, tok, model_max_length=spec.max_positions - 2)
-    config = _xlmr_config(spec, vocab)
+    config = _xlmr_config(spec, vocab, kind)
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     # Names and shapes come from transformers itself (on the meta device: no memory, no slow init).
     with torch.device("meta"):
-        skeleton = XLMRobertaModel(XLMRobertaConfig(**config))
+        arch = XLMRobertaForSequenceClassification if kind == "reranker" else XLMRobertaModel
+        skeleton = arch(XLMRobertaConfig(**config))
     gen = torch.Generator().manual_seed(seed)
     shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
     steps, task = len(shapes) + 3, f"build {size} test model"
@@ -216,6 +234,9 @@ def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
         report(task, i, steps)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     report(task, steps - 1, steps)
+    if kind == "reranker":
+        report(task, steps, steps)
+        return _finish(out, started, size, seed, kind)
 
     h = spec.hidden
     colbert = {"weight": torch.randn((h, h), generator=gen) / math.sqrt(h), "bias": torch.zeros(h)}
@@ -224,35 +245,42 @@ def build_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: 
     torch.save(colbert, out / "colbert_linear.pt")
     torch.save(sparse, out / "sparse_linear.pt")
     report(task, steps, steps)
+    return _finish(out, started, size, seed, kind)
+
+
+def _finish(out: Path, started: float, size: str, seed: int, kind: str) -> Path:
     stamp = {"builder_version": BUILDER_VERSION, "size": size, "seed": seed,
              "build_seconds": round(time.perf_counter() - started, 2)}
+    if kind != "m3":
+        stamp["kind"] = kind
     (out / STAMP_FILE).write_text(json.dumps(stamp), encoding="utf-8")
-    log.info("built %s test model in %s (%.1fs)", size, out, stamp["build_seconds"])
+    log.info("built %s %s test model in %s (%.1fs)", size, kind, out, stamp["build_seconds"])
     return out
 
 
-def _stamp_matches(path: Path, size: str, seed: int) -> bool:
+def _stamp_matches(path: Path, size: str, seed: int, kind: str = "m3") -> bool:
     try:
         stamp = json.loads((path / STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return stamp.get("builder_version") == BUILDER_VERSION and stamp.get("size") == size and stamp.get("seed") == seed
+    return (stamp.get("builder_version") == BUILDER_VERSION and stamp.get("size") == size
+            and stamp.get("seed") == seed and stamp.get("kind", "m3") == kind)
 
 
-def ensure_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 0) -> Path:
+def ensure_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 0, kind: str = "m3") -> Path:
     """Build the checkpoint once and reuse it while the builder version, size and seed match.
 
     Safe when several processes call it at once: each builds into a private temporary directory and
     renames it into place; a loser of the race discards its copy and uses the winner's.
     """
     out = Path(out_dir)
-    if _stamp_matches(out, size, seed):
+    if _stamp_matches(out, size, seed, kind):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        build_test_model(tmp / "model", size=size, seed=seed)
-        if _stamp_matches(out, size, seed):  # someone else finished first
+        build_test_model(tmp / "model", size=size, seed=seed, kind=kind)
+        if _stamp_matches(out, size, seed, kind):  # someone else finished first
             return out
         if out.exists():  # stale: move it aside first so the swap is a single rename
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale-", dir=out.parent))
@@ -261,7 +289,7 @@ def ensure_test_model(out_dir: str | os.PathLike[str], size: str = "tiny", seed:
         try:
             os.rename(tmp / "model", out)
         except OSError as exc:
-            if not _stamp_matches(out, size, seed):
+            if not _stamp_matches(out, size, seed, kind):
                 raise ModelLoadError(f"could not place the test model at {out}: {exc}") from exc
         return out
     finally:

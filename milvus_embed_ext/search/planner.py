@@ -14,7 +14,10 @@ The caller encodes the query (the service through its micro-batcher), then :meth
    MaxSim is bounded by the vectors' norms (:func:`colbert_bound`), so candidates are read best bound first
    until no unread bound reaches the page's last exact score. The page is exactly the one scoring every
    candidate would give, ties included. Other fusions normalise over all candidates and read them all;
-3. fusion (:mod:`.fusion`): ``m3`` (BGE-M3 ``compute_score``), ``rrf``, ``weighted`` (normalised), ``dbsf``.
+3. fusion (:mod:`.fusion`): ``m3`` (BGE-M3 ``compute_score``), ``rrf``, ``weighted`` (normalised), ``dbsf``;
+4. stage 3, optional (``SearchRequest.cross_encoder``): a cross-encoder re-orders the fused top N
+   (:mod:`.crossencoder`). Their text was read with the stage-1 hits, and the bounded ColBERT reads keep the
+   whole top N exact, not only the page.
 
 Fusion works on exact stage-2 scores, so each representation ranks the same candidate set; stage-1 scores
 only choose candidates. A failed stage fails the request, unless the plan sets ``allow_partial``: then failed
@@ -44,8 +47,8 @@ from ..errors import (
     Unavailable,
 )
 from ..store.documents import Candidate
+from . import crossencoder, rescore
 from . import fusion as fusion_fns
-from . import rescore
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -225,6 +228,8 @@ class SearchRequest:
     plan: Mapping[str, Any] | SearchPlan | None = None
     timeout_s: float | None = None
     """Wall-clock budget for the Milvus calls; exceeded: DeadlineExceeded."""
+    cross_encoder: crossencoder.CrossEncoderStage | None = None
+    """Stage 3: re-order the fused top N with the scorer passed to :meth:`HybridSearcher.execute`; None: off."""
 
 
 @dataclass
@@ -242,8 +247,9 @@ class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
     """"encode", "candidates" (stage 1 wall), "candidates.<field>" (each Milvus call, vectors included),
-    "fetch" (reading ColBERT vectors), "rescore" (exact scoring), "fuse", "fields" (only when documents changed
-    after stage 1, which otherwise reads the output fields with the vectors), "total"."""
+    "fetch" (reading ColBERT vectors), "rescore" (exact scoring), "fuse", "cross_encoder" (stage 3) and
+    "cross_encoder.fetch" (texts of documents changed after stage 1), "fields" (likewise: stage 1 reads the
+    output fields with the vectors), "total"."""
     plan: SearchPlan
     routes: tuple[Route, ...]
     candidates: int
@@ -288,6 +294,18 @@ class PreparedSearch:
     @property
     def page_end(self) -> int:
         return self.request.offset + self.request.top_k
+
+    @property
+    def fused_depth(self) -> int:
+        """How much of the fused ranking must be exact: the page, or the top N stage 3 re-orders."""
+        stage = self.request.cross_encoder
+        return self.page_end if stage is None else max(self.page_end, stage.depth(self.page_end))
+
+    @property
+    def candidate_fields(self) -> tuple[str, ...]:
+        """Stored fields read with the stage-1 hits: the output fields, and the text stage 3 scores."""
+        extra = ("text",) if self.request.cross_encoder is not None else ()
+        return tuple(dict.fromkeys((*self.output_fields, *extra)))
 
 
 class HybridSearcher:
@@ -356,7 +374,12 @@ class HybridSearcher:
         """Check ``request`` once and resolve its plan, routes and output fields against the collection."""
         self._check_request(request)
         plan = self._plan_for(request)
-        routes = self._routes_for(plan, request.offset + request.top_k)
+        stage = request.cross_encoder
+        page_end = request.offset + request.top_k
+        routes = self._routes_for(plan, page_end if stage is None else max(page_end, stage.depth(page_end)))
+        if stage is not None and not getattr(self.layout, "store_text", True):
+            raise FailedPrecondition(f"collection {getattr(self.layout, 'name', '?')!r} stores no text, which the "
+                                     "cross-encoder reads; search it without cross_encoder")
         reps = plan.representations
         encode_kwargs = {
             "dense": "dense" in reps or any(r.name != "sparse" for r in routes),
@@ -449,8 +472,10 @@ class HybridSearcher:
 
     # ------------------------------------------------------------------ execute
 
-    def search(self, request: SearchRequest, *, query_encoding: M3Output | None = None) -> SearchResult:
-        """:meth:`prepare`, encode the query with ``encode_fn`` (unless ``query_encoding`` is given), :meth:`execute`."""
+    def search(self, request: SearchRequest, *, query_encoding: M3Output | None = None,
+               scorer: crossencoder.Scorer | None = None) -> SearchResult:
+        """:meth:`prepare`, encode the query with ``encode_fn`` (unless ``query_encoding`` is given), :meth:`execute`;
+        ``scorer`` (a reranker) runs stage 3 when the request asks for it."""
         t_start = time.perf_counter()
         prepared = self.prepare(request)
         encode_ms = None
@@ -464,15 +489,16 @@ class HybridSearcher:
         timeout = None if request.timeout_s is None else request.timeout_s - (time.perf_counter() - t_start)
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("the request's time budget ran out while encoding the query")
-        result = self.execute(prepared, query_encoding, timeout_s=timeout)
+        result = self.execute(prepared, query_encoding, timeout_s=timeout, scorer=scorer)
         if encode_ms is not None:
             result.timings_ms["encode"] = encode_ms
             result.timings_ms["total"] = _ms(t_start)
         return result
 
-    def execute(self, prepared: PreparedSearch, query_encoding: M3Output, *,
-                timeout_s: float | None = None) -> SearchResult:
-        """Run stage 1 (candidates), stage 2 (exact re-score), fusion and the output fields for one query.
+    def execute(self, prepared: PreparedSearch, query_encoding: M3Output, *, timeout_s: float | None = None,
+                scorer: crossencoder.Scorer | None = None) -> SearchResult:
+        """Run stage 1 (candidates), stage 2 (exact re-score), fusion, stage 3 (with ``scorer``, when the request
+        asks for it) and the output fields for one query.
 
         ``timeout_s`` bounds the Milvus calls (default: the request's ``timeout_s``).
         """
@@ -490,7 +516,10 @@ class HybridSearcher:
 
         # stage 1: candidates with their dense and sparse vectors, one Milvus search per route, concurrently
         t = time.perf_counter()
-        route_results, degraded = self._candidates(routes, q, request.filter, prepared.output_fields, plan,
+        if request.cross_encoder is not None and scorer is None:
+            raise FailedPrecondition("this search asks for the cross-encoder stage but no reranker is configured; "
+                                     "set MEE_RERANKER_MODEL (e.g. BAAI/bge-reranker-v2-m3)")
+        route_results, degraded = self._candidates(routes, q, request.filter, prepared.candidate_fields, plan,
                                                    timings, deadline)
         timings["candidates"] = _ms(t)
         found: dict[str, Candidate] = {}
@@ -504,7 +533,7 @@ class HybridSearcher:
         pool.score_dense_sparse()
         fetch_ms = 0.0
         if "colbert" in reps:
-            fetch_ms = self._score_colbert(pool, plan, prepared.page_end, degraded, deadline)
+            fetch_ms = self._score_colbert(pool, plan, prepared.fused_depth, degraded, deadline)
         timings["fetch"] = round(fetch_ms, 3)
         timings["rescore"] = round(_ms(t) - fetch_ms, 3)
 
@@ -516,6 +545,8 @@ class HybridSearcher:
         timings["fuse"] = _ms(t)
 
         hits = [Hit(doc_id, float(score), {r: scores[r][doc_id] for r in reps}) for doc_id, score in page]
+        if request.cross_encoder is not None:
+            hits = self._cross_encode(prepared, ranking, scores, pool, scorer, timings, degraded)
         dropped = pool.dropped
         wanted = list(prepared.output_fields)
         if wanted:
@@ -552,6 +583,31 @@ class HybridSearcher:
             candidate_ids=tuple(pool.ids),
             colbert_read=pool.colbert_read,
         )
+
+    def _cross_encode(self, prepared: PreparedSearch, ranking: fusion_fns.Ranking,
+                      scores: Mapping[str, Mapping[str, float]], pool: _CandidatePool,
+                      scorer: crossencoder.Scorer | None, timings: dict[str, float],
+                      degraded: list[str]) -> list[Hit]:
+        """Stage 3: the fused top N re-ordered by the cross-encoder over their stored text; then the page."""
+        request, stage = prepared.request, prepared.request.cross_encoder
+        assert stage is not None and scorer is not None
+        top = fusion_fns.top(ranking, stage.depth(prepared.page_end))
+        texts = {i: pool.found[i].fields.get("text") for i, _ in top if i not in pool.reread}
+        stale = [i for i, _ in top if i in pool.reread]
+        if stale:  # changed after stage 1: read the text of the version that was scored
+            t = time.perf_counter()
+            rows = self._call(lambda: self.doc_store.get(stale, output_fields=["text"]), "read passage texts")
+            texts.update({str(row["id"]): row.get("text") for row in rows})
+            timings["cross_encoder.fetch"] = _ms(t)
+        reps = list(scores)
+        fused = [crossencoder.FusedHit(i, float(sc), {r: scores[r][i] for r in reps}) for i, sc in top]
+        result = crossencoder.apply(request.query, fused, texts, scorer, stage)
+        timings["cross_encoder"] = result.timing_ms
+        if result.missing:  # deleted between stage 1 and the text read: not re-scored, not returned
+            degraded.append(f"cross_encoder: {len(result.missing)} hit(s) had no stored text and were left out "
+                            f"(first: {result.missing[0]!r})")
+        page = result.hits[request.offset:request.offset + request.top_k]
+        return [Hit(h.id, h.score, h.scores) for h in page]
 
     def _score_colbert(self, pool: _CandidatePool, plan: SearchPlan, page_end: int, degraded: list[str],
                        deadline: float | None) -> float:

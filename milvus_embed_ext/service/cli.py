@@ -77,11 +77,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--filter", default="", help='Milvus expression, e.g. \'metadata["lang"] == "en"\'')
     sp.add_argument("--output-fields", default="text", help="comma-separated subset of text,metadata")
     sp.add_argument("--candidates", default="", help="stage-1 sources: dense,sparse,dense_truncated")
-    sp.add_argument("--rerank", default="", help="stage-2 scores: dense,sparse,colbert")
+    sp.add_argument("--rescore", default="", help="stage-2 scores: dense,sparse,colbert")
+    sp.add_argument("--rerank", dest="rerank_deprecated", default="", help=argparse.SUPPRESS)  # old --rescore
     sp.add_argument("--candidate-k", type=int, default=None)
     sp.add_argument("--fusion", default=None, help="m3|rrf|weighted|dbsf")
     sp.add_argument("--weights", default="", help="e.g. dense=0.4,sparse=0.2,colbert=0.4")
+    sp.add_argument("--cross-encoder", action="store_true",
+                    help="stage 3: re-order the fused top N with the sidecar's reranker (needs MEE_RERANKER_MODEL)")
+    sp.add_argument("--cross-encoder-top-n", type=int, default=None, help="fused hits to re-score (default 3x page)")
+    sp.add_argument("--cross-encoder-order", default=None, help="reranker|fused")
+    sp.add_argument("--cross-encoder-weight", type=float, default=None, help="cross-encoder share with fused, 0..1")
     sp.set_defaults(handler=cmd_search)
+
+    sp = client_parser("rerank", "score passages against a query with the cross-encoder reranker")
+    sp.add_argument("query")
+    sp.add_argument("passages", nargs="*", help="passages; none: one passage per line from stdin")
+    sp.add_argument("--normalize", action="store_true", help="sigmoid scores in 0..1 instead of raw logits")
+    sp.set_defaults(handler=cmd_rerank)
 
     sp = client_parser("get", "fetch documents by id")
     sp.add_argument("ids", nargs="+")
@@ -210,13 +222,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             sep = ""
         if not sep:
             raise InvalidArgument(f"--weights must look like dense=0.4,sparse=0.2, got {args.weights!r}")
+    rescore = _csv(args.rescore)
+    if args.rerank_deprecated:
+        print("warning: --rerank is deprecated, use --rescore (stage-2 scores); --cross-encoder runs the reranker",
+              file=sys.stderr)
+        rescore = rescore or _csv(args.rerank_deprecated)
     client, collection = _client(args)
     with client:
         res = client.hybrid_search(
             args.query, collection=collection, top_k=args.top_k, offset=args.offset, filter=args.filter,
             output_fields=_csv(args.output_fields), candidates=_csv(args.candidates) or None,
-            rerank=_csv(args.rerank) or None, candidate_k=args.candidate_k, fusion=args.fusion,
-            weights=weights or None,
+            rescore=rescore or None, candidate_k=args.candidate_k, fusion=args.fusion,
+            weights=weights or None, cross_encoder=args.cross_encoder, cross_encoder_top_n=args.cross_encoder_top_n,
+            cross_encoder_order=args.cross_encoder_order, cross_encoder_weight=args.cross_encoder_weight,
         )
     for rank, hit in enumerate(res.hits, start=args.offset + 1):
         row: dict[str, Any] = {"rank": rank, "id": hit.id, "score": round(hit.score, 6),
@@ -226,6 +244,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         if hit.metadata is not None:
             row["metadata"] = hit.metadata
         _emit(row)
+    return 0
+
+
+def cmd_rerank(args: argparse.Namespace) -> int:
+    passages = args.passages or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not passages:
+        raise InvalidArgument("no passages: pass them as arguments or one per line on stdin")
+    client, _ = _client(args)
+    with client:
+        res = client.rerank(args.query, passages, normalize=args.normalize)
+    rank = {i: r for r, i in enumerate(res.order(), start=1)}
+    for i, score in enumerate(res.scores):
+        _emit({"index": i, "rank": rank[i], "score": round(score, 6), "tokens": res.token_counts[i],
+               "passage": passages[i]})
     return 0
 
 

@@ -4,6 +4,7 @@ the server's guard maps them to status codes (service/errors.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -16,22 +17,28 @@ import grpc
 import numpy as np
 
 from ..config import Settings
-from ..errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from . import codec
 from ._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
-from .batcher import Batcher
+from .batcher import Batcher, RerankBatcher, RerankBatchResult
 from .validation import (
     check_enum,
     check_enum_value,
     check_filter,
     check_ids,
     check_output_fields,
+    check_rerank_input,
     check_texts,
     parse_metadata,
 )
 
 T = TypeVar("T")
 
+RERANKER_OFF = (
+    "this sidecar has no cross-encoder reranker; start it with MEE_RERANKER_MODEL=BAAI/bge-reranker-v2-m3 (a hub "
+    "id or a local checkpoint directory; `milvus-embed make-test-model DIR --kind reranker` builds an offline "
+    "test one) to enable the Rerank RPC and search stage 3 (cross_encoder)"
+)
 OUTPUT_NAMES = {v.number: v.name for v in embedder_pb2.DESCRIPTOR.enum_types_by_name["Output"].values if v.number}
 DTYPE_NAMES = {v.number: v.name for v in common_pb2.DESCRIPTOR.enum_types_by_name["DType"].values}
 
@@ -47,6 +54,32 @@ class Runtime:
     store: Any = None            # MilvusStore once Milvus answers
     doc_stores: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None          # ServiceMetrics (search stage latency)
+    reranker: Any = None         # Reranker once loaded; stays None unless MEE_RERANKER_MODEL is set
+    rerank_batcher: RerankBatcher | None = None
+
+    def require_reranker(self) -> RerankBatcher:
+        """The reranker's batcher; FailedPrecondition (how to enable it) when none is configured."""
+        if self.rerank_batcher is None:
+            if not self.settings.reranker_model:
+                raise FailedPrecondition(RERANKER_OFF)
+            raise Unavailable("the reranker is still loading; wait until grpc health reports SERVING and retry")
+        return self.rerank_batcher
+
+    async def rerank_detailed(self, query: str, passages: list[str], normalize: bool = False, *,
+                              timeout: float | None = None) -> RerankBatchResult:
+        """Scores (and token counts, timings) of ``passages`` against ``query`` through the reranker's batcher."""
+        check_rerank_input(query, passages, self.settings.reranker_max_pairs, self.settings.reranker_max_text_chars)
+        result = await self.require_reranker().score(query, passages, timeout=timeout)
+        if normalize:
+            from ..encoder.reranker import sigmoid
+
+            result = dataclasses.replace(result, scores=[sigmoid(v) for v in result.scores])
+        return result
+
+    async def rerank(self, query: str, passages: list[str], normalize: bool = False, *,
+                     timeout: float | None = None) -> list[float]:
+        """THE core rerank call (gRPC Rerank, HTTP /rerank): one score per passage, checked and batched."""
+        return (await self.rerank_detailed(query, passages, normalize, timeout=timeout)).scores
 
     def require_encoder(self) -> tuple[Any, Batcher]:
         if self.encoder is None or self.batcher is None:
@@ -138,6 +171,24 @@ class EmbedderHandlers:
         resp.timings.inference_ms = _ms(result.inference_ms / 1000.0)
         resp.timings.total_ms = _ms(time.perf_counter() - started)
         resp.timings.stages_ms["encode"] = resp.timings.queue_ms + resp.timings.inference_ms
+        return resp
+
+
+    async def rerank(self, req: embedder_pb2.RerankRequest,
+                     context: grpc.aio.ServicerContext) -> embedder_pb2.RerankResponse:
+        started = time.perf_counter()
+        result = await self.rt.rerank_detailed(req.query, list(req.passages), req.normalize,
+                                               timeout=remaining(context))
+        reranker = self.rt.reranker
+        resp = embedder_pb2.RerankResponse(
+            scores=result.scores, token_counts=result.token_counts,
+            model=str(getattr(reranker, "model_id", "")),
+            model_fingerprint=str(getattr(reranker, "fingerprint", "")),
+        )
+        resp.timings.queue_ms = _ms(result.queue_ms / 1000.0)
+        resp.timings.inference_ms = _ms(result.inference_ms / 1000.0)
+        resp.timings.total_ms = _ms(time.perf_counter() - started)
+        resp.timings.stages_ms["rerank"] = resp.timings.queue_ms + resp.timings.inference_ms
         return resp
 
 
@@ -329,19 +380,23 @@ def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
     if req.HasField("plan"):
         p = req.plan
         check_enum(p.candidates, REP_NAMES, "plan.candidates")
+        check_enum(p.rescore, REP_NAMES, "plan.rescore")
         check_enum(p.rerank, REP_NAMES, "plan.rerank")
+        if p.rerank and p.rescore and list(p.rerank) != list(p.rescore):
+            raise InvalidArgument("plan.rescore and its deprecated alias plan.rerank disagree; send plan.rescore only")
+        rescore = p.rescore or p.rerank  # plan.rerank: the old name, accepted for one release
         if p.candidates:
             bad = [REP_NAMES[c] for c in p.candidates if c not in _ROUTE_OF]
             if bad:
                 raise InvalidArgument(f"plan.candidates cannot use {bad}: ColBERT only re-scores; use DENSE, "
                                       "SPARSE or DENSE_TRUNCATED")
             out["routes"] = tuple(dict.fromkeys(_ROUTE_OF[c] for c in p.candidates))
-        if p.rerank:
-            bad = [REP_NAMES[c] for c in p.rerank if c not in _RESCORE_OF]
+        if rescore:
+            bad = [REP_NAMES[c] for c in rescore if c not in _RESCORE_OF]
             if bad:
-                raise InvalidArgument(f"plan.rerank cannot use {bad}: a truncated field only finds candidates; use "
+                raise InvalidArgument(f"plan.rescore cannot use {bad}: a truncated field only finds candidates; use "
                                       "DENSE, SPARSE or COLBERT")
-            out["representations"] = tuple(dict.fromkeys(_RESCORE_OF[c] for c in p.rerank))
+            out["representations"] = tuple(dict.fromkeys(_RESCORE_OF[c] for c in rescore))
         if p.candidate_k:
             out["depth"] = int(p.candidate_k)
         if p.truncate_dim:
@@ -364,6 +419,46 @@ def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
             if weights:
                 out["weights"] = weights
     return out
+
+
+_CE_ORDER_OF = {search_pb2.CROSS_ENCODER_ORDER_RERANKER: "reranker", search_pb2.CROSS_ENCODER_ORDER_FUSED: "fused"}
+CE_ORDER_NAMES = {v.number: v.name for v in search_pb2.DESCRIPTOR.enum_types_by_name["CrossEncoderOrder"].values}
+
+
+def cross_encoder_stage(req: search_pb2.HybridSearchRequest, settings: Settings) -> Any:
+    """The request's stage-3 options with the server's defaults, or None when it does not ask for stage 3."""
+    if not (req.HasField("cross_encoder") and req.cross_encoder.enabled):
+        return None
+    from ..search.crossencoder import stage_from_options
+
+    ce = req.cross_encoder
+    check_enum_value(ce.order, CE_ORDER_NAMES, "cross_encoder.order")
+    return stage_from_options(top_n=ce.top_n or None, order=_CE_ORDER_OF.get(ce.order),
+                              weight=ce.weight if ce.HasField("weight") else None,
+                              default_order=settings.cross_encoder_order, default_weight=settings.cross_encoder_weight,
+                              top_n_factor=settings.cross_encoder_top_n_factor, max_top_n=settings.reranker_max_pairs)
+
+
+class _BatchedScorer:
+    """Stage 3's scorer inside the service: the planner's thread hands its pairs to the reranker's batcher."""
+
+    def __init__(self, rt: Runtime, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self.batcher = rt.require_reranker()
+        self.loop = loop
+        self.timeout = timeout
+
+    def compute_score(self, pairs: Any, normalize: bool = False) -> list[float]:
+        queries = {q for q, _ in pairs}
+        if len(queries) != 1:
+            raise InvalidArgument("stage 3 scores passages against one query")
+        fut = asyncio.run_coroutine_threadsafe(
+            self.batcher.score(queries.pop(), [p for _, p in pairs], timeout=self.timeout), self.loop)
+        scores = fut.result()
+        if normalize:
+            from ..encoder.reranker import sigmoid
+
+            return [sigmoid(v) for v in scores.scores]
+        return scores.scores
 
 
 class SearchHandlers:
@@ -392,18 +487,24 @@ class SearchHandlers:
         started = time.perf_counter()
         check_filter(req.filter)
         overrides = plan_overrides(req)
+        stage = cross_encoder_stage(req, self.rt.settings)
+        if stage is not None:
+            self.rt.require_reranker()  # FailedPrecondition (how to enable it) before any work
         _, batcher = self.rt.require_encoder()
         doc_store = await self.documents.doc_store(req.collection, context)
         searcher = self._searcher(doc_store)
         # the planner checks the request once (query, limits, plan, output fields) and says what to encode
         prepared = searcher.prepare(SearchRequest(
             query=req.query, top_k=req.top_k or DEFAULT_TOP_K, offset=req.offset, filter=req.filter,
-            output_fields=tuple(req.output_fields), plan=overrides or None, timeout_s=remaining(context)))
+            output_fields=tuple(req.output_fields), plan=overrides or None, timeout_s=remaining(context),
+            cross_encoder=stage))
         t = time.perf_counter()
         enc = await batcher.encode([req.query], **prepared.encode_kwargs, timeout=remaining(context))
         encode_ms = _ms(time.perf_counter() - t)
+        left = remaining(context)
+        scorer = _BatchedScorer(self.rt, asyncio.get_running_loop(), left) if stage is not None else None
         result = await in_store_thread(self.rt, context, functools.partial(
-            searcher.execute, prepared, enc.output, timeout_s=remaining(context)))
+            searcher.execute, prepared, enc.output, timeout_s=left, scorer=scorer))
         fields = prepared.output_fields
         resp = search_pb2.HybridSearchResponse(
             query_tokens=int(enc.output.token_counts.sum()),

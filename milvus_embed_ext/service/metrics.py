@@ -39,6 +39,10 @@ class ServiceMetrics:
                                        registry=r)
         self.inference_seconds = Histogram("mee_inference_seconds", "encoder call wall time",
                                            buckets=_LATENCY_BUCKETS, registry=r)
+        self.rerank_queue_depth = Gauge("mee_rerank_queue_depth_pairs", "pairs waiting for the reranker", registry=r)
+        self.rerank_pairs = Counter("mee_reranked_pairs", "(query, passage) pairs scored by the reranker", registry=r)
+        self.rerank_seconds = Histogram("mee_rerank_seconds", "reranker call wall time",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("mee_ready", "1 when the model is loaded and Milvus answers", registry=r)
         self.search_stage = Histogram("mee_search_stage_seconds",
                                       "hybrid search time per stage (encode, candidates, fetch, rescore, fuse, ...)",
@@ -51,6 +55,10 @@ class ServiceMetrics:
     def observe_request(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
         self.latency.labels(rpc, code).observe(seconds)
+
+    def observe_rerank(self, n_requests: int, n_pairs: int, n_tokens: int, seconds: float) -> None:
+        self.rerank_pairs.inc(n_pairs)
+        self.rerank_seconds.observe(seconds)
 
     def observe_batch(self, n_requests: int, n_texts: int, n_tokens: int, seconds: float) -> None:
         self.batch_requests.observe(n_requests)

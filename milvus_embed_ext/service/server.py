@@ -36,7 +36,7 @@ from ..errors import (
 )
 from . import auth
 from ._generated import documents_pb2, embedder_pb2, search_pb2
-from .batcher import Batcher
+from .batcher import Batcher, RerankBatcher
 from .errors import to_status
 from .handlers import DocumentsHandlers, EmbedderHandlers, Runtime, SearchHandlers
 from .metrics import ServiceMetrics, start_metrics_endpoint
@@ -124,10 +124,12 @@ def ensure_schema(settings: Settings, store: Any) -> tuple[str, ...]:
 class Sidecar:
     """One server instance. ``await start()`` returns once the port is bound; readiness comes later."""
 
-    def __init__(self, settings: Settings, *, encoder: Any = None, store: Any = None) -> None:
+    def __init__(self, settings: Settings, *, encoder: Any = None, store: Any = None, reranker: Any = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self._encoder_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
+        self._reranker_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-reranker")
+        self._given_reranker = reranker
         self.rt = Runtime(settings=settings,
                           store_executor=ThreadPoolExecutor(max_workers=settings.milvus_threads,
                                                             thread_name_prefix="mee-store"),
@@ -222,6 +224,7 @@ class Sidecar:
         return [
             grpc.method_handlers_generic_handler(EMBEDDER, {
                 "Embed": self._unary("Embed", embedder_pb2.EmbedRequest, emb.embed),
+                "Rerank": self._unary("Rerank", embedder_pb2.RerankRequest, emb.rerank),
             }),
             grpc.method_handlers_generic_handler(DOCUMENTS, {
                 "Upsert": self._unary("Upsert", documents_pb2.UpsertRequest, docs.upsert),
@@ -320,6 +323,28 @@ class Sidecar:
         self.rt.encoder, self.rt.batcher = encoder, batcher
         log.info("model loaded", extra={"model": str(getattr(encoder, "model_id", "")),
                                         "seconds": round(time.perf_counter() - started, 2)})
+        await self._load_reranker()
+
+    async def _load_reranker(self) -> None:
+        """The cross-encoder, when one is given or configured (MEE_RERANKER_MODEL); on its own thread and queue."""
+        s = self.settings
+        reranker = self._given_reranker
+        if reranker is None and s.reranker_model:
+            from ..encoder.factory import reranker_from_settings
+
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            reranker = await loop.run_in_executor(self._reranker_executor, reranker_from_settings, s)
+            log.info("reranker loaded", extra={"model": s.reranker_model,
+                                               "seconds": round(time.perf_counter() - started, 2)})
+        if reranker is None:
+            return
+        rerank_batcher = RerankBatcher(reranker, token_budget=s.reranker_token_budget, max_batch=s.reranker_max_batch,
+                                       max_wait_ms=s.max_wait_ms, max_queue=s.reranker_max_queue,
+                                       max_length=s.reranker_max_length, metrics=self.metrics,
+                                       executor=self._reranker_executor)
+        await rerank_batcher.start()
+        self.rt.reranker, self.rt.rerank_batcher = reranker, rerank_batcher
 
     async def _connect_milvus(self) -> Any:
         """Connect, retrying with backoff while Milvus is unreachable (health stays NOT_SERVING)."""
@@ -363,7 +388,10 @@ class Sidecar:
             await http_stopping
         if self.rt.batcher is not None:
             await self.rt.batcher.stop()
+        if self.rt.rerank_batcher is not None:
+            await self.rt.rerank_batcher.stop()
         self._encoder_executor.shutdown(wait=False, cancel_futures=True)
+        self._reranker_executor.shutdown(wait=False, cancel_futures=True)
         if self.rt.store is not None and self._given_store is None:
             with contextlib.suppress(Exception):
                 self.rt.store.close()

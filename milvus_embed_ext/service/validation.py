@@ -20,6 +20,28 @@ def check_texts(texts: Sequence[str], max_texts: int, field: str = "texts") -> N
         )
 
 
+def check_rerank_input(query: Any, passages: Sequence[str], max_pairs: int, max_chars: int) -> None:
+    """A Rerank call: a non-empty query, 1..max_pairs passages, every text within max_chars characters."""
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidArgument("query is empty; send the text to score the passages against")
+    if isinstance(passages, (str, bytes)):
+        raise InvalidArgument("passages must be a list of strings, got a single string; wrap it: [passage]")
+    if not passages:
+        raise InvalidArgument(f"passages is empty; send 1..{max_pairs} passages")
+    if len(passages) > max_pairs:
+        raise InvalidArgument(f"passages has {len(passages)} entries, more than reranker_max_pairs={max_pairs}; "
+                              "split the request or raise MEE_RERANKER_MAX_PAIRS")
+    if len(query) > max_chars:
+        raise InvalidArgument(f"query has {len(query)} characters, more than reranker_max_text_chars={max_chars}; "
+                              "shorten it (the reranker reads at most reranker_max_length tokens anyway)")
+    for i, p in enumerate(passages):
+        if not isinstance(p, str):
+            raise InvalidArgument(f"passages[{i}] must be a string, got {type(p).__name__}")
+        if len(p) > max_chars:
+            raise InvalidArgument(f"passages[{i}] has {len(p)} characters, more than reranker_max_text_chars="
+                                  f"{max_chars}; shorten it (the reranker reads at most reranker_max_length tokens)")
+
+
 def check_enum(values: Sequence[int], allowed: dict[int, str], field: str) -> None:
     for i, value in enumerate(values):
         if value not in allowed:

@@ -116,3 +116,22 @@ def test_cli_demo_arguments_are_checked(capsys) -> None:
     assert "--top-k" in capsys.readouterr().err
     assert main(["demo", "--filter", 'metadata["lang"] == "de"']) == 2
     assert "--query" in capsys.readouterr().err
+
+
+def test_demo_cross_encoder_stage_and_its_warning(lite_settings, tiny_encoder, tiny_reranker) -> None:
+    out = io.StringIO()
+    res = run_demo(lite_settings, encoder=tiny_encoder, reranker=tiny_reranker, cross_encoder=True, out=out, top_k=3,
+                   queries=(DemoQuery("Are probiotics good for the stomach?"),))
+    text = out.getvalue()
+    assert "cross-encoder:" in text and "re-scores the fused top 9" in text
+    assert "cross" in text and "RANDOM test checkpoint" in text and "carry NO meaning" in text
+    hits = res["results"][0].hits
+    assert len(hits) == 3 and all({"fused", "cross_encoder"} <= set(h.scores) for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_demo_cross_encoder_without_a_reranker_says_how(lite_settings, tiny_encoder) -> None:
+    from milvus_embed_ext.errors import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition, match="MEE_RERANKER_MODEL"):
+        run_demo(lite_settings, encoder=tiny_encoder, cross_encoder=True, out=io.StringIO(), load=False)

@@ -31,3 +31,13 @@ def test_encode_summary_and_json(tiny_model_dir: Path, capsys):
 def test_encode_missing_model(tmp_path: Path, capsys):
     assert main(["encode", "x", "--model", str(tmp_path / "nope"), "--device", "cpu"]) == 9
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_make_test_model_reranker(tmp_path: Path, capsys):
+    out = tmp_path / "r"
+    assert main(["make-test-model", str(out), "--kind", "reranker"]) == 0
+    assert "built tiny reranker test model" in capsys.readouterr().out
+    from milvus_embed_ext.encoder import Reranker
+
+    r = Reranker.from_pretrained(str(out), device="cpu")
+    assert len(set(r.compute_score([("q", "alpha"), ("q", "beta gamma")]))) == 2

@@ -27,6 +27,7 @@ OK = "OK"
 DOC_RPCS = frozenset({OK, E.INVALID_ARGUMENT.name, E.NOT_FOUND.name, E.RESOURCE_EXHAUSTED.name})
 ALLOWED: dict[str, frozenset[str]] = {
     "/milvus_embed_ext.v1.Embedder/Embed": frozenset({OK, E.INVALID_ARGUMENT.name, E.RESOURCE_EXHAUSTED.name}),
+    "/milvus_embed_ext.v1.Embedder/Rerank": frozenset({OK, E.INVALID_ARGUMENT.name, E.RESOURCE_EXHAUSTED.name}),
     "/milvus_embed_ext.v1.Documents/Upsert": DOC_RPCS,
     "/milvus_embed_ext.v1.Documents/UpsertStream": DOC_RPCS,
     "/milvus_embed_ext.v1.Documents/Get": DOC_RPCS,
@@ -110,6 +111,7 @@ DOCUMENT = {1: ("str:id", False), 2: ("str:text", False), 3: ("str:metadata", Fa
 SCHEMAS: dict[str, dict[int, tuple[Any, bool]]] = {
     "/milvus_embed_ext.v1.Embedder/Embed": {1: ("str:text", True), 2: ("enum3", True), 3: ("dim", True),
                                             4: ("enum2", False), 5: ("count", False)},
+    "/milvus_embed_ext.v1.Embedder/Rerank": {1: ("str:text", False), 2: ("str:text", True), 3: ("bool", False)},
     "/milvus_embed_ext.v1.Documents/Upsert": {1: ("str:collection", False), 2: (DOCUMENT, True)},
     "/milvus_embed_ext.v1.Documents/Get": {1: ("str:collection", False), 2: ("str:id", True),
                                            3: ("str:field", True), 4: ("bool", False), 5: ("bool", False),
@@ -117,10 +119,12 @@ SCHEMAS: dict[str, dict[int, tuple[Any, bool]]] = {
     "/milvus_embed_ext.v1.Documents/Delete": {1: ("str:collection", False), 2: ("str:id", True)},
     "/milvus_embed_ext.v1.Search/HybridSearch": {
         1: ("str:text", False), 2: ("str:collection", False),
-        3: ({1: ("enum4", True), 2: ("count", False), 3: ("dim", False), 4: ("enum3", True), 5: ("bool", False)}, False),
+        3: ({1: ("enum4", True), 2: ("count", False), 3: ("dim", False), 4: ("enum3", True), 5: ("bool", False),
+             6: ("enum3", True)}, False),
         4: ({1: ("enum4", False), 2: ({1: ("float", False), 2: ("float", False), 3: ("float", False)}, False),
              3: ("count", False), 4: ("enum3", False)}, False),
-        5: ("str:filter", False), 6: ("count", False), 7: ("count", False), 8: ("str:field", True)},
+        5: ("str:filter", False), 6: ("count", False), 7: ("count", False), 8: ("str:field", True),
+        9: ({1: ("bool", False), 2: ("count", False), 3: ("enum2", False), 4: ("float", False)}, False)},
 }
 SCHEMAS["/milvus_embed_ext.v1.Documents/UpsertStream"] = SCHEMAS["/milvus_embed_ext.v1.Documents/Upsert"]
 

@@ -21,6 +21,7 @@ from milvus_embed_ext.service._generated import documents_pb2, embedder_pb2, sea
 E = grpc.StatusCode
 GOOD = {
     "/milvus_embed_ext.v1.Embedder/Embed": embedder_pb2.EmbedRequest(texts=["hello"]),
+    "/milvus_embed_ext.v1.Embedder/Rerank": embedder_pb2.RerankRequest(query="hello", passages=["hi", "bye"]),
     "/milvus_embed_ext.v1.Documents/Upsert": documents_pb2.UpsertRequest(
         collection="no_such_collection", documents=[documents_pb2.Document(id="k", text="t")]),
     "/milvus_embed_ext.v1.Documents/UpsertStream": documents_pb2.UpsertRequest(

@@ -187,7 +187,7 @@ def test_search_finds_documents_filters_and_fuses(loaded):
         fr = c.hybrid_search(target["text"], top_k=40, filter='metadata["lang"] == "fr"', output_fields=["metadata"])
         assert fr.hits and all(h.metadata["lang"] == "fr" for h in fr.hits)
         rrf = c.hybrid_search(target["text"], top_k=5, fusion="rrf", candidates=["sparse", "dense"],
-                              rerank=["dense", "sparse"])
+                              rescore=["dense", "sparse"])
         assert rrf.hits[0].id == target["id"] and set(rrf.hits[0].scores) == {"dense", "sparse"}
         page = c.hybrid_search(target["text"], top_k=2, offset=1)
         assert [h.id for h in page.hits] == [h.id for h in res.hits[1:3]]

@@ -96,7 +96,7 @@ def test_client_rejects_lone_surrogates_and_bad_documents_before_sending():
 def test_search_options_become_plan_overrides():
     req = build_search_request(
         "q", collection="", top_k=5, offset=0, filter="", output_fields=["text"], candidates=["sparse", "dense_truncated"],
-        rerank=["dense", "colbert"], candidate_k=50, truncate_dim=None, allow_partial=True, fusion="rrf",
+        rescore=["dense", "colbert"], candidate_k=50, truncate_dim=None, allow_partial=True, fusion="rrf",
         weights={"sparse": 0.0}, rrf_k=10, normalization=None)
     assert plan_overrides(req) == {
         "routes": ("sparse", "dense_truncated"), "representations": ("dense", "colbert"), "depth": 50,

@@ -245,3 +245,25 @@ def test_exact_m3_scores_match_the_evaluation_helpers(tiny_encoder):
         truth = brute_force_m3(q_enc.row(qi), d_enc, ids, 5)
         assert benchlib._top_ids(scores[qi], ids, 5) == [i for i, _ in truth]
         assert np.allclose([scores[qi][ids.index(i)] for i, _ in truth], [s for _, s in truth], atol=1e-5)
+
+
+@pytest.mark.slow  # ~2 min on 2 loaded cores: fp16/bf16 on the CPU are slow
+def test_gpu_check_reranker_step_dry_runs_on_cpu(tiny_model_dir: Path, tmp_path: Path):
+    """bench/gpu_check.py step 4 on the CPU with the tiny checkpoint: the reranker made from the encoder's body
+    loads, scores per dtype and lands in the report and its Markdown."""
+    import random
+
+    gpu = _load("gpu_check")
+    report_: dict = {}
+    gpu.rerank_check(tiny_model_dir, tmp_path / "rr", "cpu", 0.05, 8, random.Random(0), report_)
+    rr = report_["reranker"]
+    assert set(rr["throughput"]) == {"fp32", "fp16", "bf16"} and set(rr["parity"]) == {"fp16", "bf16"}
+    assert rr["parity"]["fp16"]["logit_std_fp32"] > 0.05  # the random head tells pairs apart
+    from milvus_embed_ext.encoder import Reranker
+
+    r = Reranker.from_pretrained(str(tmp_path / "rr"), device="cpu")  # the made checkpoint is a real reranker
+    assert len(set(r.compute_score([("q", "a b c"), ("q", "x y z")]))) == 2
+    md = gpu.to_markdown({"device": "cpu", "torch": "-", "transformers": "-", "python": "-", "checkpoint": "tiny",
+                          "bench_passages": 0, "bench_tokens": 0, "throughput": {}, "query_latency": {},
+                          "parity": {}, "peak_gpu_mem_gib": 0, "checkpoint_ready_s": 0, **report_})
+    assert "Reranker" in md and "| fp16 |" in md

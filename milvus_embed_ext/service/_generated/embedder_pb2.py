@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as milvus__embed__ext_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"milvus_embed_ext/v1/embedder.proto\x12\x13milvus_embed_ext.v1\x1a milvus_embed_ext/v1/common.proto\"\xa1\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12,\n\x07outputs\x18\x02 \x03(\x0e\x32\x1b.milvus_embed_ext.v1.Output\x12\x15\n\rtruncate_dims\x18\x03 \x03(\r\x12)\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1a.milvus_embed_ext.v1.DType\x12\x12\n\nmax_length\x18\x05 \x01(\r\"K\n\x0eTruncatedDense\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12,\n\x07vectors\x18\x02 \x01(\x0b\x32\x1b.milvus_embed_ext.v1.Matrix\"\xc3\x02\n\rEmbedResponse\x12*\n\x05\x64\x65nse\x18\x01 \x01(\x0b\x32\x1b.milvus_embed_ext.v1.Matrix\x12\x31\n\x06sparse\x18\x02 \x03(\x0b\x32!.milvus_embed_ext.v1.SparseVector\x12,\n\x07\x63olbert\x18\x03 \x03(\x0b\x32\x1b.milvus_embed_ext.v1.Matrix\x12\x36\n\ttruncated\x18\x04 \x03(\x0b\x32#.milvus_embed_ext.v1.TruncatedDense\x12\x14\n\x0ctoken_counts\x18\x05 \x03(\r\x12-\n\x07timings\x18\x06 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Timings\x12\r\n\x05model\x18\x07 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x08 \x01(\t*Y\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTPUT_DENSE\x10\x01\x12\x11\n\rOUTPUT_SPARSE\x10\x02\x12\x12\n\x0eOUTPUT_COLBERT\x10\x03\x32Z\n\x08\x45mbedder\x12N\n\x05\x45mbed\x12!.milvus_embed_ext.v1.EmbedRequest\x1a\".milvus_embed_ext.v1.EmbedResponseBm\n\x16io.milvus_embed_ext.v1P\x01ZQgithub.com/milvus-embed/milvus-embed-ext/gen/go/milvus_embed_ext/v1;milvusembedv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"milvus_embed_ext/v1/embedder.proto\x12\x13milvus_embed_ext.v1\x1a milvus_embed_ext/v1/common.proto\"\xa1\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12,\n\x07outputs\x18\x02 \x03(\x0e\x32\x1b.milvus_embed_ext.v1.Output\x12\x15\n\rtruncate_dims\x18\x03 \x03(\r\x12)\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1a.milvus_embed_ext.v1.DType\x12\x12\n\nmax_length\x18\x05 \x01(\r\"K\n\x0eTruncatedDense\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12,\n\x07vectors\x18\x02 \x01(\x0b\x32\x1b.milvus_embed_ext.v1.Matrix\"\xc3\x02\n\rEmbedResponse\x12*\n\x05\x64\x65nse\x18\x01 \x01(\x0b\x32\x1b.milvus_embed_ext.v1.Matrix\x12\x31\n\x06sparse\x18\x02 \x03(\x0b\x32!.milvus_embed_ext.v1.SparseVector\x12,\n\x07\x63olbert\x18\x03 \x03(\x0b\x32\x1b.milvus_embed_ext.v1.Matrix\x12\x36\n\ttruncated\x18\x04 \x03(\x0b\x32#.milvus_embed_ext.v1.TruncatedDense\x12\x14\n\x0ctoken_counts\x18\x05 \x03(\r\x12-\n\x07timings\x18\x06 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Timings\x12\r\n\x05model\x18\x07 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x08 \x01(\t\"C\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08passages\x18\x02 \x03(\t\x12\x11\n\tnormalize\x18\x03 \x01(\x08\"\x8f\x01\n\x0eRerankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x14\n\x0ctoken_counts\x18\x02 \x03(\r\x12-\n\x07timings\x18\x03 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Timings\x12\r\n\x05model\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t*Y\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTPUT_DENSE\x10\x01\x12\x11\n\rOUTPUT_SPARSE\x10\x02\x12\x12\n\x0eOUTPUT_COLBERT\x10\x03\x32\xad\x01\n\x08\x45mbedder\x12N\n\x05\x45mbed\x12!.milvus_embed_ext.v1.EmbedRequest\x1a\".milvus_embed_ext.v1.EmbedResponse\x12Q\n\x06Rerank\x12\".milvus_embed_ext.v1.RerankRequest\x1a#.milvus_embed_ext.v1.RerankResponseBm\n\x16io.milvus_embed_ext.v1P\x01ZQgithub.com/milvus-embed/milvus-embed-ext/gen/go/milvus_embed_ext/v1;milvusembedv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'milvus_embed_ext.v1.embedde
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026io.milvus_embed_ext.v1P\001ZQgithub.com/milvus-embed/milvus-embed-ext/gen/go/milvus_embed_ext/v1;milvusembedv1'
-  _globals['_OUTPUT']._serialized_start=660
-  _globals['_OUTPUT']._serialized_end=749
+  _globals['_OUTPUT']._serialized_start=875
+  _globals['_OUTPUT']._serialized_end=964
   _globals['_EMBEDREQUEST']._serialized_start=94
   _globals['_EMBEDREQUEST']._serialized_end=255
   _globals['_TRUNCATEDDENSE']._serialized_start=257
   _globals['_TRUNCATEDDENSE']._serialized_end=332
   _globals['_EMBEDRESPONSE']._serialized_start=335
   _globals['_EMBEDRESPONSE']._serialized_end=658
-  _globals['_EMBEDDER']._serialized_start=751
-  _globals['_EMBEDDER']._serialized_end=841
+  _globals['_RERANKREQUEST']._serialized_start=660
+  _globals['_RERANKREQUEST']._serialized_end=727
+  _globals['_RERANKRESPONSE']._serialized_start=730
+  _globals['_RERANKRESPONSE']._serialized_end=873
+  _globals['_EMBEDDER']._serialized_start=967
+  _globals['_EMBEDDER']._serialized_end=1140
 # @@protoc_insertion_point(module_scope)

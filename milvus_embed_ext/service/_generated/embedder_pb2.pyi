@@ -60,3 +60,27 @@ class EmbedResponse(_message.Message):
     model: str
     model_fingerprint: str
     def __init__(self, dense: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., sparse: _Optional[_Iterable[_Union[_common_pb2.SparseVector, _Mapping]]] = ..., colbert: _Optional[_Iterable[_Union[_common_pb2.Matrix, _Mapping]]] = ..., truncated: _Optional[_Iterable[_Union[TruncatedDense, _Mapping]]] = ..., token_counts: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., model: _Optional[str] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+
+class RerankRequest(_message.Message):
+    __slots__ = ("query", "passages", "normalize")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    passages: _containers.RepeatedScalarFieldContainer[str]
+    normalize: bool
+    def __init__(self, query: _Optional[str] = ..., passages: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("scores", "token_counts", "timings", "model", "model_fingerprint")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    token_counts: _containers.RepeatedScalarFieldContainer[int]
+    timings: _common_pb2.Timings
+    model: str
+    model_fingerprint: str
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., token_counts: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., model: _Optional[str] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...

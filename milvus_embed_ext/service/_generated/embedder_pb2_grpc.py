@@ -39,6 +39,11 @@ class EmbedderStub:
                 request_serializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/milvus_embed_ext.v1.Embedder/Rerank',
+                request_serializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+                response_deserializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -51,6 +56,14 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Score passages against one query with the cross-encoder reranker (bge-reranker-v2-m3). Concurrent calls
+        share forward passes on the reranker's own queue. FAILED_PRECONDITION when no reranker is configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.EmbedRequest.FromString,
                     response_serializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.RerankRequest.FromString,
+                    response_serializer=milvus__embed__ext_dot_v1_dot_embedder__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Embedder:
             '/milvus_embed_ext.v1.Embedder/Embed',
             milvus__embed__ext_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
             milvus__embed__ext_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/milvus_embed_ext.v1.Embedder/Rerank',
+            milvus__embed__ext_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+            milvus__embed__ext_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as milvus__embed__ext_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n milvus_embed_ext/v1/search.proto\x12\x13milvus_embed_ext.v1\x1a milvus_embed_ext/v1/common.proto\"i\n\x07Weights\x12\x12\n\x05\x64\x65nse\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x06sparse\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07\x63olbert\x18\x03 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_denseB\t\n\x07_sparseB\n\n\x08_colbert\"\xbc\x01\n\nSearchPlan\x12\x37\n\ncandidates\x18\x01 \x03(\x0e\x32#.milvus_embed_ext.v1.Representation\x12\x13\n\x0b\x63\x61ndidate_k\x18\x02 \x01(\r\x12\x14\n\x0ctruncate_dim\x18\x03 \x01(\r\x12\x33\n\x06rerank\x18\x04 \x03(\x0e\x32#.milvus_embed_ext.v1.Representation\x12\x15\n\rallow_partial\x18\x05 \x01(\x08\"\xbb\x01\n\rFusionOptions\x12\x31\n\x06method\x18\x01 \x01(\x0e\x32!.milvus_embed_ext.v1.FusionMethod\x12-\n\x07weights\x18\x02 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Weights\x12\r\n\x05rrf_k\x18\x03 \x01(\r\x12\x39\n\rnormalization\x18\x04 \x01(\x0e\x32\".milvus_embed_ext.v1.Normalization\"\xe1\x01\n\x13HybridSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12-\n\x04plan\x18\x03 \x01(\x0b\x32\x1f.milvus_embed_ext.v1.SearchPlan\x12\x32\n\x06\x66usion\x18\x04 \x01(\x0b\x32\".milvus_embed_ext.v1.FusionOptions\x12\x0e\n\x06\x66ilter\x18\x05 \x01(\t\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\x15\n\routput_fields\x18\x08 \x03(\t\"\xaa\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x34\n\x06scores\x18\x03 \x03(\x0b\x32$.milvus_embed_ext.v1.Hit.ScoresEntry\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbf\x01\n\x14HybridSearchResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.milvus_embed_ext.v1.Hit\x12\x14\n\x0cquery_tokens\x18\x02 \x01(\r\x12-\n\x07timings\x18\x03 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Timings\x12\x12\n\ncandidates\x18\x04 \x01(\r\x12\x10\n\x08\x64\x65graded\x18\x05 \x03(\t\x12\x14\n\x0c\x63olbert_read\x18\x06 \x01(\r*\xa5\x01\n\x0eRepresentation\x12\x1e\n\x1aREPRESENTATION_UNSPECIFIED\x10\x00\x12\x18\n\x14REPRESENTATION_DENSE\x10\x01\x12\x19\n\x15REPRESENTATION_SPARSE\x10\x02\x12\x1a\n\x16REPRESENTATION_COLBERT\x10\x03\x12\"\n\x1eREPRESENTATION_DENSE_TRUNCATED\x10\x04*\x8e\x01\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46USION_METHOD_M3\x10\x01\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x02\x12\x1a\n\x16\x46USION_METHOD_WEIGHTED\x10\x03\x12\x16\n\x12\x46USION_METHOD_DBSF\x10\x04*\x80\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x18\n\x14NORMALIZATION_MINMAX\x10\x01\x12\x18\n\x14NORMALIZATION_ARCTAN\x10\x02\x12\x1c\n\x18NORMALIZATION_ARCTAN_POS\x10\x03\x32m\n\x06Search\x12\x63\n\x0cHybridSearch\x12(.milvus_embed_ext.v1.HybridSearchRequest\x1a).milvus_embed_ext.v1.HybridSearchResponseBm\n\x16io.milvus_embed_ext.v1P\x01ZQgithub.com/milvus-embed/milvus-embed-ext/gen/go/milvus_embed_ext/v1;milvusembedv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n milvus_embed_ext/v1/search.proto\x12\x13milvus_embed_ext.v1\x1a milvus_embed_ext/v1/common.proto\"i\n\x07Weights\x12\x12\n\x05\x64\x65nse\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x06sparse\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07\x63olbert\x18\x03 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_denseB\t\n\x07_sparseB\n\n\x08_colbert\"\xf6\x01\n\nSearchPlan\x12\x37\n\ncandidates\x18\x01 \x03(\x0e\x32#.milvus_embed_ext.v1.Representation\x12\x13\n\x0b\x63\x61ndidate_k\x18\x02 \x01(\r\x12\x14\n\x0ctruncate_dim\x18\x03 \x01(\r\x12\x37\n\x06rerank\x18\x04 \x03(\x0e\x32#.milvus_embed_ext.v1.RepresentationB\x02\x18\x01\x12\x15\n\rallow_partial\x18\x05 \x01(\x08\x12\x34\n\x07rescore\x18\x06 \x03(\x0e\x32#.milvus_embed_ext.v1.Representation\"\x8c\x01\n\x13\x43rossEncoderOptions\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\r\n\x05top_n\x18\x02 \x01(\r\x12\x35\n\x05order\x18\x03 \x01(\x0e\x32&.milvus_embed_ext.v1.CrossEncoderOrder\x12\x13\n\x06weight\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_weight\"\xbb\x01\n\rFusionOptions\x12\x31\n\x06method\x18\x01 \x01(\x0e\x32!.milvus_embed_ext.v1.FusionMethod\x12-\n\x07weights\x18\x02 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Weights\x12\r\n\x05rrf_k\x18\x03 \x01(\r\x12\x39\n\rnormalization\x18\x04 \x01(\x0e\x32\".milvus_embed_ext.v1.Normalization\"\xa2\x02\n\x13HybridSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12-\n\x04plan\x18\x03 \x01(\x0b\x32\x1f.milvus_embed_ext.v1.SearchPlan\x12\x32\n\x06\x66usion\x18\x04 \x01(\x0b\x32\".milvus_embed_ext.v1.FusionOptions\x12\x0e\n\x06\x66ilter\x18\x05 \x01(\t\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\x15\n\routput_fields\x18\x08 \x03(\t\x12?\n\rcross_encoder\x18\t \x01(\x0b\x32(.milvus_embed_ext.v1.CrossEncoderOptions\"\xaa\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x34\n\x06scores\x18\x03 \x03(\x0b\x32$.milvus_embed_ext.v1.Hit.ScoresEntry\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbf\x01\n\x14HybridSearchResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.milvus_embed_ext.v1.Hit\x12\x14\n\x0cquery_tokens\x18\x02 \x01(\r\x12-\n\x07timings\x18\x03 \x01(\x0b\x32\x1c.milvus_embed_ext.v1.Timings\x12\x12\n\ncandidates\x18\x04 \x01(\r\x12\x10\n\x08\x64\x65graded\x18\x05 \x03(\t\x12\x14\n\x0c\x63olbert_read\x18\x06 \x01(\r*\xa5\x01\n\x0eRepresentation\x12\x1e\n\x1aREPRESENTATION_UNSPECIFIED\x10\x00\x12\x18\n\x14REPRESENTATION_DENSE\x10\x01\x12\x19\n\x15REPRESENTATION_SPARSE\x10\x02\x12\x1a\n\x16REPRESENTATION_COLBERT\x10\x03\x12\"\n\x1eREPRESENTATION_DENSE_TRUNCATED\x10\x04*\x8e\x01\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46USION_METHOD_M3\x10\x01\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x02\x12\x1a\n\x16\x46USION_METHOD_WEIGHTED\x10\x03\x12\x16\n\x12\x46USION_METHOD_DBSF\x10\x04*\x80\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x18\n\x14NORMALIZATION_MINMAX\x10\x01\x12\x18\n\x14NORMALIZATION_ARCTAN\x10\x02\x12\x1c\n\x18NORMALIZATION_ARCTAN_POS\x10\x03*y\n\x11\x43rossEncoderOrder\x12#\n\x1f\x43ROSS_ENCODER_ORDER_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ROSS_ENCODER_ORDER_RERANKER\x10\x01\x12\x1d\n\x19\x43ROSS_ENCODER_ORDER_FUSED\x10\x02\x32m\n\x06Search\x12\x63\n\x0cHybridSearch\x12(.milvus_embed_ext.v1.HybridSearchRequest\x1a).milvus_embed_ext.v1.HybridSearchResponseBm\n\x16io.milvus_embed_ext.v1P\x01ZQgithub.com/milvus-embed/milvus-embed-ext/gen/go/milvus_embed_ext/v1;milvusembedv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'milvus_embed_ext.v1.search_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026io.milvus_embed_ext.v1P\001ZQgithub.com/milvus-embed/milvus-embed-ext/gen/go/milvus_embed_ext/v1;milvusembedv1'
+  _globals['_SEARCHPLAN'].fields_by_name['rerank']._loaded_options = None
+  _globals['_SEARCHPLAN'].fields_by_name['rerank']._serialized_options = b'\030\001'
   _globals['_HIT_SCORESENTRY']._loaded_options = None
   _globals['_HIT_SCORESENTRY']._serialized_options = b'8\001'
-  _globals['_REPRESENTATION']._serialized_start=1175
-  _globals['_REPRESENTATION']._serialized_end=1340
-  _globals['_FUSIONMETHOD']._serialized_start=1343
-  _globals['_FUSIONMETHOD']._serialized_end=1485
-  _globals['_NORMALIZATION']._serialized_start=1488
-  _globals['_NORMALIZATION']._serialized_end=1616
+  _globals['_REPRESENTATION']._serialized_start=1441
+  _globals['_REPRESENTATION']._serialized_end=1606
+  _globals['_FUSIONMETHOD']._serialized_start=1609
+  _globals['_FUSIONMETHOD']._serialized_end=1751
+  _globals['_NORMALIZATION']._serialized_start=1754
+  _globals['_NORMALIZATION']._serialized_end=1882
+  _globals['_CROSSENCODERORDER']._serialized_start=1884
+  _globals['_CROSSENCODERORDER']._serialized_end=2005
   _globals['_WEIGHTS']._serialized_start=91
   _globals['_WEIGHTS']._serialized_end=196
   _globals['_SEARCHPLAN']._serialized_start=199
-  _globals['_SEARCHPLAN']._serialized_end=387
-  _globals['_FUSIONOPTIONS']._serialized_start=390
-  _globals['_FUSIONOPTIONS']._serialized_end=577
-  _globals['_HYBRIDSEARCHREQUEST']._serialized_start=580
-  _globals['_HYBRIDSEARCHREQUEST']._serialized_end=805
-  _globals['_HIT']._serialized_start=808
-  _globals['_HIT']._serialized_end=978
-  _globals['_HIT_SCORESENTRY']._serialized_start=933
-  _globals['_HIT_SCORESENTRY']._serialized_end=978
-  _globals['_HYBRIDSEARCHRESPONSE']._serialized_start=981
-  _globals['_HYBRIDSEARCHRESPONSE']._serialized_end=1172
-  _globals['_SEARCH']._serialized_start=1618
-  _globals['_SEARCH']._serialized_end=1727
+  _globals['_SEARCHPLAN']._serialized_end=445
+  _globals['_CROSSENCODEROPTIONS']._serialized_start=448
+  _globals['_CROSSENCODEROPTIONS']._serialized_end=588
+  _globals['_FUSIONOPTIONS']._serialized_start=591
+  _globals['_FUSIONOPTIONS']._serialized_end=778
+  _globals['_HYBRIDSEARCHREQUEST']._serialized_start=781
+  _globals['_HYBRIDSEARCHREQUEST']._serialized_end=1071
+  _globals['_HIT']._serialized_start=1074
+  _globals['_HIT']._serialized_end=1244
+  _globals['_HIT_SCORESENTRY']._serialized_start=1199
+  _globals['_HIT_SCORESENTRY']._serialized_end=1244
+  _globals['_HYBRIDSEARCHRESPONSE']._serialized_start=1247
+  _globals['_HYBRIDSEARCHRESPONSE']._serialized_end=1438
+  _globals['_SEARCH']._serialized_start=2007
+  _globals['_SEARCH']._serialized_end=2116
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,12 @@ class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NORMALIZATION_MINMAX: _ClassVar[Normalization]
     NORMALIZATION_ARCTAN: _ClassVar[Normalization]
     NORMALIZATION_ARCTAN_POS: _ClassVar[Normalization]
+
+class CrossEncoderOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CROSS_ENCODER_ORDER_UNSPECIFIED: _ClassVar[CrossEncoderOrder]
+    CROSS_ENCODER_ORDER_RERANKER: _ClassVar[CrossEncoderOrder]
+    CROSS_ENCODER_ORDER_FUSED: _ClassVar[CrossEncoderOrder]
 REPRESENTATION_UNSPECIFIED: Representation
 REPRESENTATION_DENSE: Representation
 REPRESENTATION_SPARSE: Representation
@@ -44,6 +50,9 @@ NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_MINMAX: Normalization
 NORMALIZATION_ARCTAN: Normalization
 NORMALIZATION_ARCTAN_POS: Normalization
+CROSS_ENCODER_ORDER_UNSPECIFIED: CrossEncoderOrder
+CROSS_ENCODER_ORDER_RERANKER: CrossEncoderOrder
+CROSS_ENCODER_ORDER_FUSED: CrossEncoderOrder
 
 class Weights(_message.Message):
     __slots__ = ("dense", "sparse", "colbert")
@@ -56,18 +65,32 @@ class Weights(_message.Message):
     def __init__(self, dense: _Optional[float] = ..., sparse: _Optional[float] = ..., colbert: _Optional[float] = ...) -> None: ...
 
 class SearchPlan(_message.Message):
-    __slots__ = ("candidates", "candidate_k", "truncate_dim", "rerank", "allow_partial")
+    __slots__ = ("candidates", "candidate_k", "truncate_dim", "rerank", "allow_partial", "rescore")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_K_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_DIM_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedScalarFieldContainer[Representation]
     candidate_k: int
     truncate_dim: int
     rerank: _containers.RepeatedScalarFieldContainer[Representation]
     allow_partial: bool
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Representation, str]]] = ..., candidate_k: _Optional[int] = ..., truncate_dim: _Optional[int] = ..., rerank: _Optional[_Iterable[_Union[Representation, str]]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    rescore: _containers.RepeatedScalarFieldContainer[Representation]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Representation, str]]] = ..., candidate_k: _Optional[int] = ..., truncate_dim: _Optional[int] = ..., rerank: _Optional[_Iterable[_Union[Representation, str]]] = ..., allow_partial: _Optional[bool] = ..., rescore: _Optional[_Iterable[_Union[Representation, str]]] = ...) -> None: ...
+
+class CrossEncoderOptions(_message.Message):
+    __slots__ = ("enabled", "top_n", "order", "weight")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    top_n: int
+    order: CrossEncoderOrder
+    weight: float
+    def __init__(self, enabled: _Optional[bool] = ..., top_n: _Optional[int] = ..., order: _Optional[_Union[CrossEncoderOrder, str]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class FusionOptions(_message.Message):
     __slots__ = ("method", "weights", "rrf_k", "normalization")
@@ -82,7 +105,7 @@ class FusionOptions(_message.Message):
     def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., rrf_k: _Optional[int] = ..., normalization: _Optional[_Union[Normalization, str]] = ...) -> None: ...
 
 class HybridSearchRequest(_message.Message):
-    __slots__ = ("query", "collection", "plan", "fusion", "filter", "top_k", "offset", "output_fields")
+    __slots__ = ("query", "collection", "plan", "fusion", "filter", "top_k", "offset", "output_fields", "cross_encoder")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +114,7 @@ class HybridSearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    CROSS_ENCODER_FIELD_NUMBER: _ClassVar[int]
     query: str
     collection: str
     plan: SearchPlan
@@ -99,7 +123,8 @@ class HybridSearchRequest(_message.Message):
     top_k: int
     offset: int
     output_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, query: _Optional[str] = ..., collection: _Optional[str] = ..., plan: _Optional[_Union[SearchPlan, _Mapping]] = ..., fusion: _Optional[_Union[FusionOptions, _Mapping]] = ..., filter: _Optional[str] = ..., top_k: _Optional[int] = ..., offset: _Optional[int] = ..., output_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    cross_encoder: CrossEncoderOptions
+    def __init__(self, query: _Optional[str] = ..., collection: _Optional[str] = ..., plan: _Optional[_Union[SearchPlan, _Mapping]] = ..., fusion: _Optional[_Union[FusionOptions, _Mapping]] = ..., filter: _Optional[str] = ..., top_k: _Optional[int] = ..., offset: _Optional[int] = ..., output_fields: _Optional[_Iterable[str]] = ..., cross_encoder: _Optional[_Union[CrossEncoderOptions, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "scores", "text", "metadata_json")

@@ -46,7 +46,7 @@ class SearchServicer:
 
     def HybridSearch(self, request, context):
         """Encode the query (sharing forward passes with concurrent calls), gather candidates from Milvus,
-        re-score them exactly and fuse.
+        re-score them exactly and fuse; optionally re-order the fused top N with the cross-encoder.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
