@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +146,33 @@ def from_chunks(payloads: Iterator[str] | list[str], codec: str, dim: int) -> np
     if not parts:
         return np.zeros((0, dim), dtype=np.float32)
     return np.concatenate(parts, axis=0)
+
+
+def decode_documents(chunks_by_doc: Mapping[str, Sequence[tuple[str, str]]], dim: int) -> dict[str, np.ndarray]:
+    """Decode many documents' chunks, each a list of ``(codec, base64 payload)`` in chunk order, at once.
+
+    Records of one codec are decoded in a single numpy pass over all documents and split back by their token
+    counts: per chunk, numpy's fixed cost would otherwise be most of a search's ColBERT read.
+    """
+    raw_by_codec: dict[str, list[tuple[str, bytes]]] = {}
+    out: dict[str, np.ndarray] = {}
+    for doc_id, chunks in chunks_by_doc.items():
+        codecs_used = {codec for codec, _ in chunks}
+        if len(codecs_used) != 1:  # none (no tokens), or rows of mixed codecs: decode chunk by chunk
+            parts = [decode(base64.b64decode(p), c, dim) for c, p in chunks]
+            out[doc_id] = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+            continue
+        raw_by_codec.setdefault(codecs_used.pop(), []).append(
+            (doc_id, b"".join(base64.b64decode(p) for _, p in chunks)))
+    for codec, docs in raw_by_codec.items():
+        size = record_size(codec, dim)
+        matrix = decode(b"".join(raw for _, raw in docs), codec, dim)
+        start = 0
+        for doc_id, raw in docs:
+            n = len(raw) // size
+            out[doc_id] = matrix[start:start + n]
+            start += n
+    return out
 
 
 def stored_bytes_per_token(codec: str, dim: int) -> float:

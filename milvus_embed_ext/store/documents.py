@@ -676,6 +676,7 @@ class DocumentStore:
                 found.setdefault(r["version"], {})[int(r["chunk"])] = (r["codec"], r["data"])
         out: dict[str, np.ndarray | None] = {}
         dim = self.layout.dense_dim
+        complete: dict[str, list[tuple[str, str]]] = {}
         for doc_id, (version, n) in expected.items():
             parts = found.get(version, {})
             if sorted(parts) != list(range(n)):
@@ -683,8 +684,8 @@ class DocumentStore:
                           doc_id, self.name, n - len(parts), n)
                 out[doc_id] = None
                 continue
-            mats = [codecs.from_chunks([parts[c][1]], parts[c][0], dim) for c in range(n)]
-            out[doc_id] = np.concatenate(mats) if mats else np.zeros((0, dim), dtype=np.float32)
+            complete[doc_id] = [parts[c] for c in range(n)]
+        out.update(codecs.decode_documents(complete, dim))
         return out
 
     # ================================================================== search (planner's stage 1)
@@ -703,7 +704,7 @@ class DocumentStore:
             raise InvalidArgument(f"query for {field} has {q.shape[0]} dims, expected {dim}")
         return q
 
-    def _search(self, field: str, query: Any, limit: int, filter: str, output_fields: list[str]) -> list[Any]:
+    def _search(self, field: str, query: Any, limit: int, filter: str, output_fields: list[str]) -> Any:
         """One Milvus search on a dense (``dense``/``dense_<d>``) or the sparse field; [] for an empty sparse query."""
         self._check_search(limit, filter)
         if field == SPARSE:
@@ -716,15 +717,15 @@ class DocumentStore:
             params = {"metric_type": "IP", "params": search_params(self.layout.index_type, limit)}
         res = self._call(f"search {field}", self.client.search, self.name, data=[data], anns_field=field,
                          limit=limit, filter=filter, search_params=params, output_fields=output_fields)
-        return list(res[0]) if res else []
+        return res[0] if res else []
 
     def search_dense(self, field: str, query: np.ndarray, limit: int, filter: str = "") -> list[tuple[str, float]]:
         """ANN search on ``dense`` or ``dense_<d>``; a full-size query is projected for truncated fields."""
-        return [(hit["id"], float(hit["distance"])) for hit in self._search(field, query, limit, filter, [ID])]
+        return [(hit["id"], float(hit["distance"])) for hit in _raw_rows(self._search(field, query, limit, filter, [ID]))]
 
     def search_sparse(self, query: Mapping[int, float], limit: int, filter: str = "") -> list[tuple[str, float]]:
         """Inner-product search on the sparse lexical weights (empty query -> no hits)."""
-        return [(hit["id"], float(hit["distance"])) for hit in self._search(SPARSE, query, limit, filter, [ID])]
+        return [(hit["id"], float(hit["distance"])) for hit in _raw_rows(self._search(SPARSE, query, limit, filter, [ID]))]
 
     def candidates(self, field: str, query: Any, limit: int, filter: str = "",
                    output_fields: Sequence[str] = ()) -> list[Candidate]:
@@ -741,16 +742,21 @@ class DocumentStore:
         fields = [ID, DENSE, SPARSE, *extra]
         if self.layout.colbert == "companion":
             fields += [COLBERT_VERSION, COLBERT_ROWS]
+        companion = self.layout.colbert == "companion"
+        hits = self._search(field, query, limit, filter, fields)
+        columns = _vector_columns(hits, self.layout.dense_dim)
         out = []
-        for hit in self._search(field, query, limit, filter, fields):
+        for i, hit in enumerate(_raw_rows(hits) if columns is not None else list(hits)):
             row = hit.get("entity") or hit
-            ref = (ColbertRef(str(row.get(COLBERT_VERSION) or ""), int(row.get(COLBERT_ROWS) or 0))
-                   if self.layout.colbert == "companion" else None)
-            out.append(Candidate(
-                id=str(hit["id"]), score=float(hit["distance"]),
-                dense=np.asarray(row[DENSE], dtype=np.float32),
-                sparse={int(k): float(v) for k, v in (row.get(SPARSE) or {}).items()},
-                colbert=ref, fields={f: row.get(f) for f in extra}))
+            if columns is not None:
+                dense, sparse = columns[0][i], columns[1][i]
+                row = {**row, **{name: values[i] for name, values in columns[2].items()}}
+            else:
+                dense = np.asarray(row[DENSE], dtype=np.float32)
+                sparse = {int(k): float(v) for k, v in (row.get(SPARSE) or {}).items()}
+            ref = ColbertRef(str(row.get(COLBERT_VERSION) or ""), int(row.get(COLBERT_ROWS) or 0)) if companion else None
+            out.append(Candidate(id=str(hit["id"]), score=float(hit["distance"]), dense=dense, sparse=sparse,
+                                 colbert=ref, fields={f: row.get(f) for f in extra}))
         return out
 
     def fetch_colbert(self, refs: Mapping[str, ColbertRef | None]
@@ -873,6 +879,57 @@ class DocumentStore:
         if not rows:
             return np.zeros((0, self.layout.dense_dim), dtype=np.float32)
         return np.asarray([r[DENSE] for r in rows], dtype=np.float32)
+
+
+def _raw_rows(hits: Any) -> list[Any]:
+    """The hits' rows without pymilvus turning every vector into Python lists (it does on plain iteration)."""
+    get_raw = getattr(hits, "get_raw_item", None)
+    if get_raw is None or getattr(hits, "has_materialized", True):
+        return list(hits)
+    return [get_raw(i) for i in range(len(hits))]
+
+
+def _vector_columns(hits: Any, dim: int
+                    ) -> tuple[np.ndarray, list[dict[int, float]], dict[str, list[Any]]] | None:
+    """Dense and sparse vectors (and JSON fields) of pymilvus search hits read column-wise from the reply, or None
+    when the reply is not in the shape this reads (another pymilvus, nullable fields): then rows are
+    materialised one by one.
+
+    pymilvus materialises each vector as a list of Python floats per hit (about 10 ms for 100 hits at 1024-d);
+    the reply holds them as one float32 column, which numpy takes whole.
+    """
+    from pymilvus import DataType
+
+    lazy, start = getattr(hits, "lazy_field_data", None), getattr(hits, "start", None)
+    if lazy is None or not isinstance(start, int) or getattr(hits, "has_materialized", True):
+        return None
+    n = len(hits)
+    by_name = {fd.field_name: fd for fd in lazy}
+    dense_fd, sparse_fd = by_name.pop(DENSE, None), by_name.pop(SPARSE, None)
+    if dense_fd is None or sparse_fd is None or any(len(fd.valid_data) for fd in lazy):
+        return None
+    others: dict[str, list[Any]] = {}
+    for name, fd in by_name.items():  # lazy scalars: JSON (metadata)
+        if fd.type != DataType.JSON or len(fd.scalars.json_data.data) < start + n:
+            return None
+        others[name] = [json.loads(b) for b in fd.scalars.json_data.data[start:start + n]]
+    if dense_fd.vectors.dim != dim:
+        return None
+    dense = np.array(dense_fd.vectors.float_vector.data, dtype=np.float32)
+    if dense.size < (start + n) * dim:
+        return None
+    dense = dense.reshape(-1, dim)[start:start + n]
+    rows = sparse_fd.vectors.sparse_float_vector.contents
+    if len(rows) < start + n:
+        return None
+    sparse = []
+    for raw in rows[start:start + n]:  # little-endian (uint32 index, float32 value) pairs, as pymilvus packs them
+        pairs = np.frombuffer(raw, dtype=_SPARSE_PAIR)
+        sparse.append(dict(zip(pairs["index"].tolist(), pairs["value"].tolist(), strict=True)))
+    return dense, sparse, others
+
+
+_SPARSE_PAIR = np.dtype([("index", "<u4"), ("value", "<f4")])
 
 
 def colbert_bytes_per_token(codec: str, dim: int) -> float:

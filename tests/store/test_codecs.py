@@ -77,3 +77,21 @@ def test_bad_input_is_refused() -> None:
         codecs.decode(b"abc", "fp16", 8)
     with pytest.raises(InvalidArgument, match="does not fit"):
         codecs.tokens_per_row("fp32", 20000)
+
+
+def test_decode_documents_equals_chunk_by_chunk_decoding():
+    rng = np.random.default_rng(3)
+    dim = 24
+    docs = {f"d{i}": unit_rows(int(n), dim, seed=i) for i, n in enumerate(rng.integers(0, 900, size=12))}
+    chunks = {}
+    for i, (doc_id, m) in enumerate(docs.items()):
+        codec = codecs.CODECS[i % len(codecs.CODECS)]
+        chunks[doc_id] = [(codec, c.payload) for c in codecs.to_chunks(m, codec)]
+    chunks["mixed"] = ([("fp16", c.payload) for c in codecs.to_chunks(docs["d1"], "fp16")]
+                       + [("int8", c.payload) for c in codecs.to_chunks(docs["d2"], "int8")])
+    got = codecs.decode_documents(chunks, dim)
+    assert set(got) == set(chunks)
+    for doc_id, parts in chunks.items():
+        expected = (np.concatenate([codecs.from_chunks([p], c, dim) for c, p in parts]) if parts
+                    else np.zeros((0, dim), np.float32))
+        np.testing.assert_array_equal(got[doc_id], expected)

@@ -308,3 +308,29 @@ def test_foreign_collections_are_refused(lite_store: MilvusStore, collection_nam
 def test_connect_created_the_lite_directory(lite_store: MilvusStore) -> None:
     assert Path(lite_store.target).parent.name == "sub" and Path(lite_store.target).exists()
     assert lite_store.capabilities.lite and not lite_store.capabilities.native_multivector
+
+
+def test_candidates_carry_the_stored_vectors_and_fields(lite_store: MilvusStore, collection_name: str,
+                                                        tiny_encoder: Any) -> None:
+    """Stage 1 reads vectors column-wise from the search reply; they must equal what a plain read returns."""
+    ds = make(lite_store, collection_name, tiny_encoder)
+    ds.upsert(CORPUS, tiny_encoder)
+    q = tiny_encoder.encode([CORPUS[0].text])
+    stored = ds.fetch_vectors([d.id for d in CORPUS], colbert=False)
+    rows = {r["id"]: r for r in ds.get([d.id for d in CORPUS])}
+    for field_name, query in (("dense", q.dense[0]), ("dense_16", q.dense[0]), ("sparse", q.sparse[0])):
+        hits = ds.candidates(field_name, query, 4, "", output_fields=("text", "metadata"))
+        plain = (ds.search_sparse(query, 4) if field_name == "sparse" else ds.search_dense(field_name, query, 4))
+        assert [(h.id, h.score) for h in hits] == plain
+        for h in hits:
+            np.testing.assert_array_equal(h.dense, stored[h.id].dense)
+            assert h.sparse == pytest.approx(stored[h.id].sparse, rel=1e-6) and set(h.sparse) == set(stored[h.id].sparse)
+            assert h.fields == {"text": rows[h.id]["text"], "metadata": rows[h.id]["metadata"]}
+            assert h.colbert is not None and h.colbert.rows >= 1
+    with pytest.raises(InvalidArgument, match="unknown output fields"):
+        ds.candidates("dense", q.dense[0], 4, "", output_fields=("dense",))
+    # with the pinned pymilvus the column-wise read is the one taken (not the per-hit fallback)
+    from milvus_embed_ext.store.documents import _vector_columns
+
+    raw = ds._search("dense", q.dense[0], 4, "", ["id", "dense", "sparse", "metadata"])
+    assert _vector_columns(raw, ds.layout.dense_dim) is not None
