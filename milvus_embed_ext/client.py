@@ -129,6 +129,17 @@ def _check_text(text: Any, where: str) -> str:
     return text
 
 
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    """A whole number >= ``minimum``: the wire's uint32 would otherwise fail with protobuf's bare "Value out
+    of range", and a top_k of 0 would silently mean the server's default."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
+    if not minimum <= int(value) <= 2**32 - 1:
+        raise InvalidArgument(f"{name} must be at least {minimum}, got {int(value)}" if value < minimum
+                              else f"{name} {int(value)} is too large")
+    return int(value)
+
+
 def _lookup(table: Mapping[str, int], value: str, what: str) -> int:
     try:
         return table[value]
@@ -253,7 +264,8 @@ def build_search_request(query: str, *, collection: str, top_k: int, offset: int
                          weights: Mapping[str, float] | None, rrf_k: int | None,
                          normalization: str | None) -> search_pb2.HybridSearchRequest:
     req = search_pb2.HybridSearchRequest(
-        query=_check_text(query, "query"), collection=collection, top_k=int(top_k), offset=int(offset),
+        query=_check_text(query, "query"), collection=collection, top_k=_check_count(top_k, "top_k", 1),
+        offset=_check_count(offset, "offset", 0),
         filter=filter, output_fields=list(output_fields),
     )
     if candidates or rerank or candidate_k or truncate_dim or allow_partial:

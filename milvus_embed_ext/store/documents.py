@@ -239,7 +239,7 @@ class DocumentStore:
     def open(cls, store: MilvusStore, name: str) -> DocumentStore:
         """Bind to an existing collection, reading its layout back from the collection description."""
         if not store.has_collection(name):
-            raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate up` "
+            raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate upgrade` "
                            "or DocumentStore.create")
         described = store.call(f"describe collection {name}", store.client.describe_collection, name)
         layout = CollectionLayout.from_description(described.get("description", ""))
