@@ -25,8 +25,14 @@ _REVISION_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def builtin_migrations_dir() -> Path:
-    """The project's own revisions, shipped inside the package (a copy of the top-level ``migrations/``)."""
-    return Path(__file__).resolve().parent.parent / "migrations_builtin"
+    """The project's own revisions: the top-level ``migrations/`` folder of a source checkout (editable
+    installs included), which a wheel ships as ``milvus_embed_ext/migrations_builtin`` (pyproject's
+    package-dir). Found by path, next to this package, never through the import system: another checkout's
+    folder must not be picked up."""
+    package = Path(__file__).resolve().parent.parent
+    shipped = package / "migrations_builtin"
+    # (a folder of only __pycache__, left by an older checkout, is not the shipped copy)
+    return shipped if any(shipped.glob("*.py")) else package.parent / "migrations"
 
 
 def resolve_migrations_dir(migrations_dir: str | Path | None) -> Path:
