@@ -39,10 +39,10 @@ lint: setup
 	$(VENV)/bin/ruff check milvus_embed_ext tests bench migrations
 
 proto: setup
-	$(PY) -m milvus_embed_ext.service.protogen
+	$(PY) -m milvus_embed_ext.devtools.protogen
 
 proto-check: setup
-	$(PY) -m milvus_embed_ext.service.protogen --check
+	$(PY) -m milvus_embed_ext.devtools.protogen --check
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-autosave --benchmark-storage=.benchmarks

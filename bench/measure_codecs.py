@@ -5,7 +5,7 @@
     .venv/bin/python bench/measure_codecs.py --model /models/bge-m3  # a real BGE-M3 checkpoint
 
 For every codec (fp32, fp16, int8 with a per-vector scale, 1-bit signs with a per-vector scale) it
-encodes the ColBERT vectors of a deterministic synthetic corpus (milvus_embed_ext.search.synthetic),
+encodes the ColBERT vectors of a deterministic synthetic corpus (milvus_embed_ext.devtools.synthetic),
 decodes them as the store does, and scores a fixed query set with MaxSim (float32 queries, as at search
 time) against every document. Fidelity is measured against fp32 MaxSim: Spearman rank correlation over
 the whole corpus and over the fp32 top-100 (mean over queries), top-10 overlap, and the largest absolute
@@ -82,8 +82,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.encoder import M3Encoder, ensure_test_model
-    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.store import codecs
     from milvus_embed_ext.store.documents import new_version_prefix
     from milvus_embed_ext.store.layout import PLACEHOLDER_DIM

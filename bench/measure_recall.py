@@ -3,7 +3,7 @@
     .venv/bin/python bench/measure_recall.py                  # tiny test checkpoint, Milvus Lite in a temp dir
     .venv/bin/python bench/measure_recall.py --model /models/bge-m3 --dims 128 256 --docs 20000
 
-What it measures, on a deterministic synthetic multilingual corpus (milvus_embed_ext.search.synthetic):
+What it measures, on a deterministic synthetic multilingual corpus (milvus_embed_ext.devtools.synthetic):
 
 - pipeline recall@k: the planner's m3 top-k (truncated dense + sparse candidates, each route ``depth`` deep,
   exact re-score, m3 fusion) against brute-force ``compute_score`` over the whole corpus, per candidate depth
@@ -58,10 +58,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from milvus_embed_ext.config import load_settings
+    from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.encoder import M3Encoder, ensure_test_model
     from milvus_embed_ext.search import HybridSearcher
     from milvus_embed_ext.search.evaluation import brute_force_m3, pipeline_recall, prefetch_recall
-    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore, TruncatedField
 
     started = time.perf_counter()
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 Measured by `bench/measure_recall.py` (regenerate: `.venv/bin/python bench/measure_recall.py`).
 Model: {model_label}.
 Corpus: {len(docs)} synthetic multilingual documents (12 languages, 6-24 words,
-`milvus_embed_ext.search.synthetic`, seed {args.seed}), {len(queries)} queries. Milvus Lite 2.5.1, FLAT
+`milvus_embed_ext.devtools.synthetic`, seed {args.seed}), {len(queries)} queries. Milvus Lite 2.5.1, FLAT
 indexes; ColBERT stored as {args.codec}. PCA fitted on {args.pca_sample:.0%} of the corpus. Recall@{args.k}.
 Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}; run took
 {elapsed:.0f}s.

@@ -19,8 +19,9 @@ import grpc
 import numpy as np
 
 from .errors import InvalidArgument, MilvusEmbedError
-from .service import codec
-from .service._generated import (
+from .limits import REPRESENTATIONS
+from .wire import codec
+from .wire._generated import (
     common_pb2,
     documents_pb2,
     documents_pb2_grpc,
@@ -29,8 +30,8 @@ from .service._generated import (
     search_pb2,
     search_pb2_grpc,
 )
-from .service.auth import channel_credentials
-from .service.errors import from_rpc_error
+from .wire.status import from_rpc_error
+from .wire.tls import channel_credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -106,14 +107,10 @@ class SearchResult:
 
 # ---------------------------------------------------------------------------- request building (shared)
 
-_OUTPUTS = {"dense": embedder_pb2.OUTPUT_DENSE, "sparse": embedder_pb2.OUTPUT_SPARSE,
-            "colbert": embedder_pb2.OUTPUT_COLBERT}
-_REPS = {"dense": search_pb2.REPRESENTATION_DENSE, "sparse": search_pb2.REPRESENTATION_SPARSE,
-         "colbert": search_pb2.REPRESENTATION_COLBERT, "dense_truncated": search_pb2.REPRESENTATION_DENSE_TRUNCATED}
-_FUSIONS = {"m3": search_pb2.FUSION_METHOD_M3, "rrf": search_pb2.FUSION_METHOD_RRF,
-            "weighted": search_pb2.FUSION_METHOD_WEIGHTED, "dbsf": search_pb2.FUSION_METHOD_DBSF}
-_NORMS = {"minmax": search_pb2.NORMALIZATION_MINMAX, "arctan": search_pb2.NORMALIZATION_ARCTAN,
-          "arctan_pos": search_pb2.NORMALIZATION_ARCTAN_POS}
+_OUTPUTS = codec.OUTPUT_ENUM
+_REPS = codec.REPRESENTATION_ENUM
+_FUSIONS = codec.FUSION_ENUM
+_NORMS = codec.NORMALIZATION_ENUM
 
 
 def _check_text(text: Any, where: str) -> str:
@@ -279,7 +276,7 @@ def build_search_request(query: str, *, collection: str, top_k: int, offset: int
         req.fusion.rrf_k = int(rrf_k or 0)
         req.fusion.normalization = _lookup(_NORMS, normalization, "normalization") if normalization else 0
         for name, value in (weights or {}).items():
-            if name not in ("dense", "sparse", "colbert"):
+            if name not in REPRESENTATIONS:
                 raise InvalidArgument(f"unknown weight {name!r}; use dense, sparse, colbert")
             setattr(req.fusion.weights, name, float(value))
     return req

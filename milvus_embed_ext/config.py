@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InvalidArgument
+from .limits import DEFAULT_MAX_TOP_K
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,7 +108,7 @@ class Settings:
     """Largest gRPC message accepted or sent, in bytes."""
     max_texts_per_request: int = 256
     """Texts (or documents) in one Embed/Upsert request."""
-    max_top_k: int = 1000
+    max_top_k: int = DEFAULT_MAX_TOP_K
     """Largest top_k + offset a search may ask for."""
     api_keys: tuple[str, ...] = ()
     """When non-empty every RPC needs ``authorization: Bearer <key>`` (health stays open for probes)."""

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from .config import Settings
 from .errors import FailedPrecondition, InvalidArgument
+from .limits import FUSIONS
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus" / "sample.jsonl"
 DEMO_COLLECTION = "demo_corpus"
@@ -266,7 +267,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="search this instead of the built-in queries (repeatable)")
     p.add_argument("--filter", default="", help="Milvus filter for --query searches, e.g. 'metadata[\"lang\"] == \"de\"'")
     p.add_argument("--top-k", type=int, default=5, help="hits per query (default 5)")
-    p.add_argument("--fusion", choices=("m3", "rrf", "weighted", "dbsf"), default=None,
+    p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="fusion method (default: the collection's, m3)")
     p.add_argument("--corpus", default=str(CORPUS_PATH), help="JSONL corpus {id, text, metadata} (default: the sample)")
     p.add_argument("--no-load", action="store_true", help="skip loading the corpus; search what is stored")

@@ -31,12 +31,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConsistencyError, FailedPrecondition, Unavailable
+from ..limits import MILVUS_MAX_TOPK
 from ..store.documents import literal
 
 log = logging.getLogger(__name__)
 
 SYSTEM_COLLECTION = "mee_migrations"
-_QUERY_LIMIT = 16384
+_QUERY_LIMIT = MILVUS_MAX_TOPK
 
 
 def whoami() -> str:

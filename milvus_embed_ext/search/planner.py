@@ -38,6 +38,7 @@ from ..errors import (
     MilvusEmbedError,
     Unavailable,
 )
+from ..limits import DEFAULT_MAX_TOP_K, FUSIONS, MILVUS_MAX_TOPK, NORMALIZATIONS, REPRESENTATIONS, ROUTES
 from . import fusion as fusion_fns
 from . import rescore
 
@@ -45,17 +46,8 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..encoder import M3Output
 
-REPRESENTATIONS = ("dense", "sparse", "colbert")
-"""Stage-2 exact scores, in FlagEmbedding's weight order."""
-ROUTES = ("dense_truncated", "sparse", "dense")
-"""Stage-1 candidate sources."""
-FUSIONS = ("m3", "rrf", "weighted", "dbsf")
-NORMALIZATIONS = ("minmax", "arctan", "arctan_pos")
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)
 DEFAULT_DEPTH = 100
-DEFAULT_MAX_TOP_K = 1000
-MILVUS_MAX_TOPK = 16384
-"""Milvus rejects searches whose limit (offset included) exceeds this."""
 OUTPUT_FIELDS = ("text", "metadata")
 
 

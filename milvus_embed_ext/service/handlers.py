@@ -18,8 +18,9 @@ import numpy as np
 
 from ..config import Settings
 from ..errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from . import codec
-from ._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
+from ..limits import DEFAULT_TOP_K
+from ..wire import codec
+from ..wire._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
 from .batcher import Batcher
 from .validation import (
     check_enum,
@@ -316,11 +317,8 @@ _ROUTE_OF = {search_pb2.REPRESENTATION_DENSE: "dense", search_pb2.REPRESENTATION
              search_pb2.REPRESENTATION_DENSE_TRUNCATED: "dense_truncated"}
 _RESCORE_OF = {search_pb2.REPRESENTATION_DENSE: "dense", search_pb2.REPRESENTATION_SPARSE: "sparse",
                search_pb2.REPRESENTATION_COLBERT: "colbert"}
-_FUSION_OF = {search_pb2.FUSION_METHOD_M3: "m3", search_pb2.FUSION_METHOD_RRF: "rrf",
-              search_pb2.FUSION_METHOD_WEIGHTED: "weighted", search_pb2.FUSION_METHOD_DBSF: "dbsf"}
-_NORM_OF = {search_pb2.NORMALIZATION_MINMAX: "minmax", search_pb2.NORMALIZATION_ARCTAN: "arctan",
-            search_pb2.NORMALIZATION_ARCTAN_POS: "arctan_pos"}
-DEFAULT_TOP_K = 10
+_FUSION_OF = codec.FUSION_NAME
+_NORM_OF = codec.NORMALIZATION_NAME
 
 
 def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from ..errors import (
     ResourceExhausted,
     Unavailable,
 )
+from ..wire._generated import documents_pb2, embedder_pb2, search_pb2
 from . import auth
-from ._generated import documents_pb2, embedder_pb2, search_pb2
 from .batcher import Batcher
 from .errors import to_status
 from .handlers import DocumentsHandlers, EmbedderHandlers, Runtime, SearchHandlers

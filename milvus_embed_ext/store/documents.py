@@ -43,6 +43,7 @@ from ..errors import (
     MilvusEmbedError,
     NotFound,
 )
+from ..limits import IDS_PER_QUERY, MILVUS_MAX_TOPK
 from . import codecs
 from .client import MilvusStore
 from .layout import (
@@ -75,8 +76,8 @@ if TYPE_CHECKING:  # the encoder is imported lazily: the store works without tor
 
 log = logging.getLogger(__name__)
 
-MAX_TOP_K = 16384  # Milvus topk limit
-IDS_PER_EXPR = 512  # ids per `in [...]` expression
+MAX_TOP_K = MILVUS_MAX_TOPK
+IDS_PER_EXPR = IDS_PER_QUERY
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # rough cap on one insert/upsert request
 MAX_ROWS_PER_REQUEST = 1000
 _PLACEHOLDER = [0.0] * PLACEHOLDER_DIM

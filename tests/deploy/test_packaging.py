@@ -49,4 +49,4 @@ def test_wheel_ships_the_top_level_migrations(tmp_path: Path) -> None:
         assert f"milvus_embed_ext/migrations_builtin/{name}" in names
         assert zipfile.ZipFile(wheel).read(f"milvus_embed_ext/migrations_builtin/{name}") == \
             (REPO / "migrations" / name).read_bytes()
-    assert "milvus_embed_ext/service/_generated/search_pb2.py" in names
+    assert "milvus_embed_ext/wire/_generated/search_pb2.py" in names

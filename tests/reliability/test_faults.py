@@ -26,7 +26,7 @@ import pytest
 from _sidecar import Server, lite_server_pids, start_sidecar
 from rel_helpers import corpus, ids_of, inspect_collection, record
 
-from milvus_embed_ext.service._generated import documents_pb2, documents_pb2_grpc
+from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
 FAILURE_CODES = {"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED"}  # never INTERNAL / UNKNOWN

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rel_helpers import MAX_MESSAGE, MAX_TEXTS, record
 
-from milvus_embed_ext.service._generated import embedder_pb2
+from milvus_embed_ext.wire._generated import embedder_pb2
 
 E = grpc.StatusCode
 OK = "OK"

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from milvus_embed_ext import cli
 from milvus_embed_ext.errors import InvalidArgument, NotFound, Unauthenticated
-from milvus_embed_ext.service._generated import (
+from milvus_embed_ext.wire._generated import (
     documents_pb2,
     documents_pb2_grpc,
     embedder_pb2,

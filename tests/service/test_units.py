@@ -13,11 +13,12 @@ import pytest
 
 from milvus_embed_ext import errors as e
 from milvus_embed_ext.client import build_embed_request, build_search_request, to_document_pb
-from milvus_embed_ext.service import codec, protogen
-from milvus_embed_ext.service._generated import common_pb2, search_pb2
+from milvus_embed_ext.devtools import protogen
 from milvus_embed_ext.service.auth import bearer_token, key_matches
 from milvus_embed_ext.service.errors import from_rpc_error, to_status
 from milvus_embed_ext.service.handlers import plan_overrides
+from milvus_embed_ext.wire import codec
+from milvus_embed_ext.wire._generated import common_pb2, search_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,7 +114,7 @@ def test_search_options_become_plan_overrides():
 
 
 def test_committed_stubs_are_fresh():
-    proc = subprocess.run([sys.executable, "-m", "milvus_embed_ext.service.protogen", "--check"],
+    proc = subprocess.run([sys.executable, "-m", "milvus_embed_ext.devtools.protogen", "--check"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

@@ -224,8 +224,8 @@ def test_overlap_percentiles_env():
 
 
 def test_exact_m3_scores_match_the_evaluation_helpers(tiny_encoder):
+    from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.search.evaluation import brute_force_m3
-    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
 
     docs = generate_corpus(40, seed=3)
     queries = generate_queries(docs, 3, seed=4)
