@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,11 +305,27 @@ def _tls(tls: bool | TLSConfig | None) -> TLSConfig | None:
     return tls
 
 
-# ---------------------------------------------------------------------------- blocking client
+# ---------------------------------------------------------------------------- the clients
+
+
+def _upsert_result(resp: Any) -> UpsertResult:
+    return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
+
+
+def _failure(err: grpc.RpcError, stream: _RequestStream | None) -> Exception:
+    """The error a failed call raises: the request iterator's own error when it failed, else the domain error."""
+    if stream is not None and stream.error is not None:
+        return stream.error
+    return from_rpc_error(err)
 
 
 class _ClientBase:
-    """Channel, credentials and stubs shared by the blocking and the asyncio client."""
+    """Everything both clients do: channel, credentials, stubs, and every RPC method, written once.
+
+    A method builds its request and hands it to :meth:`_call` with the parser of the response. The blocking
+    client's ``_call`` returns the parsed result; the asyncio client's returns a coroutine of it. So the
+    methods below return ``T`` on :class:`SidecarClient` and ``Awaitable[T]`` on :class:`AsyncSidecarClient`.
+    """
 
     _grpc: Any = grpc  # the module whose channels this client opens: grpc or grpc.aio
 
@@ -330,12 +346,67 @@ class _ClientBase:
         self._documents = documents_pb2_grpc.DocumentsStub(self._channel)
         self._search = search_pb2_grpc.SearchStub(self._channel)
 
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}({self.address!r}, auth={'yes' if self._metadata else 'no'})"
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self.timeout
+
+    def _call(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+              stream: _RequestStream | None = None) -> Any:
+        raise NotImplementedError
+
+    def embed(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
+              truncate_dims: Sequence[int] = (), fp16: bool = False, max_length: int | None = None,
+              timeout: float | None = None) -> Any:
+        """Vectors of ``texts`` (an :class:`EmbedResult`)."""
+        req = build_embed_request(texts, dense=dense, sparse=sparse, colbert=colbert,
+                                  truncate_dims=truncate_dims, fp16=fp16, max_length=max_length)
+        return self._call(self._embedder.Embed, req, timeout,
+                          lambda resp: parse_embed_response(resp, dense, sparse, colbert))
+
+    def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
+               timeout: float | None = None) -> Any:
+        """Insert or replace documents (an :class:`UpsertResult`). More than ``chunk_size`` go through the
+        streaming RPC.
+
+        A sequence is validated whole before anything is sent; an iterator is validated as it streams, so a bad
+        document fails the call (with its own error) after the chunks before it may have been written.
+        """
+        requests = _upsert_requests(documents, collection, chunk_size)
+        if isinstance(requests, list) and len(requests) == 1:
+            return self._call(self._documents.Upsert, requests[0], timeout, _upsert_result)
+        stream = requests if isinstance(requests, _RequestStream) else None
+        return self._call(self._documents.UpsertStream, iter(requests), timeout, _upsert_result, stream)
+
+    def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> Any:
+        """Delete documents by id; gives the number deleted."""
+        req = documents_pb2.DeleteRequest(collection=collection, ids=list(ids))
+        return self._call(self._documents.Delete, req, timeout, lambda resp: int(resp.deleted))
+
+    def get(self, ids: Sequence[str], *, collection: str = "", output_fields: Sequence[str] = (),
+            allow_missing: bool = False, with_vectors: bool = False, timeout: float | None = None) -> Any:
+        """Stored documents by id (a list of dicts)."""
+        req = documents_pb2.GetRequest(collection=collection, ids=list(ids), output_fields=list(output_fields),
+                                       allow_missing=allow_missing, with_vectors=with_vectors)
+        return self._call(self._documents.Get, req, timeout, parse_get_response)
+
+    def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0, filter: str = "",
+                      output_fields: Sequence[str] = (), candidates: Sequence[str] | None = None,
+                      rerank: Sequence[str] | None = None, candidate_k: int | None = None,
+                      truncate_dim: int | None = None, allow_partial: bool = False, fusion: str | None = None,
+                      weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
+                      normalization: str | None = None, timeout: float | None = None) -> Any:
+        """Hybrid search (a :class:`SearchResult`)."""
+        req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
+                                   output_fields=output_fields, candidates=candidates, rerank=rerank,
+                                   candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
+                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization)
+        return self._call(self._search.HybridSearch, req, timeout, parse_search_response)
+
 
 class SidecarClient(_ClientBase):
     """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
-
-    def __repr__(self) -> str:  # never shows the key
-        return f"SidecarClient({self.address!r}, auth={'yes' if self._metadata else 'no'})"
 
     def __enter__(self) -> SidecarClient:
         return self
@@ -346,11 +417,13 @@ class SidecarClient(_ClientBase):
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+              stream: _RequestStream | None = None) -> Any:
         try:
-            return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)
+            resp = method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise _failure(err, stream) from None
+        return parse(resp)
 
     def wait_ready(self, timeout: float = 60.0, service: str = "") -> None:
         """Block until grpc health reports SERVING for ``service`` ("" = the whole sidecar)."""
@@ -372,65 +445,11 @@ class SidecarClient(_ClientBase):
             time.sleep(0.2)
         raise MilvusEmbedError(f"sidecar at {self.address} not SERVING after {timeout:.0f}s (last: {last})")
 
-    def embed(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
-              truncate_dims: Sequence[int] = (), fp16: bool = False, max_length: int | None = None,
-              timeout: float | None = None) -> EmbedResult:
-        req = build_embed_request(texts, dense=dense, sparse=sparse, colbert=colbert,
-                                  truncate_dims=truncate_dims, fp16=fp16, max_length=max_length)
-        return parse_embed_response(self._call(self._embedder.Embed, req, timeout), dense, sparse, colbert)
-
-    def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
-               timeout: float | None = None) -> UpsertResult:
-        """Insert or replace documents. More than ``chunk_size`` go through the streaming RPC.
-
-        A sequence is validated whole before anything is sent; an iterator is validated as it streams, so a bad
-        document fails the call (with its own error) after the chunks before it may have been written.
-        """
-        requests = _upsert_requests(documents, collection, chunk_size)
-        if isinstance(requests, list) and len(requests) == 1:
-            resp = self._call(self._documents.Upsert, requests[0], timeout)
-        else:
-            try:
-                resp = self._call(self._documents.UpsertStream, iter(requests), timeout)
-            except MilvusEmbedError:
-                if isinstance(requests, _RequestStream) and requests.error is not None:
-                    raise requests.error from None
-                raise
-        return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
-
-    def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> int:
-        req = documents_pb2.DeleteRequest(collection=collection, ids=list(ids))
-        return int(self._call(self._documents.Delete, req, timeout).deleted)
-
-    def get(self, ids: Sequence[str], *, collection: str = "", output_fields: Sequence[str] = (),
-            allow_missing: bool = False, with_vectors: bool = False, timeout: float | None = None) -> list[dict[str, Any]]:
-        req = documents_pb2.GetRequest(collection=collection, ids=list(ids), output_fields=list(output_fields),
-                                       allow_missing=allow_missing, with_vectors=with_vectors)
-        return parse_get_response(self._call(self._documents.Get, req, timeout))
-
-    def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0, filter: str = "",
-                      output_fields: Sequence[str] = (), candidates: Sequence[str] | None = None,
-                      rerank: Sequence[str] | None = None, candidate_k: int | None = None,
-                      truncate_dim: int | None = None, allow_partial: bool = False, fusion: str | None = None,
-                      weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
-                      normalization: str | None = None, timeout: float | None = None) -> SearchResult:
-        req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
-                                   output_fields=output_fields, candidates=candidates, rerank=rerank,
-                                   candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
-                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization)
-        return parse_search_response(self._call(self._search.HybridSearch, req, timeout))
-
-
-# ---------------------------------------------------------------------------- asyncio client
-
 
 class AsyncSidecarClient(_ClientBase):
     """The same API as :class:`SidecarClient`, awaitable (``grpc.aio`` channel)."""
 
     _grpc = grpc.aio
-
-    def __repr__(self) -> str:
-        return f"AsyncSidecarClient({self.address!r}, auth={'yes' if self._metadata else 'no'})"
 
     async def __aenter__(self) -> AsyncSidecarClient:
         return self
@@ -441,58 +460,21 @@ class AsyncSidecarClient(_ClientBase):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+              stream: _RequestStream | None = None) -> Any:
+        return self._await(method, request, timeout, parse, stream)
+
+    async def _await(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+                     stream: _RequestStream | None) -> Any:
         try:
-            return await method(request, timeout=timeout if timeout is not None else self.timeout,
-                                metadata=self._metadata)
+            resp = await method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-
-    async def embed(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
-                    truncate_dims: Sequence[int] = (), fp16: bool = False, max_length: int | None = None,
-                    timeout: float | None = None) -> EmbedResult:
-        req = build_embed_request(texts, dense=dense, sparse=sparse, colbert=colbert,
-                                  truncate_dims=truncate_dims, fp16=fp16, max_length=max_length)
-        return parse_embed_response(await self._call(self._embedder.Embed, req, timeout), dense, sparse, colbert)
-
-    async def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
-                     timeout: float | None = None) -> UpsertResult:
-        """See :meth:`SidecarClient.upsert`."""
-        requests = _upsert_requests(documents, collection, chunk_size)
-        if isinstance(requests, list) and len(requests) == 1:
-            resp = await self._call(self._documents.Upsert, requests[0], timeout)
-        else:
-            try:
-                resp = await self._call(self._documents.UpsertStream, iter(requests), timeout)
-            except (asyncio.CancelledError, MilvusEmbedError):  # grpc cancels the call when the iterator fails
-                if isinstance(requests, _RequestStream) and requests.error is not None:
-                    raise requests.error from None
-                raise
-        return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
-
-    async def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> int:
-        req = documents_pb2.DeleteRequest(collection=collection, ids=list(ids))
-        return int((await self._call(self._documents.Delete, req, timeout)).deleted)
-
-    async def get(self, ids: Sequence[str], *, collection: str = "", output_fields: Sequence[str] = (),
-                  allow_missing: bool = False, with_vectors: bool = False,
-                  timeout: float | None = None) -> list[dict[str, Any]]:
-        req = documents_pb2.GetRequest(collection=collection, ids=list(ids), output_fields=list(output_fields),
-                                       allow_missing=allow_missing, with_vectors=with_vectors)
-        return parse_get_response(await self._call(self._documents.Get, req, timeout))
-
-    async def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0,
-                            filter: str = "", output_fields: Sequence[str] = (),
-                            candidates: Sequence[str] | None = None, rerank: Sequence[str] | None = None,
-                            candidate_k: int | None = None, truncate_dim: int | None = None,
-                            allow_partial: bool = False, fusion: str | None = None,
-                            weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
-                            normalization: str | None = None, timeout: float | None = None) -> SearchResult:
-        req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
-                                   output_fields=output_fields, candidates=candidates, rerank=rerank,
-                                   candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
-                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization)
-        return parse_search_response(await self._call(self._search.HybridSearch, req, timeout))
+            raise _failure(err, stream) from None
+        except asyncio.CancelledError:  # grpc cancels the call when the request iterator fails
+            if stream is not None and stream.error is not None:
+                raise stream.error from None
+            raise
+        return parse(resp)
 
 
 __all__ = ["SidecarClient", "AsyncSidecarClient", "TLSConfig", "EmbedResult", "UpsertResult", "SearchResult",
