@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mig_helpers import write_scripts
 
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, NotFound
 from milvus_embed_ext.migrations import graph_from_mapping, load_scripts
@@ -22,6 +21,7 @@ from milvus_embed_ext.migrations.ops import (
     RunPython,
 )
 from milvus_embed_ext.migrations.script import script_checksum, write_revision
+from tests.migrations.mig_helpers import write_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mig_helpers import count, insert_docs, write_scripts
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.errors import FailedPrecondition
 from milvus_embed_ext.migrations.history import SystemTable
+from tests.migrations.mig_helpers import count, insert_docs, write_scripts
 
 HERE = Path(__file__).resolve().parent
 WIDE = 320  # wider than 256 so the built-in 0002 revision has work to do

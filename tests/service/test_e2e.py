@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from _sidecar import start_sidecar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -27,6 +26,7 @@ from milvus_embed_ext.wire._generated import (
     search_pb2,
     search_pb2_grpc,
 )
+from tests._sidecar import start_sidecar
 
 pytestmark = pytest.mark.e2e
 
