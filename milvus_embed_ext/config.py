@@ -89,9 +89,11 @@ class Settings:
     collection: str = "documents"
     """Default collection for Upsert/Search when a request names none."""
     colbert_codec: str = "fp16"
-    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store."""
+    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store. A default that
+    `migrate revision` writes into a new script (which then states it); applied revisions never read it."""
     index_type: str = "auto"
-    """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW."""
+    """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW. Like colbert_codec, a default for new
+    migration scripts."""
     migrations_dir: str = ""
     """Directory of migration scripts; empty means the project's built-in revisions."""
 

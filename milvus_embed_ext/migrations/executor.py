@@ -40,6 +40,7 @@ from ..store.projection import PcaProjection, fit_pca, prefix_project
 from .history import MigrationLock, SystemTable
 from .ops import (
     LAYOUT_INDEX,
+    SCALAR_TYPES,
     AddField,
     AddTruncatedDense,
     AlterProperties,
@@ -193,6 +194,8 @@ def extra_fields_of(described: dict[str, Any], layout: CollectionLayout) -> list
         if f["name"] in own:
             continue
         dtype = getattr(f.get("type"), "name", str(f.get("type")))
+        if dtype not in SCALAR_TYPES:  # a vector field the layout does not know: schema_problems names it
+            continue
         params = f.get("params", {})
         out.append(FieldSpec(f["name"], dtype, nullable=bool(f.get("nullable", True)),
                              default=f.get("default_value"), max_length=params.get("max_length")))

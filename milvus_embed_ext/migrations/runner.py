@@ -20,7 +20,7 @@ from ..errors import FailedPrecondition, InvalidArgument
 from .executor import OpContext, RunHooks, describe, execute, extra_fields_of, has
 from .graph import RevisionGraph
 from .history import LockInfo, SystemTable, whoami
-from .ops import CollectionModel, Op, Operations, SchemaModel
+from .ops import CollectionModel, Op, Operations, SchemaModel, model_from_dict, model_to_dict
 from .script import Script, builtin_migrations_dir, load_scripts, resolve_migrations_dir, write_revision
 
 UP, DOWN = "up", "down"
@@ -127,6 +127,7 @@ class PlanStep:
     direction: str
     message: str
     ops: list[Op]
+    model: SchemaModel | None = None  # the schema after an upgrade step (None for a downgrade step)
 
     def lines(self) -> list[str]:
         arrow = "upgrade" if self.direction == UP else "downgrade"
@@ -150,7 +151,7 @@ def _steps(cfg: MigrationConfig, env: Environment, applied: set[str], target: st
         model = model_at(cfg, env, applied)
         for rev in env.graph.upgrade_path(applied, target):
             ops, model = upgrade_ops(cfg, env, rev, model)
-            steps.append(PlanStep(rev, UP, env.scripts[rev].message, ops))
+            steps.append(PlanStep(rev, UP, env.scripts[rev].message, ops, copy.deepcopy(model)))
         return steps
     current = set(applied)
     for rev in env.graph.downgrade_path(applied, target):
@@ -177,8 +178,27 @@ def plan(config: MigrationConfig | Settings, target: str = "head", *, store: Any
 
 
 # ---------------------------------------------------------------------- upgrade / downgrade / stamp
+def resolved_schema(model: SchemaModel, caps: Any) -> dict[str, Any]:
+    """The schema a model describes with every layout resolved against the backend (what the history records)."""
+    from ..store.layout import CollectionLayout
+
+    out = model_to_dict(model)
+    for coll in out.values():
+        coll["layout"] = CollectionLayout.from_dict(coll["layout"]).resolved(caps).to_dict()
+    return out
+
+
+def recorded_schema(applied: dict[str, dict[str, Any]]) -> SchemaModel | None:
+    """The schema the history recorded for exactly the applied revisions, or None when no record covers them
+    (revisions stamped, applied by an older version, or a branch downgraded since)."""
+    for rec in sorted(applied.values(), key=lambda r: float(r.get("applied_at") or 0), reverse=True):
+        if "schema" in rec and sorted(rec.get("applied_set") or []) == sorted(applied):
+            return model_from_dict(rec["schema"])
+    return None
+
+
 def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step: PlanStep, script: Script,
-              hooks: RunHooks, by: str) -> None:
+              hooks: RunHooks, by: str, applied: set[str]) -> None:
     scope, rev, direction = cfg.scope, step.revision, step.direction
     other = DOWN if direction == UP else UP
     table.clear_progress(scope, rev, other)  # stale leftovers of an earlier, finished run
@@ -203,8 +223,12 @@ def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step
         lock.refresh()
     duration = time.monotonic() - started
     if direction == UP:
-        table.mark_applied(scope, rev, script.checksum, duration, by, script.path.name)
+        applied.add(rev)
+        schema = resolved_schema(step.model, st.capabilities) if step.model is not None else None
+        table.mark_applied(scope, rev, script.checksum, duration, by, script.path.name, schema=schema,
+                           applied_set=sorted(applied))
     else:
+        applied.discard(rev)
         table.unmark_applied(scope, rev)
     table.append_log(scope, "upgrade" if direction == UP else "downgrade", rev, script.checksum, duration, by)
     table.clear_progress(scope, rev, direction)
@@ -221,7 +245,7 @@ def _migrate(cfg: MigrationConfig, target: str, direction: str, store: Any | Non
             applied = set(table.applied(cfg.scope))  # read under the lock: another run may have just finished
             steps = _steps(cfg, env, applied, target, direction)
             for step in steps:
-                _run_step(cfg, st, table, lock, step, env.scripts[step.revision], hooks, by)
+                _run_step(cfg, st, table, lock, step, env.scripts[step.revision], hooks, by, applied)
     return [s.revision for s in steps]
 
 
@@ -410,7 +434,10 @@ def check(config: MigrationConfig | Settings, *, store: Any | None = None) -> Ch
         except FailedPrecondition as exc:
             problems.append(str(exc))
         else:
-            problems += _schema_drift(cfg, st, model_at(cfg, env, known))
+            # the schema the applied revisions recorded when they ran; replayed from the scripts only for a
+            # history without that record (revisions stamped, or applied by an older version)
+            recorded = recorded_schema(applied) if not unknown else None
+            problems += _schema_drift(cfg, st, recorded if recorded is not None else model_at(cfg, env, known))
         pending = env.graph.pending(known)
         if not applied:
             notes.append(f"{cfg.scope} is not migrated yet: run `milvus-embed migrate upgrade`")
@@ -478,7 +505,8 @@ def new_revision(config: MigrationConfig | Settings, message: str, *, merge: boo
             "create a merge revision with `milvus-embed migrate revision --merge -m MSG`")
     if merge and len(current_heads) < 2:
         raise InvalidArgument("--merge needs at least two heads; there is nothing to merge")
-    return write_revision(cfg.directory, message, tuple(current_heads), revision=revision_id)
+    params = {"colbert_codec": cfg.settings.colbert_codec, "index_type": cfg.settings.index_type}
+    return write_revision(cfg.directory, message, tuple(current_heads), revision=revision_id, layout=params)
 
 
 def unlock(config: MigrationConfig | Settings, *, force: bool = False, store: Any | None = None) -> list[LockInfo]:
