@@ -19,6 +19,15 @@ class InvalidArgument(MilvusEmbedError, ValueError):
     exit_code = 2
 
 
+class InvalidFilter(InvalidArgument):
+    """Milvus refused a filter expression. Classified once, where the store maps Milvus errors; callers
+    pass it on (or re-word it with :attr:`reason`, Milvus' own words) instead of parsing messages."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class NotFound(MilvusEmbedError, LookupError):
     """An unknown collection, document id, revision or field."""
 

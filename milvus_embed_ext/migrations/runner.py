@@ -17,7 +17,8 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import FailedPrecondition, InvalidArgument
-from .executor import OpContext, RunHooks, describe, execute, extra_fields_of, has
+from ..store.admin import CollectionAdmin
+from .executor import OpContext, RunHooks, execute, extra_fields_of
 from .graph import RevisionGraph
 from .history import LockInfo, SystemTable, whoami
 from .ops import CollectionModel, Op, Operations, SchemaModel, model_from_dict, model_to_dict
@@ -357,18 +358,18 @@ class CheckReport:
 def _schema_drift(cfg: MigrationConfig, st: Any, model: SchemaModel) -> list[str]:
     from ..store.layout import CollectionLayout, schema_problems
 
-    ctx = OpContext(st, cfg.settings, _table(cfg, st), cfg.scope, "check", "check", 0)
+    admin = CollectionAdmin(st)
     problems: list[str] = []
     for name, coll in sorted(model.items()):
         expected = CollectionLayout.from_dict(coll.layout).resolved(st.capabilities)
-        if not has(ctx, name):
+        if not admin.has(name):
             problems.append(f"collection {name} is missing (the revisions create it)")
             continue
-        described = describe(ctx, name)
-        live = CollectionLayout.from_description(described.get("description", ""))
+        described = admin.describe(name)
+        live = admin.stored_layout(name, described)
         if live is None:
             problems.append(f"collection {name} has no milvus-embed layout in its description")
-        elif live.to_dict() | {"extra": {}} != expected.to_dict() | {"extra": {}}:
+        elif live != expected:
             a, b = live.to_dict(), expected.to_dict()
             diffs = [f"{k}: live {a.get(k)!r}, revisions {b.get(k)!r}" for k in sorted(set(a) | set(b))
                      if k != "extra" and a.get(k) != b.get(k)]
@@ -384,18 +385,14 @@ def _schema_drift(cfg: MigrationConfig, st: Any, model: SchemaModel) -> list[str
         for fname in (*expected.dense_fields, "sparse"):
             if fname in coll.indexes:
                 continue  # a revision set this field's index: compared below
-            from .executor import _index_on
-
-            idx = _index_on(ctx, name, fname)
+            idx = admin.index_on(name, fname)
             if idx is None:
                 problems.append(f"collection {name}: field {fname} has no index (the layout gives it one)")
             elif fname != "sparse" and idx.get("index_type") != expected.index_type:
                 problems.append(f"collection {name}: index on {fname} is {idx.get('index_type')}, "
                                 f"the layout says {expected.index_type}")
         for fname, spec in sorted(coll.indexes.items()):
-            from .executor import _index_on
-
-            idx = _index_on(ctx, name, fname)
+            idx = admin.index_on(name, fname)
             if spec is None and idx is not None:
                 problems.append(f"collection {name}: field {fname} has an index the revisions dropped")
             elif spec is not None and (idx is None or idx.get("index_type") != spec.index_type):

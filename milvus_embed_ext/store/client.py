@@ -19,6 +19,7 @@ from ..errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    InvalidFilter,
     MilvusEmbedError,
     NotFound,
     ResourceExhausted,
@@ -173,7 +174,7 @@ class MilvusStore:
         low = reason.lower()
         name = type(exc).__name__
         if code == 1100 or "invalid expr" in low or "cannot parse expression" in low:
-            return InvalidArgument(f"invalid filter expression: {reason}")
+            return InvalidFilter(f"invalid filter expression: {reason}", reason=reason)
         if code == 100 or name == "CollectionNotExistException" or "collection not found" in low:
             return NotFound(f"{what}: collection not found ({reason})")
         if code in (1800, 2) and ("auth" in low or "credential" in low or "password" in low) or \

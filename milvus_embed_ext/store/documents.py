@@ -45,6 +45,8 @@ from ..errors import (
 )
 from ..limits import IDS_PER_QUERY, MILVUS_MAX_TOPK
 from . import codecs
+from .admin import chunks as _chunks
+from .admin import in_expr, literal
 from .client import MilvusStore
 from .layout import (
     COLBERT,
@@ -130,20 +132,6 @@ def new_version_prefix() -> str:
     return f"{_now_ns():020d}{secrets.token_hex(4)}"
 
 
-def literal(value: str) -> str:
-    """A Milvus expression string literal (ids are validated to contain no control characters)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def in_expr(field_name: str, values: Sequence[str]) -> str:
-    return f"{field_name} in [{','.join(literal(v) for v in values)}]"
-
-
-def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
-
-
 def _row_bytes(row: Mapping[str, Any]) -> int:
     total = 64
     for v in row.values():
@@ -216,25 +204,30 @@ class DocumentStore:
             if not exist_ok:
                 raise AlreadyExists(f"collection {resolved.name} already exists; drop it or use a new name")
             existing = cls.open(store, resolved.name)
-            if existing.layout.to_dict() | {"extra": {}} != resolved.to_dict() | {"extra": {}}:
+            if existing.layout != resolved:  # layouts compare without their free-form `extra`
                 raise FailedPrecondition(
                     f"collection {resolved.name} exists with a different layout: "
                     f"{existing.layout.to_dict()} (wanted {resolved.to_dict()}); migrate it")
             return existing
         self = cls(store, resolved)
         client = store.client
-        if resolved.colbert == "companion" and not store.has_collection(resolved.companion_name):
-            self._call("create the ColBERT companion collection", client.create_collection,
-                       resolved.companion_name, schema=companion_schema(resolved),
-                       index_params=placeholder_index_params(client), consistency_level="Strong")
-        if resolved.has_pca and not store.has_collection(resolved.pca_name):
-            self._call("create the projection collection", client.create_collection, resolved.pca_name,
-                       schema=pca_schema(resolved), index_params=placeholder_index_params(client),
-                       consistency_level="Strong")
+        self.ensure_side_collections()
         self._call("create the collection", client.create_collection, resolved.name, schema=main_schema(resolved),
                    index_params=main_index_params(resolved, client), consistency_level="Strong")
         log.info("created collection %s (%s)", resolved.name, resolved.to_dict())
         return self
+
+    def ensure_side_collections(self) -> None:
+        """Create the ColBERT companion and the projection collections this layout needs, where missing."""
+        layout, client = self.layout, self.client
+        if layout.colbert == "companion" and not self.store.has_collection(layout.companion_name):
+            self._call("create the ColBERT companion collection", client.create_collection,
+                       layout.companion_name, schema=companion_schema(layout),
+                       index_params=placeholder_index_params(client), consistency_level="Strong")
+        if layout.has_pca and not self.store.has_collection(layout.pca_name):
+            self._call("create the projection collection", client.create_collection, layout.pca_name,
+                       schema=pca_schema(layout), index_params=placeholder_index_params(client),
+                       consistency_level="Strong")
 
     @classmethod
     def open(cls, store: MilvusStore, name: str) -> DocumentStore:
@@ -268,7 +261,7 @@ class DocumentStore:
         stored = CollectionLayout.from_description(described.get("description", ""))
         if stored is None:
             problems.append("the collection description holds no milvus-embed layout")
-        elif stored.to_dict() | {"extra": {}} != self.layout.to_dict() | {"extra": {}}:
+        elif stored != self.layout:
             problems.append(f"stored layout {stored.to_dict()} differs from {self.layout.to_dict()}")
         if self.layout.colbert == "companion" and not self.store.has_collection(self.layout.companion_name):
             problems.append(f"companion collection {self.layout.companion_name} is missing")
@@ -774,6 +767,14 @@ class DocumentStore:
             for batch in _request_batches(rows):
                 self._call("store the PCA projection", self.client.upsert, self.layout.pca_name, batch)
             self._pca[dim] = pca
+
+    def drop_projection(self, dim: int) -> None:
+        """Delete the stored PCA rotation of ``dim`` (after its field was dropped)."""
+        with self._lock:
+            self._pca.pop(dim, None)
+            if self.store.has_collection(self.layout.pca_name):
+                self._call("delete the PCA projection", self.client.delete, self.layout.pca_name,
+                           filter=f"dim == {int(dim)}")
 
     def fit_projection(self, dim: int, dense_sample: np.ndarray, *, replace: bool = False) -> PcaProjection:
         """Fit a PCA of ``dim`` components on corpus dense vectors and store it with the collection."""
