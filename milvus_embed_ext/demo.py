@@ -87,15 +87,13 @@ def load_corpus(path: str | Path = CORPUS_PATH) -> list[Any]:
 def load_demo_encoder(settings: Settings) -> tuple[Any, bool]:
     """The encoder for ``settings.model`` and whether it is the meaningless demo checkpoint.
 
-    The fallback itself (hub unreachable -> locally built demo checkpoint, loud banner) is the service's
-    ``load_encoder``, so ``serve`` and ``demo`` behave the same.
+    The fallback itself (hub unreachable -> locally built demo checkpoint, loud banner) is the encoder
+    factory's ``load_encoder``, which ``serve`` uses too, so both behave the same.
     """
-    from .service.server import demo_model_dir, load_encoder
+    from .encoder.factory import is_demo_checkpoint, load_encoder
 
     encoder, path = load_encoder(settings)
-    path = Path(path).expanduser().resolve()
-    demo_dirs = {demo_model_dir().expanduser().resolve(), (Path("data") / "demo-model-tiny").resolve()}
-    return encoder, path in demo_dirs
+    return encoder, is_demo_checkpoint(path)
 
 
 def demo_warning(model: str) -> str:
