@@ -137,7 +137,7 @@ def _check_count(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _lookup(table: Mapping[str, int], value: str, what: str) -> int:
+def _lookup(table: Mapping[str, Any], value: str, what: str) -> Any:
     try:
         return table[value]
     except KeyError:
@@ -272,9 +272,10 @@ def build_search_request(query: str, *, collection: str, top_k: int, offset: int
         req.plan.truncate_dim = int(truncate_dim or 0)
         req.plan.allow_partial = bool(allow_partial)
     if fusion or weights or rrf_k or normalization:
-        req.fusion.method = _lookup(_FUSIONS, fusion, "fusion") if fusion else 0
+        req.fusion.method = _lookup(_FUSIONS, fusion, "fusion") if fusion else search_pb2.FUSION_METHOD_UNSPECIFIED
         req.fusion.rrf_k = int(rrf_k or 0)
-        req.fusion.normalization = _lookup(_NORMS, normalization, "normalization") if normalization else 0
+        req.fusion.normalization = (_lookup(_NORMS, normalization, "normalization") if normalization
+                                    else search_pb2.NORMALIZATION_UNSPECIFIED)
         for name, value in (weights or {}).items():
             if name not in REPRESENTATIONS:
                 raise InvalidArgument(f"unknown weight {name!r}; use dense, sparse, colbert")

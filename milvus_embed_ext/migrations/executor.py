@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -169,13 +170,14 @@ def create_main(ctx: OpContext, layout: CollectionLayout, physical: str, extra: 
     overrides = {i.field: i for i in indexes}
     params = ctx.client.prepare_index_params()
     for idx in main_index_params(layout, ctx.client):
-        spec = overrides.get(idx.field_name)
-        if spec is None:
+        override = overrides.get(idx.field_name)
+        if override is None:
             params.add_index(field_name=idx.field_name, index_name=idx.index_name, index_type=idx.index_type,
                              **dict(getattr(idx, "_configs", {}) or {}))
         else:
-            params.add_index(field_name=spec.field, index_name=spec.index_name or spec.field,
-                             index_type=spec.index_type, metric_type=spec.metric_type or None, params=dict(spec.params))
+            params.add_index(field_name=override.field, index_name=override.index_name or override.field,
+                             index_type=override.index_type, metric_type=override.metric_type or None,
+                             params=dict(override.params))
     ctx.store.call(f"create collection {physical}", ctx.client.create_collection, physical, schema=schema,
                    index_params=params, consistency_level="Strong")
     ctx.admin.load(physical)
@@ -560,8 +562,12 @@ def _rebuild_collection(op: RebuildCollection, ctx: OpContext) -> None:
         if t.dim not in have:
             if t.projection != "prefix":
                 raise FailedPrecondition(f"{op.describe()}: use add_truncated_dense for a new PCA field dense_{t.dim}")
-            derive[t.name] = (lambda d, dim=t.dim: prefix_project(d, dim))
+            derive[t.name] = functools.partial(_prefix, dim=t.dim)
     rebuild(ctx, target.name, target, derive=derive, batch_size=op.batch_size)
+
+
+def _prefix(dense: np.ndarray, dim: int) -> np.ndarray:
+    return prefix_project(dense, dim)
 
 
 def _run_python(op: RunPython, ctx: OpContext) -> None:

@@ -165,7 +165,7 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 doc = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({exc.msg}); one document object per line") from None
             if not isinstance(doc, dict):
                 raise InvalidArgument(f"{path}:{lineno}: expected an object {{\"id\",\"text\",\"metadata\"}}")

@@ -38,6 +38,11 @@ OUTPUT_NAMES = {v.number: v.name for v in embedder_pb2.DESCRIPTOR.enum_types_by_
 DTYPE_NAMES = {v.number: v.name for v in common_pb2.DESCRIPTOR.enum_types_by_name["DType"].values}
 
 
+def _add_stage_time(stages: dict[str, float], stage: str, started: float, _done: Any = None) -> None:
+    """Add the time since ``started`` to ``stages[stage]`` (a done-callback of an overlapped write)."""
+    stages[stage] = stages.get(stage, 0.0) + _ms(time.perf_counter() - started)
+
+
 @dataclass
 class Runtime:
     """What the handlers share; the server fills it in as the model and Milvus come up."""
@@ -246,8 +251,7 @@ class DocumentsHandlers:
                     await pending  # the previous chunk's write, overlapped with this chunk's encoding
                 t = time.perf_counter()
                 pending = asyncio.ensure_future(in_store_thread(self.rt, context, write))
-                pending.add_done_callback(
-                    lambda _f, t=t: stages.__setitem__("write", stages.get("write", 0.0) + _ms(time.perf_counter() - t)))
+                pending.add_done_callback(functools.partial(_add_stage_time, stages, "write", t))
                 upserted += len(docs)
                 tokens += n_tokens
                 offset += len(docs)

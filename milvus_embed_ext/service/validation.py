@@ -39,7 +39,7 @@ def parse_metadata(raw: str, field: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise InvalidArgument(f"{field} is not valid JSON ({exc.msg} at position {exc.pos}); send a JSON object") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"{field} must be a JSON object like {{\"lang\": \"en\"}}, got {type(value).__name__}")

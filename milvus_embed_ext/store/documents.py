@@ -427,7 +427,7 @@ class DocumentStore:
                 row[TEXT] = d.text
             for t in self.layout.truncated:
                 row[t.name] = truncated[t.dim][i].tolist()
-            row[SPARSE] = {int(k): float(v) for k, v in (enc.sparse[i] or {}).items() if v > 0}
+            row[SPARSE] = {int(k): float(v) for k, v in (enc.need_sparse()[i] or {}).items() if v > 0}
             rows.append(row)
         return rows
 

@@ -12,14 +12,14 @@ from ..errors import InvalidArgument
 from ..limits import FUSIONS, NORMALIZATIONS
 from ._generated import common_pb2, embedder_pb2, search_pb2
 
-_NP_DTYPES = {
+_NP_DTYPES: dict[int, np.dtype[Any]] = {
     common_pb2.DTYPE_UNSPECIFIED: np.dtype("<f4"),
     common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     common_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
 }
 
 
-def _enum(enum: Any, prefix: str, names: tuple[str, ...]) -> dict[str, int]:
+def _enum(enum: Any, prefix: str, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: enum.Value(prefix + name.upper()) for name in names}
 
 
@@ -45,7 +45,8 @@ def pack_matrix(array: np.ndarray, dtype: int = common_pb2.DTYPE_FLOAT32) -> com
     """A float array as a packed Matrix (float32 or float16, little-endian, row-major)."""
     np_dtype = _NP_DTYPES[check_dtype(dtype)]
     arr = np.ascontiguousarray(np.asarray(array), dtype=np_dtype)
-    return common_pb2.Matrix(shape=list(arr.shape), dtype=dtype or common_pb2.DTYPE_FLOAT32, data=arr.tobytes())
+    wire_dtype = common_pb2.DType.Name(dtype or common_pb2.DTYPE_FLOAT32)
+    return common_pb2.Matrix(shape=list(arr.shape), dtype=wire_dtype, data=arr.tobytes())
 
 
 def unpack_matrix(matrix: common_pb2.Matrix, *, as_float32: bool = True) -> np.ndarray:
