@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import Settings
+from ..contracts import MilvusBackend
 from ..errors import ConsistencyError, FailedPrecondition, InvalidArgument, NotFound
 from ..store.admin import CollectionAdmin
 from ..store.documents import DocumentStore
@@ -74,8 +76,8 @@ class RunHooks:
 class OpContext:
     """What an op (and a ``run_python`` function) gets: the connection, the history table, checkpoints."""
 
-    store: Any  # MilvusStore
-    settings: Any
+    store: MilvusBackend
+    settings: Settings
     table: SystemTable
     scope: str
     revision: str

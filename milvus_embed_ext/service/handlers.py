@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from ..config import Settings
+from ..contracts import DocumentsBackend, MilvusBackend, ServedEncoder
 from ..errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from ..limits import DEFAULT_TOP_K
 from ..wire import codec
@@ -49,17 +50,17 @@ class Runtime:
 
     settings: Settings
     store_executor: ThreadPoolExecutor
-    encoder: Any = None          # M3Encoder once loaded
+    encoder: ServedEncoder | None = None   # the M3Encoder once loaded
     batcher: Batcher | None = None
-    store: Any = None            # MilvusStore once Milvus answers
-    doc_stores: dict[str, Any] = field(default_factory=dict)
+    store: MilvusBackend | None = None     # the MilvusStore once Milvus answers
+    doc_stores: dict[str, DocumentsBackend] = field(default_factory=dict)
 
-    def require_encoder(self) -> tuple[Any, Batcher]:
+    def require_encoder(self) -> tuple[ServedEncoder, Batcher]:
         if self.encoder is None or self.batcher is None:
             raise Unavailable("the model is still loading; wait until grpc health reports SERVING and retry")
         return self.encoder, self.batcher
 
-    def require_store(self) -> Any:
+    def require_store(self) -> MilvusBackend:
         if self.store is None:
             raise Unavailable("Milvus is not connected yet (or unreachable); wait for health SERVING and retry")
         return self.store
@@ -128,8 +129,8 @@ class EmbedderHandlers:
         out = result.output
         resp = embedder_pb2.EmbedResponse(
             token_counts=[int(c) for c in out.token_counts],
-            model=str(getattr(encoder, "model_id", "")),
-            model_fingerprint=str(getattr(encoder, "fingerprint", "")),
+            model=str(encoder.model_id),
+            model_fingerprint=str(encoder.fingerprint),
         )
         dtype = req.dtype or common_pb2.DTYPE_FLOAT32
         if embedder_pb2.OUTPUT_DENSE in outputs:
@@ -161,7 +162,7 @@ class DocumentsHandlers:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> Any:
+    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> Any:  # a DocumentsBackend
         """The DocumentStore of ``name`` (default collection when empty); NotFound when absent."""
         from ..store import DocumentStore
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..contracts import MilvusBackend
 from ..errors import FailedPrecondition, NotFound
 from ..limits import IDS_PER_QUERY
-from .client import MilvusStore
 from .layout import CollectionLayout
 
 
@@ -34,7 +34,7 @@ def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
 class CollectionAdmin:
     """Administrative calls on the collections of one :class:`MilvusStore` (reads are Strong)."""
 
-    def __init__(self, store: MilvusStore) -> None:
+    def __init__(self, store: MilvusBackend) -> None:
         self.store = store
 
     @property

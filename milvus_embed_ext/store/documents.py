@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..contracts import MilvusBackend
 from ..errors import (
     AlreadyExists,
     ConsistencyError,
@@ -47,7 +48,6 @@ from ..limits import IDS_PER_QUERY, MILVUS_MAX_TOPK
 from . import codecs
 from .admin import chunks as _chunks
 from .admin import in_expr, literal
-from .client import MilvusStore
 from .layout import (
     COLBERT,
     COLBERT_ROWS,
@@ -172,7 +172,7 @@ def _as_document(doc: Any) -> Document:
 class DocumentStore:
     """One collection described by a :class:`CollectionLayout`."""
 
-    def __init__(self, store: MilvusStore, layout: CollectionLayout) -> None:
+    def __init__(self, store: MilvusBackend, layout: CollectionLayout) -> None:
         self.store = store
         self.layout = layout.resolved(store.capabilities) if "auto" in (layout.colbert, layout.index_type) else layout
         self._pca: dict[int, PcaProjection] = {}
@@ -193,7 +193,7 @@ class DocumentStore:
 
     # ================================================================== lifecycle
     @classmethod
-    def create(cls, store: MilvusStore, layout: CollectionLayout, *, exist_ok: bool = False) -> DocumentStore:
+    def create(cls, store: MilvusBackend, layout: CollectionLayout, *, exist_ok: bool = False) -> DocumentStore:
         """Create the main collection (and its companion / projection collections) from a layout.
 
         The main collection is created last, so its existence means the whole layout exists.
@@ -230,7 +230,7 @@ class DocumentStore:
                        consistency_level="Strong")
 
     @classmethod
-    def open(cls, store: MilvusStore, name: str) -> DocumentStore:
+    def open(cls, store: MilvusBackend, name: str) -> DocumentStore:
         """Bind to an existing collection, reading its layout back from the collection description."""
         if not store.has_collection(name):
             raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate upgrade` "
