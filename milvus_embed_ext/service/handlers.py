@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -326,6 +326,14 @@ _FUSION_OF = codec.FUSION_NAME
 _NORM_OF = codec.NORMALIZATION_NAME
 
 
+def _representations(values: Any, allowed: Mapping[Any, str], field: str, why: str) -> tuple[str, ...]:
+    """The planner's names for wire representations, each once; InvalidArgument for one ``field`` cannot use."""
+    bad = [REP_NAMES[c] for c in values if c not in allowed]
+    if bad:
+        raise InvalidArgument(f"{field} cannot use {bad}: {why}")
+    return tuple(dict.fromkeys(allowed[c] for c in values))
+
+
 def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
     """The request's plan and fusion options as SearchPlan overrides (unset fields keep the default)."""
     out: dict[str, Any] = {}
@@ -334,17 +342,12 @@ def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
         check_enum(p.candidates, REP_NAMES, "plan.candidates")
         check_enum(p.rerank, REP_NAMES, "plan.rerank")
         if p.candidates:
-            bad = [REP_NAMES[c] for c in p.candidates if c not in _ROUTE_OF]
-            if bad:
-                raise InvalidArgument(f"plan.candidates cannot use {bad}: ColBERT only re-scores; use DENSE, "
-                                      "SPARSE or DENSE_TRUNCATED")
-            out["routes"] = tuple(dict.fromkeys(_ROUTE_OF[c] for c in p.candidates))
+            out["routes"] = _representations(p.candidates, _ROUTE_OF, "plan.candidates",
+                                             "ColBERT only re-scores; use DENSE, SPARSE or DENSE_TRUNCATED")
         if p.rerank:
-            bad = [REP_NAMES[c] for c in p.rerank if c not in _RESCORE_OF]
-            if bad:
-                raise InvalidArgument(f"plan.rerank cannot use {bad}: a truncated field only finds candidates; use "
-                                      "DENSE, SPARSE or COLBERT")
-            out["representations"] = tuple(dict.fromkeys(_RESCORE_OF[c] for c in p.rerank))
+            out["representations"] = _representations(p.rerank, _RESCORE_OF, "plan.rerank",
+                                                      "a truncated field only finds candidates; use DENSE, SPARSE "
+                                                      "or COLBERT")
         if p.candidate_k:
             out["depth"] = int(p.candidate_k)
         if p.truncate_dim:

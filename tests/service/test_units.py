@@ -146,3 +146,13 @@ def test_client_refuses_negative_offset_naming_it():
         build_search_request("q", collection="", top_k=3, offset=-3, filter="", output_fields=(), candidates=None,
                              rerank=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
                              weights=None, rrf_k=None, normalization=None)
+
+
+def test_json_objects_are_parsed_one_way_with_where_and_fix() -> None:
+    from milvus_embed_ext.service.validation import parse_json_object, parse_metadata
+
+    with pytest.raises(e.InvalidArgument, match=r"docs.jsonl:3 is not valid JSON \(.* at position 1\); write one"):
+        parse_json_object("{x", "docs.jsonl:3", fix="write one document object per line")
+    with pytest.raises(e.InvalidArgument, match=r"metadata_json must be a JSON object like .*, got list"):
+        parse_metadata("[1]", "metadata_json")
+    assert parse_metadata("", "m") is None and parse_metadata('{"a": 1}', "m") == {"a": 1}
