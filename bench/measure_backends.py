@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from resultsmd import add_model_args, add_results_args, model_dir, should_write, write_section  # noqa: E402
+from resultsmd import model_dir, script_parser, should_write, write_section  # noqa: E402
 
 SECTION = "cpu-backends"
 PEAK_GFLOPS = 190.0  # fp32, 2 AMD EPYC cores with AVX2 FMA (DESIGN.md)
@@ -218,8 +218,7 @@ def render(args: argparse.Namespace, tok: dict[str, Any], lat: dict[str, list[fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p, size="full")
+    p = script_parser(__doc__ or "", SECTION, size="full", opt_in=True)
     p.add_argument("--impls", default="flagembedding,torch,onnx,onnx-int8",
                    help="comma list of flagembedding, torch, torch-eager, onnx, onnx-int8")
     p.add_argument("--passages", type=int, default=6)
@@ -229,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-rounds", type=int, default=5)
     p.add_argument("--no-fidelity", action="store_true")
     p.add_argument("--onnx-cache", default=None, help="onnx_cache_dir (default ~/.cache/milvus-embed/onnx)")
-    add_results_args(p, SECTION, opt_in=True)
     args = p.parse_args(argv)
 
     import torch

@@ -27,18 +27,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from resultsmd import add_model_args, add_results_args, model_dir, should_write, table, write_section  # noqa: E402
+from resultsmd import model_dir, script_parser, should_write, table, write_section  # noqa: E402
 
 SECTION = "colbert-codecs"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p, size="tiny")
-    p.add_argument("--docs", type=int, default=2000)
-    p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--seed", type=int, default=11)
-    add_results_args(p, SECTION)
+    p = script_parser(__doc__.splitlines()[0], SECTION, size="tiny", corpus=(2000, 50, 11))
     p.add_argument("--append", action="store_true", help="add this run's table to the section instead of replacing it")
     return p.parse_args(argv)
 

@@ -29,24 +29,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from resultsmd import add_model_args, add_results_args, model_dir, should_write, table, write_section  # noqa: E402
+from resultsmd import model_dir, script_parser, should_write, table, write_section  # noqa: E402
 
 SECTION = "hybrid-search-recall"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p, size="tiny")
-    p.add_argument("--docs", type=int, default=3000)
-    p.add_argument("--queries", type=int, default=40)
+    p = script_parser(__doc__.splitlines()[0], SECTION, size="tiny", corpus=(3000, 40, 7))
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32])
     p.add_argument("--depths", type=int, nargs="+", default=[10, 20, 50, 100, 200])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--codec", default="fp16", help="ColBERT storage codec (the default setting is fp16)")
     p.add_argument("--pca-sample", type=float, default=0.25, help="share of the corpus the PCA is fitted on")
-    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--milvus-uri", default="", help="empty: a Milvus Lite file in a temporary directory")
-    add_results_args(p, SECTION)
     return p.parse_args(argv)
 
 

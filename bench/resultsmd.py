@@ -136,9 +136,24 @@ def add_results_args(p: argparse.ArgumentParser, section: str, *, opt_in: bool =
         p.add_argument("--no-write", action="store_true", help=f"print the {section} section, do not write it")
 
 
+def script_parser(description: str, section: str, *, size: str = "tiny", opt_in: bool = False,
+                  corpus: tuple[int, int, int] | None = None) -> argparse.ArgumentParser:
+    """The parser every measure script starts from: the checkpoint options, ``--results`` with ``--write`` or
+    ``--no-write``, and, with ``corpus=(docs, queries, seed)``, the synthetic corpus' size and seed."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, size=size)
+    add_results_args(p, section, opt_in=opt_in)
+    if corpus is not None:
+        docs, queries, seed = corpus
+        p.add_argument("--docs", type=int, default=docs, help="synthetic documents")
+        p.add_argument("--queries", type=int, default=queries, help="queries drawn from the corpus")
+        p.add_argument("--seed", type=int, default=seed)
+    return p
+
+
 def should_write(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "write", False)) or (hasattr(args, "no_write") and not args.no_write)
 
 
 __all__ = ["RESULTS", "add_model_args", "add_results_args", "begin", "end", "model_dir", "parse_sections",
-           "section_body", "should_write", "splice", "table", "write_section"]
+           "script_parser", "section_body", "should_write", "splice", "table", "write_section"]
