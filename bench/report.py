@@ -140,6 +140,16 @@ NO_RUN = "No saved run has these benchmarks yet: `make bench` (or `pytest bench 
 # ------------------------------------------------------------------------------------------ section bodies
 
 
+def _by_group(head: str, groups: dict[str, tuple[Run, list[dict]]],
+              render: Callable[[str, list[dict]], list[str]], key: Callable[[str], Any] | None = None) -> str:
+    """A section of one part per benchmark group (``render(group, benches)``), then the runs it came from."""
+    parts = [head]
+    for group in sorted(groups, key=key):
+        parts += render(group, groups[group][1])
+    parts.append(sources([groups[g][0] for g in sorted(groups, key=key)]))
+    return "\n\n".join(parts)
+
+
 def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
     groups = latest_by_group(runs, lambda g: g in ("passages", "query"))
     head = "## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n" \
@@ -186,11 +196,9 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`.")
     if not groups:
         return head + "\n\n" + NO_RUN.format(k="hybrid_search")
-    parts = [head]
-    used = []
-    for group in sorted(groups, key=lambda g: (len(g), g)):
-        run, benches = groups[group]
-        used.append(run)
+
+    def render(group: str, benches: list[dict]) -> list[str]:
+        out: list[str] = []
         docs = group.removeprefix("search-")
         rows = []
         by = {}
@@ -199,7 +207,7 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             by[(_impl(b), ex.get("fusion"))] = ex
             rows.append([_impl(b), str(ex.get("fusion", "")), fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms")),
                          frac(ex.get("recall_at_10")), frac(ex.get("overlap_at_10"))])
-        parts.append(f"### {docs} documents\n\n" + table(
+        out.append(f"### {docs} documents\n\n" + table(
             ["implementation", "fusion", "p50 ms", "p99 ms", "recall@10", "overlap@10"], rows))
         base = [v for (impl, _), v in by.items() if impl == "flagembedding"]
         ours = by.get(("milvus-embed", "m3"))
@@ -208,11 +216,12 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             best_recall = max((v.get("recall_at_10") or 0.0) for v in base)
             r = ratio(ours.get("p50_ms"), fastest.get("p50_ms"))
             goals.setdefault("search", []).append((docs, r, ours.get("recall_at_10"), best_recall))
-            parts.append(f"milvus-embed m3 p50 / fastest baseline p50 ({fastest.get('fusion')}): {_x(r)} (goal <= 1x); "
-                         f"recall@10 {frac(ours.get('recall_at_10'))} vs the baseline's best {frac(best_recall)} "
-                         "(goal: equal or better).")
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+            out.append(f"milvus-embed m3 p50 / fastest baseline p50 ({fastest.get('fusion')}): {_x(r)} (goal <= 1x); "
+                       f"recall@10 {frac(ours.get('recall_at_10'))} vs the baseline's best {frac(best_recall)} "
+                       "(goal: equal or better).")
+        return out
+
+    return _by_group(head, groups, render, key=lambda g: (len(g), g))
 
 
 def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
@@ -223,11 +232,9 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             "sidecar's `mee_batch_texts` metric), the batching at work.")
     if not groups:
         return head + "\n\n" + NO_RUN.format(k="throughput")
-    parts = [head]
-    used = []
-    for group in sorted(groups):
-        run, benches = groups[group]
-        used.append(run)
+
+    def render(group: str, benches: list[dict]) -> list[str]:
+        out: list[str] = []
         rpc = group.removeprefix("throughput-")
         rows = []
         seq = None
@@ -243,10 +250,11 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
                          fmt(ex.get("mean_batch_texts")), _x(speed)])
         goals.setdefault("throughput", []).append((rpc, best))
         name = "HybridSearch" if rpc == "search" else "Embed (one query per call)" if rpc == "embed" else rpc
-        parts.append(f"### {name}\n\n" + table(["clients", "calls/s", "p50 ms", "p99 ms", "texts/pass",
-                                                "x sequential"], rows))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+        out.append(f"### {name}\n\n" + table(["clients", "calls/s", "p50 ms", "p99 ms", "texts/pass",
+                                              "x sequential"], rows))
+        return out
+
+    return _by_group(head, groups, render)
 
 
 def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
