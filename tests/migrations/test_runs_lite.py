@@ -76,7 +76,7 @@ def test_crash_mid_backfill_then_rerun_completes_exactly(lite, wide_model: Path,
 
 
 def _child(lite, overrides: dict, mode: str = "plain") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}  # the child runs this checkout's package
     return subprocess.Popen([sys.executable, str(HERE / "_child.py"), lite.socket_uri, json.dumps(overrides), mode,
                              str(BATCH)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
