@@ -50,6 +50,12 @@ class Unavailable(MilvusEmbedError):
     exit_code = 5
 
 
+class VectorsUnreadable(Unavailable):
+    """Milvus could not return stored vectors: Milvus Lite 2.5 answers a vector query on a collection that was
+    never written to with "Growing segment loss raw data". Classified in the store's error mapping, so a reader
+    can tell it from other failures (an empty collection has no vectors) without parsing the message."""
+
+
 class ResourceExhausted(MilvusEmbedError):
     """Overload: queue full, too many concurrent requests."""
 

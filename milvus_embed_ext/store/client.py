@@ -25,6 +25,7 @@ from ..errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    VectorsUnreadable,
 )
 from .capabilities import Capabilities, capabilities_for
 
@@ -188,6 +189,8 @@ class MilvusStore:
         if name in {"ParamError", "DataTypeNotMatchException", "DataNotMatchException", "PrimaryKeyException",
                     "FieldTypeException"}:
             return InvalidArgument(f"{what}: {reason}")
+        if "raw data" in low:
+            return VectorsUnreadable(f"{what} failed on Milvus at {self.target}: {reason}")
         if "unimplemented" in low:
             return FailedPrecondition(f"{what}: not supported by {self.capabilities.server_version} ({reason})")
         return Unavailable(f"{what} failed on Milvus at {self.target}: {reason}")
