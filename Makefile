@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 TEST_MODEL := .cache/test-model-tiny
 
-.PHONY: setup run demo test test-slow test-reliability lint proto proto-check bench bench-compare bench-report gpu-check clean
+.PHONY: setup run demo test test-slow test-reliability lint typecheck proto proto-check bench bench-compare bench-report gpu-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,15 @@ test-reliability: setup
 lint: setup
 	$(VENV)/bin/ruff check milvus_embed_ext tests bench migrations
 
+# mypy over milvus_embed_ext (configured in pyproject.toml; the generated stubs are left out)
+typecheck: setup
+	$(PY) -m mypy
+
 proto: setup
-	$(PY) -m milvus_embed_ext.service.protogen
+	$(PY) -m milvus_embed_ext.devtools.protogen
 
 proto-check: setup
-	$(PY) -m milvus_embed_ext.service.protogen --check
+	$(PY) -m milvus_embed_ext.devtools.protogen --check
 
 bench: setup
 	$(PY) -m pytest bench -q --timeout 0 --benchmark-autosave --benchmark-storage=.benchmarks

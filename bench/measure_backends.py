@@ -27,7 +27,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-RESULTS = REPO / "bench" / "RESULTS.md"
+sys.path.insert(0, str(REPO / "bench"))
+from resultsmd import model_dir, script_parser, should_write, write_section  # noqa: E402
+
 SECTION = "cpu-backends"
 PEAK_GFLOPS = 190.0  # fp32, 2 AMD EPYC cores with AVX2 FMA (DESIGN.md)
 NOTES = """\
@@ -127,7 +129,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, lis
     return times
 
 
-def load_impls(model_dir: Path, names: list[str], onnx_cache: str | None) -> dict[str, Any]:
+def load_impls(checkpoint: Path, names: list[str], onnx_cache: str | None) -> dict[str, Any]:
     from milvus_embed_ext.encoder import M3Encoder
 
     impls: dict[str, Any] = {}
@@ -136,15 +138,15 @@ def load_impls(model_dir: Path, names: list[str], onnx_cache: str | None) -> dic
         if name == "flagembedding":
             from FlagEmbedding import BGEM3FlagModel
 
-            impls[name] = BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu")
+            impls[name] = BGEM3FlagModel(str(checkpoint), use_fp16=False, devices="cpu")
         elif name == "torch-eager":
-            enc = M3Encoder.from_pretrained(str(model_dir), device="cpu", dtype="fp32")
+            enc = M3Encoder.from_pretrained(str(checkpoint), device="cpu", dtype="fp32")
             from transformers import AutoModel
 
-            enc._model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+            enc._model = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
             impls[name] = enc
         else:
-            impls[name] = M3Encoder.from_pretrained(str(model_dir), device="cpu", dtype="fp32", backend=name,
+            impls[name] = M3Encoder.from_pretrained(str(checkpoint), device="cpu", dtype="fp32", backend=name,
                                                     onnx_cache_dir=onnx_cache)
         print(f"loaded {name} in {time.perf_counter() - started:.1f} s", flush=True)
     return impls
@@ -215,23 +217,8 @@ def render(args: argparse.Namespace, tok: dict[str, Any], lat: dict[str, list[fl
     return "\n".join([*lines, "", NOTES.rstrip()])
 
 
-def write_section(body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) only this script's section; everything else in the shared file stays as it is."""
-    start, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["tiny", "full"], default="full")
-    p.add_argument("--model-dir", default=None, help="a BGE-M3 checkpoint directory instead of the test model")
+    p = script_parser(__doc__ or "", SECTION, size="full", opt_in=True)
     p.add_argument("--impls", default="flagembedding,torch,onnx,onnx-int8",
                    help="comma list of flagembedding, torch, torch-eager, onnx, onnx-int8")
     p.add_argument("--passages", type=int, default=6)
@@ -241,18 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-rounds", type=int, default=5)
     p.add_argument("--no-fidelity", action="store_true")
     p.add_argument("--onnx-cache", default=None, help="onnx_cache_dir (default ~/.cache/milvus-embed/onnx)")
-    p.add_argument("--write", action="store_true", help=f"rewrite the {SECTION} section of {RESULTS}")
     args = p.parse_args(argv)
 
     import torch
 
-    from milvus_embed_ext.encoder.testmodel import ensure_test_model
-
-    model_dir = Path(args.model_dir) if args.model_dir else ensure_test_model(
-        REPO / ".cache" / f"test-model-{args.size}", size=args.size, seed=0)
+    checkpoint, _ = model_dir(args)
     load_start = os.getloadavg()
     print(f"load average {load_start}", flush=True)
-    impls = load_impls(model_dir, [s.strip() for s in args.impls.split(",") if s.strip()], args.onnx_cache)
+    impls = load_impls(checkpoint, [s.strip() for s in args.impls.split(",") if s.strip()], args.onnx_cache)
     ours = next(v for k, v in impls.items() if k != "flagembedding")
     passages = make_passages(ours, args.passages, args.lo, args.hi)
     tokens = int(sum(ours.count_tokens(passages)))
@@ -279,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                          "gflop_per_token": gflop / tokens, "threads": torch.get_num_threads()},
                   lat, fid, (load_start, load_end))
     print(body)
-    if args.write:
-        write_section(body)
-        print(f"wrote section {SECTION} of {RESULTS}")
+    if should_write(args):
+        write_section(args.results, SECTION, body)
+        print(f"wrote section {SECTION} of {args.results}")
     return 0
 
 

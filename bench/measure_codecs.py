@@ -5,7 +5,7 @@
     .venv/bin/python bench/measure_codecs.py --model /models/bge-m3  # a real BGE-M3 checkpoint
 
 For every codec (fp32, fp16, int8 with a per-vector scale, 1-bit signs with a per-vector scale) it
-encodes the ColBERT vectors of a deterministic synthetic corpus (milvus_embed_ext.search.synthetic),
+encodes the ColBERT vectors of a deterministic synthetic corpus (milvus_embed_ext.devtools.synthetic),
 decodes them as the store does, and scores a fixed query set with MaxSim (float32 queries, as at search
 time) against every document. Fidelity is measured against fp32 MaxSim: Spearman rank correlation over
 the whole corpus and over the fp32 top-100 (mean over queries), top-10 overlap, and the largest absolute
@@ -26,19 +26,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-START = "<!-- colbert-codecs:start -->"
-END = "<!-- colbert-codecs:end -->"
+sys.path.insert(0, str(REPO / "bench"))
+from resultsmd import model_dir, script_parser, should_write, table, write_section  # noqa: E402
+
+SECTION = "colbert-codecs"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="", help="checkpoint dir; empty: a locally built test checkpoint")
-    p.add_argument("--size", default="tiny", choices=["tiny", "full"], help="test checkpoint size when no --model")
-    p.add_argument("--docs", type=int, default=2000)
-    p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
-    p.add_argument("--no-write", action="store_true", help="print the section, do not touch RESULTS.md")
+    p = script_parser(__doc__.splitlines()[0], SECTION, size="tiny", corpus=(2000, 50, 11))
     p.add_argument("--append", action="store_true", help="add this run's table to the section instead of replacing it")
     return p.parse_args(argv)
 
@@ -74,26 +69,16 @@ def maxsim_all(queries: list[np.ndarray], docs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" ---: " for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from milvus_embed_ext.encoder import M3Encoder, ensure_test_model
-    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
+    from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
+    from milvus_embed_ext.encoder import M3Encoder
     from milvus_embed_ext.store import codecs
     from milvus_embed_ext.store.documents import new_version_prefix
     from milvus_embed_ext.store.layout import PLACEHOLDER_DIM
 
-    if args.model:
-        model_dir, label = Path(args.model), f"checkpoint {Path(args.model).name}"
-    else:
-        model_dir = ensure_test_model(REPO / ".cache" / f"test-model-{args.size}", size=args.size, seed=0)
-        label = f"{args.size} test checkpoint (random weights)"
-    encoder = M3Encoder.from_pretrained(str(model_dir), device="cpu", dtype="fp32", max_length=512)
+    checkpoint, label = model_dir(args)
+    encoder = M3Encoder.from_pretrained(str(checkpoint), device="cpu", dtype="fp32", max_length=512)
     corpus = generate_corpus(args.docs, seed=args.seed)
     queries = generate_queries(corpus, args.queries, seed=args.seed + 1)
     t0 = time.perf_counter()
@@ -157,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({sys.platform}, {platform.python_version()}).",
         "",
         table(["codec", "bytes/token (record)", "bytes/token (stored base64)", "tokens/row", "rows/doc",
-               "Spearman (all docs)", "Spearman (fp32 top-100)", "top-10 overlap", "max abs score error"], rows),
+               "Spearman (all docs)", "Spearman (fp32 top-100)", "top-10 overlap", "max abs score error"], rows,
+              align="---:"),
         "",
         f"Each companion row also carries about {overhead} bytes besides the payload, plus the document id "
         "(key, version, chunk, codec, n_tokens, a 2-d placeholder vector).",
     ])
-    section = "\n".join([
-        START,
+    header = "\n".join([
         "## ColBERT codecs",
         "",
         "Regenerate: `.venv/bin/python bench/measure_codecs.py`, then "
@@ -174,24 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         "Reading: fp16 halves fp32 with no rank change; int8 halves fp16 again and keeps the top-10 almost",
         "intact; 1-bit signs are 16x smaller than fp16 but reorder the top (worse at low dimension), so use",
         "them only with a deeper candidate set or as a pre-filter before an exact re-score.",
-        "",
-        body,
-        END,
     ])
-    if args.no_write:
-        print(section)
+    if not should_write(args):
+        print(f"{header}\n\n{body}")
         return 0
-    path = Path(args.results)
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        old, tail = rest.split(END, 1)
-        if args.append:
-            section = START + old.rstrip() + "\n\n" + body + "\n" + END
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_section(args.results, SECTION, body if args.append else f"{header}\n\n{body}", append=args.append)
     print(body)
     return 0
 

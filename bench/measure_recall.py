@@ -3,7 +3,7 @@
     .venv/bin/python bench/measure_recall.py                  # tiny test checkpoint, Milvus Lite in a temp dir
     .venv/bin/python bench/measure_recall.py --model /models/bge-m3 --dims 128 256 --docs 20000
 
-What it measures, on a deterministic synthetic multilingual corpus (milvus_embed_ext.search.synthetic):
+What it measures, on a deterministic synthetic multilingual corpus (milvus_embed_ext.devtools.synthetic):
 
 - pipeline recall@k: the planner's m3 top-k (truncated dense + sparse candidates, each route ``depth`` deep,
   exact re-score, m3 fusion) against brute-force ``compute_score`` over the whole corpus, per candidate depth
@@ -28,46 +28,35 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-START = "<!-- hybrid-search-recall:start -->"
-END = "<!-- hybrid-search-recall:end -->"
+sys.path.insert(0, str(REPO / "bench"))
+from resultsmd import model_dir, script_parser, should_write, table, write_section  # noqa: E402
+
+SECTION = "hybrid-search-recall"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="", help="checkpoint dir; empty: the tiny test checkpoint (built if needed)")
-    p.add_argument("--docs", type=int, default=3000)
-    p.add_argument("--queries", type=int, default=40)
+    p = script_parser(__doc__.splitlines()[0], SECTION, size="tiny", corpus=(3000, 40, 7))
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32])
     p.add_argument("--depths", type=int, nargs="+", default=[10, 20, 50, 100, 200])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--codec", default="fp16", help="ColBERT storage codec (the default setting is fp16)")
     p.add_argument("--pca-sample", type=float, default=0.25, help="share of the corpus the PCA is fitted on")
-    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--milvus-uri", default="", help="empty: a Milvus Lite file in a temporary directory")
-    p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
-    p.add_argument("--no-write", action="store_true", help="print the section, do not touch RESULTS.md")
     return p.parse_args(argv)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" ---: " for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from milvus_embed_ext.config import load_settings
-    from milvus_embed_ext.encoder import M3Encoder, ensure_test_model
+    from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
+    from milvus_embed_ext.encoder import M3Encoder
     from milvus_embed_ext.search import HybridSearcher
     from milvus_embed_ext.search.evaluation import brute_force_m3, pipeline_recall, prefetch_recall
-    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore, TruncatedField
 
     started = time.perf_counter()
-    model_dir = args.model or str(ensure_test_model(REPO / ".cache" / "test-model-tiny", size="tiny", seed=0))
-    model_label = args.model or "tiny test checkpoint (hidden 64, random weights; `make-test-model --size tiny`)"
-    encoder = M3Encoder.from_pretrained(model_dir, device="cpu", dtype="fp32", max_length=512)
+    checkpoint, model_label = model_dir(args)
+    encoder = M3Encoder.from_pretrained(str(checkpoint), device="cpu", dtype="fp32", max_length=512)
     docs = generate_corpus(args.docs, seed=args.seed, min_words=6, max_words=24)
     queries = generate_queries(docs, args.queries, seed=args.seed + 1)
     ids = [d.id for d in docs]
@@ -161,13 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             "stages_ms": {s: float(statistics.median(v)) for s, v in stage_row.stage_ms.items() if v},
         }, Path(args.results).parent / "results" / "recall.json")
 
-    section = f"""{START}
-## Hybrid search recall
+    section = f"""## Hybrid search recall
 
 Measured by `bench/measure_recall.py` (regenerate: `.venv/bin/python bench/measure_recall.py`).
 Model: {model_label}.
 Corpus: {len(docs)} synthetic multilingual documents (12 languages, 6-24 words,
-`milvus_embed_ext.search.synthetic`, seed {args.seed}), {len(queries)} queries. Milvus Lite 2.5.1, FLAT
+`milvus_embed_ext.devtools.synthetic`, seed {args.seed}), {len(queries)} queries. Milvus Lite 2.5.1, FLAT
 indexes; ColBERT stored as {args.codec}. PCA fitted on {args.pca_sample:.0%} of the corpus. Recall@{args.k}.
 Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}; run took
 {elapsed:.0f}s.
@@ -176,17 +164,17 @@ Machine: {platform.machine()}, {platform.python_implementation()} {platform.pyth
 corpus.** Candidates: the named dense field and the sparse index, each `depth` deep; exact re-score of the
 union; m3 fusion. "candidates" is the mean union size for the first column.
 
-{table(["depth", *cols_p, "candidates"], rows_p)}
+{table(["depth", *cols_p, "candidates"], rows_p, align="---:")}
 
 **The same, with one dense field as the only route** (no sparse candidates). The gap to the table
 above is what the sparse route contributes; the gap between columns is what truncation costs.
 
-{table(["depth", *cols_a], rows_a)}
+{table(["depth", *cols_a], rows_a, align="---:")}
 
 **Prefetch recall@{args.k} of the truncated field against exact full-dense top-{args.k}**: share of the
 full-dense top-{args.k} found within the truncated field's first `depth` ANN hits (what stage 1 hands on).
 
-{table(["depth", *cols_f], rows_f)}
+{table(["depth", *cols_f], rows_f, align="---:")}
 
 Median stage times at depth {stage_row.depth} ({cols_p[0]}), ms, this machine (shared, 2 cores; not a
 latency benchmark; the query encoding is precomputed): {stage_text}.
@@ -197,20 +185,11 @@ rise with depth. With this checkpoint the lexical scores are large next to dense
 (lexical inner products of 7-27 for the top hits, dense and ColBERT below 1), so the m3 top-{args.k} is mostly lexical
 and a dense route alone finds little of it; the prefetch table isolates truncation. BGE-M3 was not trained for truncation; compare prefix and PCA on your own corpus and
 model with `--model` before picking a truncated field. Figures from the tiny random-weight checkpoint
-show the method and the trends, not BGE-M3's quality.
-{END}"""
+show the method and the trends, not BGE-M3's quality."""
     print(section)
-    if not args.no_write:
-        path = Path(args.results)
-        text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-        if START in text and END in text:
-            before, rest = text.split(START, 1)
-            after = rest.split(END, 1)[1]
-            text = before + section + after
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        path.write_text(text, encoding="utf-8")
-        print(f"updated {path}", file=sys.stderr)
+    if should_write(args):
+        write_section(args.results, SECTION, section)
+        print(f"updated {args.results}", file=sys.stderr)
     return 0
 
 

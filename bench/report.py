@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -30,79 +29,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plots  # noqa: E402
 from compare import Run, find_runs  # noqa: E402
+from resultsmd import RESULTS, TITLE, begin, end, parse_sections, splice, table  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "RESULTS.md"
 FIGURES = REPO / "bench" / "figures"
 RESULTS_DATA = REPO / "bench" / "results"
-TITLE = "# Benchmark results\n"
 BUSY_LOAD_PER_CORE = 0.5
 """Load average per core at the start of a run above which its figures are flagged as measured on a busy machine."""
-
-# ------------------------------------------------------------------------------------------ sections
-
-_MARKER = re.compile(r"<!-- (?:BEGIN ([\w.-]+)|END ([\w.-]+)|([\w.-]+):(start|end)) -->")
-
-
-def begin(name: str) -> str:
-    return f"<!-- BEGIN {name} -->"
-
-
-def end(name: str) -> str:
-    return f"<!-- END {name} -->"
-
-
-def parse_sections(text: str) -> dict[str, tuple[int, int]]:
-    """name -> (start of the opening marker, end of the closing marker), for both marker styles.
-
-    Raises ValueError on an unclosed, unopened, nested or repeated section: the file is then left alone.
-    """
-    sections: dict[str, tuple[int, int]] = {}
-    open_name: str | None = None
-    open_at = 0
-    for m in _MARKER.finditer(text):
-        opening = m.group(1) or (m.group(3) if m.group(4) == "start" else None)
-        closing = m.group(2) or (m.group(3) if m.group(4) == "end" else None)
-        if opening:
-            if open_name is not None:
-                raise ValueError(f"section {opening!r} opens inside section {open_name!r}")
-            if opening in sections:
-                raise ValueError(f"section {opening!r} appears twice")
-            open_name, open_at = opening, m.start()
-        else:
-            if closing != open_name:
-                raise ValueError(f"section {closing!r} closes but {open_name!r} is open")
-            sections[closing] = (open_at, m.end())
-            open_name = None
-    if open_name is not None:
-        raise ValueError(f"section {open_name!r} is never closed")
-    return sections
-
-
-def splice(text: str, name: str, body: str, *, after: str | None = None, top: bool = False) -> str:
-    """``text`` with section ``name`` holding ``body``; everything else unchanged.
-
-    A missing section goes after section ``after`` when that exists; with ``top``, right under the file's
-    ``# `` title; else at the end of the file.
-    """
-    if _MARKER.search(body):
-        raise ValueError(f"the body of section {name!r} must not contain section markers")
-    block = f"{begin(name)}\n{body.strip()}\n{end(name)}"
-    sections = parse_sections(text)
-    if name in sections:
-        start, stop = sections[name]
-        return text[:start] + block + text[stop:]
-    if after is not None and after in sections:
-        stop = sections[after][1]
-        return text[:stop] + "\n\n" + block + text[stop:]
-    if not text.strip():
-        text = TITLE
-    if top:
-        title = re.search(r"^# .*$", text, flags=re.MULTILINE)
-        if title is not None and not any(start < title.start() for start, _ in sections.values()):
-            return text[:title.end()] + "\n\n" + block + "\n" + text[title.end():]
-    return text.rstrip("\n") + "\n\n" + block + "\n"
-
 
 # ------------------------------------------------------------------------------------------ runs
 
@@ -201,10 +134,6 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def _impl(b: dict) -> str:

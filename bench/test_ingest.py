@@ -30,7 +30,7 @@ def n_docs(request) -> int:
 
 @pytest.fixture(scope="module")
 def corpus(n_docs):
-    from milvus_embed_ext.search.synthetic import generate_corpus
+    from milvus_embed_ext.devtools.synthetic import generate_corpus
 
     return generate_corpus(n_docs, seed=21, min_words=20, max_words=200)
 

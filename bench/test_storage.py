@@ -25,7 +25,7 @@ def _dims(hidden: int) -> tuple[int, ...]:
 def storage_corpus(request):
     if request.config.getoption("--sidecar-address"):
         pytest.skip("storage is measured on a local Milvus Lite file")
-    from milvus_embed_ext.search.synthetic import generate_corpus
+    from milvus_embed_ext.devtools.synthetic import generate_corpus
     from milvus_embed_ext.store import Document
 
     m3_encoder = request.getfixturevalue("m3_encoder")

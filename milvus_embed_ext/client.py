@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,9 @@ import grpc
 import numpy as np
 
 from .errors import InvalidArgument, MilvusEmbedError
-from .service import codec
-from .service._generated import (
+from .limits import REPRESENTATIONS
+from .wire import codec
+from .wire._generated import (
     common_pb2,
     documents_pb2,
     documents_pb2_grpc,
@@ -30,8 +31,8 @@ from .service._generated import (
     search_pb2,
     search_pb2_grpc,
 )
-from .service.auth import channel_credentials
-from .service.errors import from_rpc_error
+from .wire.status import from_rpc_error
+from .wire.tls import channel_credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -97,6 +98,17 @@ class Hit:
 
 
 @dataclass
+class SearchResult:
+    hits: list[Hit]
+    query_tokens: int
+    candidates: int
+    degraded: list[str]
+    timings: Timings
+    colbert_read: int = 0
+    """Candidates whose ColBERT vectors the sidecar read (m3: only those that could still reach the page)."""
+
+
+@dataclass
 class RerankResult:
     scores: list[float]
     """One per passage, in request order: raw logits, or sigmoid-normalised (0..1) with ``normalize=True``."""
@@ -110,28 +122,13 @@ class RerankResult:
         return sorted(range(len(self.scores)), key=lambda i: -self.scores[i])
 
 
-@dataclass
-class SearchResult:
-    hits: list[Hit]
-    query_tokens: int
-    candidates: int
-    degraded: list[str]
-    timings: Timings
-    colbert_read: int = 0
-    """Candidates whose ColBERT vectors the sidecar read (m3: only those that could still reach the page)."""
-
-
 # ---------------------------------------------------------------------------- request building (shared)
 
-_OUTPUTS = {"dense": embedder_pb2.OUTPUT_DENSE, "sparse": embedder_pb2.OUTPUT_SPARSE,
-            "colbert": embedder_pb2.OUTPUT_COLBERT}
-_REPS = {"dense": search_pb2.REPRESENTATION_DENSE, "sparse": search_pb2.REPRESENTATION_SPARSE,
-         "colbert": search_pb2.REPRESENTATION_COLBERT, "dense_truncated": search_pb2.REPRESENTATION_DENSE_TRUNCATED}
-_FUSIONS = {"m3": search_pb2.FUSION_METHOD_M3, "rrf": search_pb2.FUSION_METHOD_RRF,
-            "weighted": search_pb2.FUSION_METHOD_WEIGHTED, "dbsf": search_pb2.FUSION_METHOD_DBSF}
+_OUTPUTS = codec.OUTPUT_ENUM
+_REPS = codec.REPRESENTATION_ENUM
+_FUSIONS = codec.FUSION_ENUM
+_NORMS = codec.NORMALIZATION_ENUM
 _CE_ORDERS = {"reranker": search_pb2.CROSS_ENCODER_ORDER_RERANKER, "fused": search_pb2.CROSS_ENCODER_ORDER_FUSED}
-_NORMS = {"minmax": search_pb2.NORMALIZATION_MINMAX, "arctan": search_pb2.NORMALIZATION_ARCTAN,
-          "arctan_pos": search_pb2.NORMALIZATION_ARCTAN_POS}
 
 
 def _check_text(text: Any, where: str) -> str:
@@ -147,7 +144,18 @@ def _check_text(text: Any, where: str) -> str:
     return text
 
 
-def _lookup(table: Mapping[str, int], value: str, what: str) -> int:
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    """A whole number >= ``minimum``: the wire's uint32 would otherwise fail with protobuf's bare "Value out
+    of range", and a top_k of 0 would silently mean the server's default."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
+    if not minimum <= int(value) <= 2**32 - 1:
+        raise InvalidArgument(f"{name} must be at least {minimum}, got {int(value)}" if value < minimum
+                              else f"{name} {int(value)} is too large")
+    return int(value)
+
+
+def _lookup(table: Mapping[str, Any], value: str, what: str) -> Any:
     try:
         return table[value]
     except KeyError:
@@ -297,7 +305,8 @@ def build_search_request(query: str, *, collection: str, top_k: int, offset: int
                          cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
                          cross_encoder_weight: float | None = None) -> search_pb2.HybridSearchRequest:
     req = search_pb2.HybridSearchRequest(
-        query=_check_text(query, "query"), collection=collection, top_k=int(top_k), offset=int(offset),
+        query=_check_text(query, "query"), collection=collection, top_k=_check_count(top_k, "top_k", 1),
+        offset=_check_count(offset, "offset", 0),
         filter=filter, output_fields=list(output_fields),
     )
     if cross_encoder or cross_encoder_top_n or cross_encoder_order or cross_encoder_weight is not None:
@@ -316,11 +325,12 @@ def build_search_request(query: str, *, collection: str, top_k: int, offset: int
         req.plan.truncate_dim = int(truncate_dim or 0)
         req.plan.allow_partial = bool(allow_partial)
     if fusion or weights or rrf_k or normalization:
-        req.fusion.method = _lookup(_FUSIONS, fusion, "fusion") if fusion else 0
+        req.fusion.method = _lookup(_FUSIONS, fusion, "fusion") if fusion else search_pb2.FUSION_METHOD_UNSPECIFIED
         req.fusion.rrf_k = int(rrf_k or 0)
-        req.fusion.normalization = _lookup(_NORMS, normalization, "normalization") if normalization else 0
+        req.fusion.normalization = (_lookup(_NORMS, normalization, "normalization") if normalization
+                                    else search_pb2.NORMALIZATION_UNSPECIFIED)
         for name, value in (weights or {}).items():
-            if name not in ("dense", "sparse", "colbert"):
+            if name not in REPRESENTATIONS:
                 raise InvalidArgument(f"unknown weight {name!r}; use dense, sparse, colbert")
             setattr(req.fusion.weights, name, float(value))
     return req
@@ -350,11 +360,27 @@ def _tls(tls: bool | TLSConfig | None) -> TLSConfig | None:
     return tls
 
 
-# ---------------------------------------------------------------------------- blocking client
+# ---------------------------------------------------------------------------- the clients
+
+
+def _upsert_result(resp: Any) -> UpsertResult:
+    return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
+
+
+def _failure(err: grpc.RpcError, stream: _RequestStream | None) -> Exception:
+    """The error a failed call raises: the request iterator's own error when it failed, else the domain error."""
+    if stream is not None and stream.error is not None:
+        return stream.error
+    return from_rpc_error(err)
 
 
 class _ClientBase:
-    """Channel, credentials and stubs shared by the blocking and the asyncio client."""
+    """Everything both clients do: channel, credentials, stubs, and every RPC method, written once.
+
+    A method builds its request and hands it to :meth:`_call` with the parser of the response. The blocking
+    client's ``_call`` returns the parsed result; the asyncio client's returns a coroutine of it. So the
+    methods below return ``T`` on :class:`SidecarClient` and ``Awaitable[T]`` on :class:`AsyncSidecarClient`.
+    """
 
     _grpc: Any = grpc  # the module whose channels this client opens: grpc or grpc.aio
 
@@ -375,12 +401,82 @@ class _ClientBase:
         self._documents = documents_pb2_grpc.DocumentsStub(self._channel)
         self._search = search_pb2_grpc.SearchStub(self._channel)
 
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}({self.address!r}, auth={'yes' if self._metadata else 'no'})"
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self.timeout
+
+    def _call(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+              stream: _RequestStream | None = None) -> Any:
+        raise NotImplementedError
+
+    def embed(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
+              truncate_dims: Sequence[int] = (), fp16: bool = False, max_length: int | None = None,
+              timeout: float | None = None) -> Any:
+        """Vectors of ``texts`` (an :class:`EmbedResult`)."""
+        req = build_embed_request(texts, dense=dense, sparse=sparse, colbert=colbert,
+                                  truncate_dims=truncate_dims, fp16=fp16, max_length=max_length)
+        return self._call(self._embedder.Embed, req, timeout,
+                          lambda resp: parse_embed_response(resp, dense, sparse, colbert))
+
+    def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
+               timeout: float | None = None) -> Any:
+        """Insert or replace documents (an :class:`UpsertResult`). More than ``chunk_size`` go through the
+        streaming RPC.
+
+        A sequence is validated whole before anything is sent; an iterator is validated as it streams, so a bad
+        document fails the call (with its own error) after the chunks before it may have been written.
+        """
+        requests = _upsert_requests(documents, collection, chunk_size)
+        if isinstance(requests, list) and len(requests) == 1:
+            return self._call(self._documents.Upsert, requests[0], timeout, _upsert_result)
+        stream = requests if isinstance(requests, _RequestStream) else None
+        return self._call(self._documents.UpsertStream, iter(requests), timeout, _upsert_result, stream)
+
+    def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> Any:
+        """Delete documents by id; gives the number deleted."""
+        req = documents_pb2.DeleteRequest(collection=collection, ids=list(ids))
+        return self._call(self._documents.Delete, req, timeout, lambda resp: int(resp.deleted))
+
+    def get(self, ids: Sequence[str], *, collection: str = "", output_fields: Sequence[str] = (),
+            allow_missing: bool = False, with_vectors: bool = False, timeout: float | None = None) -> Any:
+        """Stored documents by id (a list of dicts)."""
+        req = documents_pb2.GetRequest(collection=collection, ids=list(ids), output_fields=list(output_fields),
+                                       allow_missing=allow_missing, with_vectors=with_vectors)
+        return self._call(self._documents.Get, req, timeout, parse_get_response)
+
+    def rerank(self, query: str, passages: Sequence[str], *, normalize: bool = False,
+               timeout: float | None = None) -> Any:
+        """Cross-encoder scores of ``passages`` against ``query`` (a :class:`RerankResult`; FailedPrecondition
+        when the sidecar has no reranker configured)."""
+        req = build_rerank_request(query, passages, normalize)
+        return self._call(self._embedder.Rerank, req, timeout, parse_rerank_response)
+
+    def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0, filter: str = "",
+                      output_fields: Sequence[str] = (), candidates: Sequence[str] | None = None,
+                      rescore: Sequence[str] | None = None, candidate_k: int | None = None,
+                      truncate_dim: int | None = None, allow_partial: bool = False, fusion: str | None = None,
+                      weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
+                      normalization: str | None = None, cross_encoder: bool = False,
+                      cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
+                      cross_encoder_weight: float | None = None, timeout: float | None = None,
+                      rerank: Sequence[str] | None = None) -> Any:
+        """Hybrid search (a :class:`SearchResult`). ``rescore``: the stage-2 representations (``rerank`` is its
+        deprecated old name); ``cross_encoder=True`` re-orders the fused top ``cross_encoder_top_n`` with the
+        server's reranker."""
+        req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
+                                   output_fields=output_fields, candidates=candidates,
+                                   rescore=_rescore_arg(rescore, rerank),
+                                   candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
+                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization,
+                                   cross_encoder=cross_encoder, cross_encoder_top_n=cross_encoder_top_n,
+                                   cross_encoder_order=cross_encoder_order, cross_encoder_weight=cross_encoder_weight)
+        return self._call(self._search.HybridSearch, req, timeout, parse_search_response)
+
 
 class SidecarClient(_ClientBase):
     """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
-
-    def __repr__(self) -> str:  # never shows the key
-        return f"SidecarClient({self.address!r}, auth={'yes' if self._metadata else 'no'})"
 
     def __enter__(self) -> SidecarClient:
         return self
@@ -391,11 +487,13 @@ class SidecarClient(_ClientBase):
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+              stream: _RequestStream | None = None) -> Any:
         try:
-            return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)
+            resp = method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise _failure(err, stream) from None
+        return parse(resp)
 
     def wait_ready(self, timeout: float = 60.0, service: str = "") -> None:
         """Block until grpc health reports SERVING for ``service`` ("" = the whole sidecar)."""
@@ -417,79 +515,11 @@ class SidecarClient(_ClientBase):
             time.sleep(0.2)
         raise MilvusEmbedError(f"sidecar at {self.address} not SERVING after {timeout:.0f}s (last: {last})")
 
-    def embed(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
-              truncate_dims: Sequence[int] = (), fp16: bool = False, max_length: int | None = None,
-              timeout: float | None = None) -> EmbedResult:
-        req = build_embed_request(texts, dense=dense, sparse=sparse, colbert=colbert,
-                                  truncate_dims=truncate_dims, fp16=fp16, max_length=max_length)
-        return parse_embed_response(self._call(self._embedder.Embed, req, timeout), dense, sparse, colbert)
-
-    def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
-               timeout: float | None = None) -> UpsertResult:
-        """Insert or replace documents. More than ``chunk_size`` go through the streaming RPC.
-
-        A sequence is validated whole before anything is sent; an iterator is validated as it streams, so a bad
-        document fails the call (with its own error) after the chunks before it may have been written.
-        """
-        requests = _upsert_requests(documents, collection, chunk_size)
-        if isinstance(requests, list) and len(requests) == 1:
-            resp = self._call(self._documents.Upsert, requests[0], timeout)
-        else:
-            try:
-                resp = self._call(self._documents.UpsertStream, iter(requests), timeout)
-            except MilvusEmbedError:
-                if isinstance(requests, _RequestStream) and requests.error is not None:
-                    raise requests.error from None
-                raise
-        return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
-
-    def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> int:
-        req = documents_pb2.DeleteRequest(collection=collection, ids=list(ids))
-        return int(self._call(self._documents.Delete, req, timeout).deleted)
-
-    def get(self, ids: Sequence[str], *, collection: str = "", output_fields: Sequence[str] = (),
-            allow_missing: bool = False, with_vectors: bool = False, timeout: float | None = None) -> list[dict[str, Any]]:
-        req = documents_pb2.GetRequest(collection=collection, ids=list(ids), output_fields=list(output_fields),
-                                       allow_missing=allow_missing, with_vectors=with_vectors)
-        return parse_get_response(self._call(self._documents.Get, req, timeout))
-
-    def rerank(self, query: str, passages: Sequence[str], *, normalize: bool = False,
-               timeout: float | None = None) -> RerankResult:
-        """Cross-encoder scores of ``passages`` against ``query`` (FailedPrecondition: no reranker configured)."""
-        req = build_rerank_request(query, passages, normalize)
-        return parse_rerank_response(self._call(self._embedder.Rerank, req, timeout))
-
-    def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0, filter: str = "",
-                      output_fields: Sequence[str] = (), candidates: Sequence[str] | None = None,
-                      rescore: Sequence[str] | None = None, candidate_k: int | None = None,
-                      truncate_dim: int | None = None, allow_partial: bool = False, fusion: str | None = None,
-                      weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
-                      normalization: str | None = None, cross_encoder: bool = False,
-                      cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
-                      cross_encoder_weight: float | None = None, timeout: float | None = None,
-                      rerank: Sequence[str] | None = None) -> SearchResult:
-        """Hybrid search. ``rescore``: the stage-2 representations (``rerank`` is its deprecated old name);
-        ``cross_encoder=True`` re-orders the fused top ``cross_encoder_top_n`` with the server's reranker."""
-        req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
-                                   output_fields=output_fields, candidates=candidates,
-                                   rescore=_rescore_arg(rescore, rerank),
-                                   candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
-                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization,
-                                   cross_encoder=cross_encoder, cross_encoder_top_n=cross_encoder_top_n,
-                                   cross_encoder_order=cross_encoder_order, cross_encoder_weight=cross_encoder_weight)
-        return parse_search_response(self._call(self._search.HybridSearch, req, timeout))
-
-
-# ---------------------------------------------------------------------------- asyncio client
-
 
 class AsyncSidecarClient(_ClientBase):
     """The same API as :class:`SidecarClient`, awaitable (``grpc.aio`` channel)."""
 
     _grpc = grpc.aio
-
-    def __repr__(self) -> str:
-        return f"AsyncSidecarClient({self.address!r}, auth={'yes' if self._metadata else 'no'})"
 
     async def __aenter__(self) -> AsyncSidecarClient:
         return self
@@ -500,71 +530,21 @@ class AsyncSidecarClient(_ClientBase):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+              stream: _RequestStream | None = None) -> Any:
+        return self._await(method, request, timeout, parse, stream)
+
+    async def _await(self, method: Any, request: Any, timeout: float | None, parse: Callable[[Any], Any],
+                     stream: _RequestStream | None) -> Any:
         try:
-            return await method(request, timeout=timeout if timeout is not None else self.timeout,
-                                metadata=self._metadata)
+            resp = await method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-
-    async def embed(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
-                    truncate_dims: Sequence[int] = (), fp16: bool = False, max_length: int | None = None,
-                    timeout: float | None = None) -> EmbedResult:
-        req = build_embed_request(texts, dense=dense, sparse=sparse, colbert=colbert,
-                                  truncate_dims=truncate_dims, fp16=fp16, max_length=max_length)
-        return parse_embed_response(await self._call(self._embedder.Embed, req, timeout), dense, sparse, colbert)
-
-    async def upsert(self, documents: Iterable[Any], *, collection: str = "", chunk_size: int = DEFAULT_CHUNK,
-                     timeout: float | None = None) -> UpsertResult:
-        """See :meth:`SidecarClient.upsert`."""
-        requests = _upsert_requests(documents, collection, chunk_size)
-        if isinstance(requests, list) and len(requests) == 1:
-            resp = await self._call(self._documents.Upsert, requests[0], timeout)
-        else:
-            try:
-                resp = await self._call(self._documents.UpsertStream, iter(requests), timeout)
-            except (asyncio.CancelledError, MilvusEmbedError):  # grpc cancels the call when the iterator fails
-                if isinstance(requests, _RequestStream) and requests.error is not None:
-                    raise requests.error from None
-                raise
-        return UpsertResult(resp.upserted, resp.tokens, Timings.from_pb(resp.timings))
-
-    async def delete(self, ids: Sequence[str], *, collection: str = "", timeout: float | None = None) -> int:
-        req = documents_pb2.DeleteRequest(collection=collection, ids=list(ids))
-        return int((await self._call(self._documents.Delete, req, timeout)).deleted)
-
-    async def get(self, ids: Sequence[str], *, collection: str = "", output_fields: Sequence[str] = (),
-                  allow_missing: bool = False, with_vectors: bool = False,
-                  timeout: float | None = None) -> list[dict[str, Any]]:
-        req = documents_pb2.GetRequest(collection=collection, ids=list(ids), output_fields=list(output_fields),
-                                       allow_missing=allow_missing, with_vectors=with_vectors)
-        return parse_get_response(await self._call(self._documents.Get, req, timeout))
-
-    async def rerank(self, query: str, passages: Sequence[str], *, normalize: bool = False,
-                     timeout: float | None = None) -> RerankResult:
-        """See :meth:`SidecarClient.rerank`."""
-        req = build_rerank_request(query, passages, normalize)
-        return parse_rerank_response(await self._call(self._embedder.Rerank, req, timeout))
-
-    async def hybrid_search(self, query: str, *, collection: str = "", top_k: int = 10, offset: int = 0,
-                            filter: str = "", output_fields: Sequence[str] = (),
-                            candidates: Sequence[str] | None = None, rescore: Sequence[str] | None = None,
-                            candidate_k: int | None = None, truncate_dim: int | None = None,
-                            allow_partial: bool = False, fusion: str | None = None,
-                            weights: Mapping[str, float] | None = None, rrf_k: int | None = None,
-                            normalization: str | None = None, cross_encoder: bool = False,
-                            cross_encoder_top_n: int | None = None, cross_encoder_order: str | None = None,
-                            cross_encoder_weight: float | None = None, timeout: float | None = None,
-                            rerank: Sequence[str] | None = None) -> SearchResult:
-        """See :meth:`SidecarClient.hybrid_search`."""
-        req = build_search_request(query, collection=collection, top_k=top_k, offset=offset, filter=filter,
-                                   output_fields=output_fields, candidates=candidates,
-                                   rescore=_rescore_arg(rescore, rerank),
-                                   candidate_k=candidate_k, truncate_dim=truncate_dim, allow_partial=allow_partial,
-                                   fusion=fusion, weights=weights, rrf_k=rrf_k, normalization=normalization,
-                                   cross_encoder=cross_encoder, cross_encoder_top_n=cross_encoder_top_n,
-                                   cross_encoder_order=cross_encoder_order, cross_encoder_weight=cross_encoder_weight)
-        return parse_search_response(await self._call(self._search.HybridSearch, req, timeout))
+            raise _failure(err, stream) from None
+        except asyncio.CancelledError:  # grpc cancels the call when the request iterator fails
+            if stream is not None and stream.error is not None:
+                raise stream.error from None
+            raise
+        return parse(resp)
 
 
 __all__ = ["SidecarClient", "AsyncSidecarClient", "TLSConfig", "EmbedResult", "UpsertResult", "SearchResult",

@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InvalidArgument
+from .limits import DEFAULT_MAX_TOP_K
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,10 +119,12 @@ class Settings:
     collection: str = "documents"
     """Default collection for Upsert/Search when a request names none."""
     colbert_codec: str = "int8"
-    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store (new collections).
-    int8 reads and stores half of fp16; its ColBERT top-10 overlap with fp32 is in bench/RESULTS.md (codecs)."""
+    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store. A default that
+    `migrate revision` writes into a new script (which then states it); applied revisions never read it. int8
+    reads and stores half of fp16; its ColBERT top-10 overlap with fp32 is in bench/RESULTS.md (codecs)."""
     index_type: str = "auto"
-    """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW."""
+    """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW. Like colbert_codec, a default for new
+    migration scripts."""
     migrations_dir: str = ""
     """Directory of migration scripts; empty means the project's built-in revisions."""
 
@@ -144,7 +147,7 @@ class Settings:
     """Largest gRPC message accepted or sent, in bytes."""
     max_texts_per_request: int = 256
     """Texts (or documents) in one Embed/Upsert request."""
-    max_top_k: int = 1000
+    max_top_k: int = DEFAULT_MAX_TOP_K
     """Largest top_k + offset a search may ask for."""
     api_keys: tuple[str, ...] = ()
     """When non-empty every RPC needs ``authorization: Bearer <key>`` (health stays open for probes)."""
@@ -334,7 +337,7 @@ def setting_docs() -> list[tuple[str, str, Any, str]]:
     for node, nxt in zip(body, [*body[1:], None], strict=True):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             doc = ""
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
                 doc = str(nxt.value.value)
             docs[node.target.id] = doc
     return [(f.name, f"{ENV_PREFIX}{f.name.upper()}", f.default, docs.get(f.name, "")) for f in fields(Settings)]

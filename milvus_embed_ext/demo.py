@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from .config import Settings
 from .errors import FailedPrecondition, InvalidArgument
+from .limits import FUSIONS
 from .progress import ProgressBoard, ProgressCallback, add_quiet_arg
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus" / "sample.jsonl"
@@ -88,15 +89,13 @@ def load_corpus(path: str | Path = CORPUS_PATH) -> list[Any]:
 def load_demo_encoder(settings: Settings) -> tuple[Any, bool]:
     """The encoder for ``settings.model`` and whether it is the meaningless demo checkpoint.
 
-    The fallback itself (hub unreachable -> locally built demo checkpoint, loud banner) is the service's
-    ``load_encoder``, so ``serve`` and ``demo`` behave the same.
+    The fallback itself (hub unreachable -> locally built demo checkpoint, loud banner) is the encoder
+    factory's ``load_encoder``, which ``serve`` uses too, so both behave the same.
     """
-    from .service.server import demo_model_dir, load_encoder
+    from .encoder.factory import is_demo_checkpoint, load_encoder
 
     encoder, path = load_encoder(settings)
-    path = Path(path).expanduser().resolve()
-    demo_dirs = {demo_model_dir().expanduser().resolve(), (Path("data") / "demo-model-tiny").resolve()}
-    return encoder, path in demo_dirs
+    return encoder, is_demo_checkpoint(path)
 
 
 def demo_warning(model: str) -> str:
@@ -312,7 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="search this instead of the built-in queries (repeatable)")
     p.add_argument("--filter", default="", help="Milvus filter for --query searches, e.g. 'metadata[\"lang\"] == \"de\"'")
     p.add_argument("--top-k", type=int, default=5, help="hits per query (default 5)")
-    p.add_argument("--fusion", choices=("m3", "rrf", "weighted", "dbsf"), default=None,
+    p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="fusion method (default: the collection's, m3)")
     p.add_argument("--corpus", default=str(CORPUS_PATH), help="JSONL corpus {id, text, metadata} (default: the sample)")
     p.add_argument("--no-load", action="store_true", help="skip loading the corpus; search what is stored")

@@ -19,6 +19,15 @@ class InvalidArgument(MilvusEmbedError, ValueError):
     exit_code = 2
 
 
+class InvalidFilter(InvalidArgument):
+    """Milvus refused a filter expression. Classified once, where the store maps Milvus errors; callers
+    pass it on (or re-word it with :attr:`reason`, Milvus' own words) instead of parsing messages."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class NotFound(MilvusEmbedError, LookupError):
     """An unknown collection, document id, revision or field."""
 
@@ -39,6 +48,12 @@ class Unavailable(MilvusEmbedError):
     """Milvus (or another dependency) cannot be reached; retrying later may succeed."""
 
     exit_code = 5
+
+
+class VectorsUnreadable(Unavailable):
+    """Milvus could not return stored vectors: Milvus Lite 2.5 answers a vector query on a collection that was
+    never written to with "Growing segment loss raw data". Classified in the store's error mapping, so a reader
+    can tell it from other failures (an empty collection has no vectors) without parsing the message."""
 
 
 class ResourceExhausted(MilvusEmbedError):

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from milvus_embed_ext.client import SidecarClient, TLSConfig
-from milvus_embed_ext.service.auth import channel_credentials
+from milvus_embed_ext.wire.tls import channel_credentials
 
 _FIRST_KEY = object()
 

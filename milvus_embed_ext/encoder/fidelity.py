@@ -31,11 +31,11 @@ def max_abs_diff(a: M3Output, b: M3Output) -> dict[str, float]:
         out["sparse"] = worst
     if a.colbert is not None and b.colbert is not None:
         worst = 0.0
-        for x, y in zip(a.colbert, b.colbert, strict=True):
-            if x.shape != y.shape:
+        for cx, cy in zip(a.colbert, b.colbert, strict=True):
+            if cx.shape != cy.shape:
                 return {**out, "colbert": float("inf")}
-            if x.size:
-                worst = max(worst, float(np.abs(x - y).max()))
+            if cx.size:
+                worst = max(worst, float(np.abs(cx - cy).max()))
         out["colbert"] = worst
     return out
 
@@ -70,16 +70,17 @@ def score_fidelity(ref_q: M3Output, ref_p: M3Output, cand_q: M3Output, cand_p: M
     for out in (ref_q, ref_p, cand_q, cand_p):
         if out.dense is None or out.sparse is None or out.colbert is None:
             raise InvalidArgument("score_fidelity needs dense, sparse and colbert in every output")
-    cos = np.concatenate([(ref_q.dense * cand_q.dense).sum(1), (ref_p.dense * cand_p.dense).sum(1)])
+    rq, rp, cq, cp = ref_q.need_dense(), ref_p.need_dense(), cand_q.need_dense(), cand_p.need_dense()
+    cos = np.concatenate([(rq * cq).sum(1), (rp * cp).sum(1)])
     pairs = [(i, j) for i in range(len(ref_q)) for j in range(len(ref_p))]
-    lex_ref = [lexical_score(ref_q.sparse[i], ref_p.sparse[j]) for i, j in pairs]
-    lex_cand = [lexical_score(cand_q.sparse[i], cand_p.sparse[j]) for i, j in pairs]
-    col_ref = [colbert_score(ref_q.colbert[i], ref_p.colbert[j]) for i, j in pairs]
-    col_cand = [colbert_score(cand_q.colbert[i], cand_p.colbert[j]) for i, j in pairs]
+    lex_ref = [lexical_score(ref_q.need_sparse()[i], ref_p.need_sparse()[j]) for i, j in pairs]
+    lex_cand = [lexical_score(cand_q.need_sparse()[i], cand_p.need_sparse()[j]) for i, j in pairs]
+    col_ref = [colbert_score(ref_q.need_colbert()[i], ref_p.need_colbert()[j]) for i, j in pairs]
+    col_cand = [colbert_score(cand_q.need_colbert()[i], cand_p.need_colbert()[j]) for i, j in pairs]
     return {
         "dense_cos_min": float(cos.min()),
         "dense_cos_mean": float(cos.mean()),
-        "dense_spearman": spearman((ref_q.dense @ ref_p.dense.T).ravel(), (cand_q.dense @ cand_p.dense.T).ravel()),
+        "dense_spearman": spearman((rq @ rp.T).ravel(), (cq @ cp.T).ravel()),
         "lexical_spearman": spearman(lex_ref, lex_cand),
         "colbert_spearman": spearman(col_ref, col_cand),
     }

@@ -30,6 +30,22 @@ class M3Output:
     def __len__(self) -> int:
         return int(self.token_counts.shape[0])
 
+    # The representations a caller needs, or InvalidArgument naming what to ask the encoder for.
+    def need_dense(self) -> np.ndarray:
+        if self.dense is None:
+            raise InvalidArgument("this output has no dense vectors; encode with dense=True")
+        return self.dense
+
+    def need_sparse(self) -> list[dict[int, float]]:
+        if self.sparse is None:
+            raise InvalidArgument("this output has no sparse weights; encode with sparse=True")
+        return self.sparse
+
+    def need_colbert(self) -> list[np.ndarray]:
+        if self.colbert is None:
+            raise InvalidArgument("this output has no ColBERT vectors; encode with colbert=True")
+        return self.colbert
+
     def select(self, indices: Sequence[int] | np.ndarray) -> M3Output:
         """Rows in the given order (the batcher uses it to hand each request its own slice)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -57,9 +73,9 @@ class M3Output:
                     or (p.colbert is None) != (first.colbert is None) or set(p.truncated) != dims:
                 raise InvalidArgument("concat: parts carry different representations")
         return cls(
-            dense=None if first.dense is None else np.concatenate([p.dense for p in parts], axis=0),  # type: ignore[misc]
-            sparse=None if first.sparse is None else [r for p in parts for r in p.sparse],  # type: ignore[union-attr]
-            colbert=None if first.colbert is None else [r for p in parts for r in p.colbert],  # type: ignore[union-attr]
+            dense=None if first.dense is None else np.concatenate([p.need_dense() for p in parts], axis=0),
+            sparse=None if first.sparse is None else [r for p in parts for r in p.need_sparse()],
+            colbert=None if first.colbert is None else [r for p in parts for r in p.need_colbert()],
             truncated={d: np.concatenate([p.truncated[d] for p in parts], axis=0) for d in dims},
             token_counts=np.concatenate([p.token_counts for p in parts]).astype(np.int64, copy=False),
         )

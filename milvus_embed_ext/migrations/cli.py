@@ -96,11 +96,12 @@ def _history(args: argparse.Namespace) -> int:
         for e in events:
             print(f"{_ts(e.get('at'))}  {e.get('action'):9}  {e.get('revision')}  {e.get('duration_s', 0):.3f}s  {e.get('by')}")
         return 0
-    for e in entries:
-        down = ", ".join(e.down_revisions) or "(base)"
-        state = (f"applied {_ts(e.applied.get('applied_at'))} by {e.applied.get('by')} in {e.applied.get('duration_s')}s"
-                 if e.applied else "not applied")
-        print(f"{down} -> {e.revision}  {e.message}  [{state}]")
+    for entry in entries:
+        down = ", ".join(entry.down_revisions) or "(base)"
+        rec = entry.applied
+        state = (f"applied {_ts(rec.get('applied_at'))} by {rec.get('by')} in {rec.get('duration_s')}s"
+                 if rec else "not applied")
+        print(f"{down} -> {entry.revision}  {entry.message}  [{state}]")
     return 0
 
 

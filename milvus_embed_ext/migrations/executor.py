@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -24,22 +25,24 @@ from typing import Any
 
 import numpy as np
 
+from ..config import Settings
+from ..contracts import MilvusBackend
 from ..errors import ConsistencyError, FailedPrecondition, InvalidArgument, NotFound
-from ..store.documents import in_expr
+from ..store.admin import CollectionAdmin
+from ..store.documents import DocumentStore
 from ..store.layout import (
     DENSE,
     CollectionLayout,
     TruncatedField,
     main_index_params,
     main_schema,
-    pca_schema,
-    placeholder_index_params,
     truncated_field_name,
 )
-from ..store.projection import PcaProjection, fit_pca, prefix_project
+from ..store.projection import fit_pca, prefix_project
 from .history import MigrationLock, SystemTable
 from .ops import (
     LAYOUT_INDEX,
+    SCALAR_TYPES,
     AddField,
     AddTruncatedDense,
     AlterProperties,
@@ -59,9 +62,7 @@ from .ops import (
 
 log = logging.getLogger(__name__)
 
-_FETCH_CHUNK = 256  # ids per `id in [...]` query
 VERIFY_SAMPLE = 32
-PCA_CHUNK_CHARS = 60000
 
 
 @dataclass
@@ -78,8 +79,8 @@ class RunHooks:
 class OpContext:
     """What an op (and a ``run_python`` function) gets: the connection, the history table, checkpoints."""
 
-    store: Any  # MilvusStore
-    settings: Any
+    store: MilvusBackend
+    settings: Settings
     table: SystemTable
     scope: str
     revision: str
@@ -98,6 +99,11 @@ class OpContext:
     @property
     def caps(self) -> Any:
         return self.store.capabilities
+
+    @property
+    def admin(self) -> CollectionAdmin:
+        """The store's collection administration (has, describe, count, ids, rows, indexes, drop)."""
+        return CollectionAdmin(self.store)
 
     @property
     def collection(self) -> str:
@@ -126,65 +132,7 @@ class OpContext:
                          batch_size=batch_size or self.batch_size, output_fields=output_fields)
 
 
-# ---------------------------------------------------------------------- small Milvus helpers
-def has(ctx: OpContext, name: str) -> bool:
-    return bool(ctx.store.call(f"look up collection {name}", ctx.client.has_collection, name))
-
-
-def describe(ctx: OpContext, name: str) -> dict[str, Any]:
-    return dict(ctx.store.call(f"describe collection {name}", ctx.client.describe_collection, name))
-
-
-def live_layout(ctx: OpContext, name: str) -> CollectionLayout:
-    if not has(ctx, name):
-        raise NotFound(f"collection {name} does not exist; `milvus-embed migrate current` shows the revision")
-    layout = CollectionLayout.from_description(describe(ctx, name).get("description", ""))
-    if layout is None:
-        raise FailedPrecondition(
-            f"collection {name} was not created by milvus-embed (no layout in its description); "
-            "migrations manage only milvus-embed collections")
-    return layout
-
-
-def ensure_loaded(ctx: OpContext, name: str) -> None:
-    ctx.store.call(f"load collection {name}", ctx.client.load_collection, name)
-
-
-def count_rows(ctx: OpContext, name: str) -> int:
-    ensure_loaded(ctx, name)
-    res = ctx.store.call(f"count rows of {name}", ctx.client.query, name, filter="",
-                         output_fields=["count(*)"], consistency_level="Strong")
-    return int(res[0]["count(*)"])
-
-
-def all_ids(ctx: OpContext, name: str, batch: int = 4096) -> list[str]:
-    """Every primary key, sorted (ids only: ~50 bytes each in memory)."""
-    ensure_loaded(ctx, name)
-    it = ctx.store.call(f"list ids of {name}", ctx.client.query_iterator, name, batch_size=batch, filter="",
-                        output_fields=["id"], consistency_level="Strong")
-    ids: list[str] = []
-    try:
-        while True:
-            page = ctx.store.call(f"list ids of {name}", it.next)
-            if not page:
-                break
-            ids.extend(str(r["id"]) for r in page)
-    finally:
-        it.close()
-    ids.sort()
-    return ids
-
-
-def fetch(ctx: OpContext, name: str, ids: Sequence[str], output_fields: Sequence[str] = ("*",)) -> list[dict]:
-    rows: list[dict] = []
-    for i in range(0, len(ids), _FETCH_CHUNK):
-        chunk = list(ids[i:i + _FETCH_CHUNK])
-        rows.extend(ctx.store.call(
-            f"read rows of {name}", ctx.client.query, name, filter=in_expr("id", chunk),
-            output_fields=list(output_fields), consistency_level="Strong"))
-    return [dict(r) for r in rows]
-
-
+# ---------------------------------------------------------------------- schema helpers
 def _layout_fields(layout: CollectionLayout) -> set[str]:
     return {f.name for f in main_schema(layout).fields}
 
@@ -197,6 +145,8 @@ def extra_fields_of(described: dict[str, Any], layout: CollectionLayout) -> list
         if f["name"] in own:
             continue
         dtype = getattr(f.get("type"), "name", str(f.get("type")))
+        if dtype not in SCALAR_TYPES:  # a vector field the layout does not know: schema_problems names it
+            continue
         params = f.get("params", {})
         out.append(FieldSpec(f["name"], dtype, nullable=bool(f.get("nullable", True)),
                              default=f.get("default_value"), max_length=params.get("max_length")))
@@ -226,23 +176,24 @@ def create_main(ctx: OpContext, layout: CollectionLayout, physical: str, extra: 
     overrides = {i.field: i for i in indexes}
     params = ctx.client.prepare_index_params()
     for idx in main_index_params(layout, ctx.client):
-        spec = overrides.get(idx.field_name)
-        if spec is None:
+        override = overrides.get(idx.field_name)
+        if override is None:
             params.add_index(field_name=idx.field_name, index_name=idx.index_name, index_type=idx.index_type,
                              **dict(getattr(idx, "_configs", {}) or {}))
         else:
-            params.add_index(field_name=spec.field, index_name=spec.index_name or spec.field,
-                             index_type=spec.index_type, metric_type=spec.metric_type or None, params=dict(spec.params))
+            params.add_index(field_name=override.field, index_name=override.index_name or override.field,
+                             index_type=override.index_type, metric_type=override.metric_type or None,
+                             params=dict(override.params))
     ctx.store.call(f"create collection {physical}", ctx.client.create_collection, physical, schema=schema,
                    index_params=params, consistency_level="Strong")
-    ensure_loaded(ctx, physical)
+    ctx.admin.load(physical)
 
 
 def live_indexes(ctx: OpContext, name: str, fields: Iterable[str]) -> list[IndexSpec]:
     """The indexes now on ``fields`` of collection ``name``, as specs a rebuild can recreate."""
     out: list[IndexSpec] = []
     for f in fields:
-        info = _index_on(ctx, name, f)
+        info = ctx.admin.index_on(name, f)
         if info is None:
             continue
         skip = {"index_type", "metric_type", "field_name", "index_name", "total_rows", "indexed_rows",
@@ -253,22 +204,6 @@ def live_indexes(ctx: OpContext, name: str, fields: Iterable[str]) -> list[Index
     return out
 
 
-def drop(ctx: OpContext, name: str) -> None:
-    if has(ctx, name):
-        ctx.store.call(f"drop collection {name}", ctx.client.drop_collection, name)
-
-
-def _is_alias(ctx: OpContext, name: str) -> str | None:
-    """The collection behind alias ``name``, or None when ``name`` is not an alias (or aliases are absent)."""
-    if not ctx.caps.aliases:
-        return None
-    try:
-        info = ctx.client.describe_alias(name)
-    except Exception:  # noqa: BLE001 - "alias not found" comes back as an exception
-        return None
-    return str(info.get("collection_name") or "") or None
-
-
 # ---------------------------------------------------------------------- copying and verifying
 def copy_rows(ctx: OpContext, src: str, dst: str, transform: Callable[[list[dict]], list[dict]], *, key: str,
               batch_size: int = 512, output_fields: Sequence[str] = ("*",)) -> int:
@@ -276,14 +211,14 @@ def copy_rows(ctx: OpContext, src: str, dst: str, transform: Callable[[list[dict
     ck = ctx.table.checkpoint(ctx.scope, key) or {}
     last = ck.get("last_id")
     copied = int(ck.get("copied", 0))
-    ids = all_ids(ctx, src)
+    ids = ctx.admin.ids(src)
     start = bisect.bisect_right(ids, last) if last is not None else 0
-    ensure_loaded(ctx, dst)
+    ctx.admin.load(dst)
     if ctx.hooks.progress is not None:
         ctx.hooks.progress(key, start, len(ids))
     for i in range(start, len(ids), batch_size):
         batch = ids[i:i + batch_size]
-        rows = transform(fetch(ctx, src, batch, output_fields))
+        rows = transform(ctx.admin.rows(src, batch, output_fields))
         if rows:
             ctx.store.call(f"write rows to {dst}", ctx.client.upsert, dst, rows)
         copied += len(rows)
@@ -322,17 +257,17 @@ def _values_equal(a: Any, b: Any) -> bool:
 def verify_copy(ctx: OpContext, src: str, dst: str, derive: dict[str, Callable[[np.ndarray], np.ndarray]],
                 sample: int = VERIFY_SAMPLE) -> None:
     """Counts equal, and a sample of rows equal field by field (derived fields recomputed from dense)."""
-    n_src, n_dst = count_rows(ctx, src), count_rows(ctx, dst)
+    n_src, n_dst = ctx.admin.count(src), ctx.admin.count(dst)
     if n_src != n_dst:
         raise ConsistencyError(
             f"copy of {src} into {dst} has {n_dst} rows, the source {n_src}: were rows written during the "
             "migration? Stop writers and rerun `milvus-embed migrate upgrade` (it resumes)")
     if n_src == 0:
         return
-    ids = all_ids(ctx, src)
+    ids = ctx.admin.ids(src)
     picked = sorted(random.Random(len(ids)).sample(ids, min(sample, len(ids))))
-    a = {r["id"]: r for r in fetch(ctx, src, picked)}
-    b = {r["id"]: r for r in fetch(ctx, dst, picked)}
+    a = {r["id"]: r for r in ctx.admin.rows(src, picked)}
+    b = {r["id"]: r for r in ctx.admin.rows(dst, picked)}
     for rid in picked:
         ra, rb = a.get(rid), b.get(rid)
         if ra is None or rb is None:
@@ -358,10 +293,10 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
         return
     tmp = ck.get("tmp") or f"{name}__m{ctx.revision[:12]}_{ctx.op_index}{ctx.direction[0]}"
     if not ck:
-        if not has(ctx, name):
+        if not ctx.admin.has(name):
             raise NotFound(f"cannot rebuild collection {name}: it does not exist")
-        described = describe(ctx, name)
-        extra = [f for f in extra_fields_of(described, live_layout(ctx, name)) if f.name not in set(remove)]
+        described = ctx.admin.describe(name)
+        extra = [f for f in extra_fields_of(described, ctx.admin.layout(name)) if f.name not in set(remove)]
         extra_names = {f.name for f in extra}
         extra += [f for f in add if f.name not in extra_names]
         kept = _layout_fields(target) & {f["name"] for f in described.get("fields", [])}
@@ -387,7 +322,7 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
         return out
 
     if ck["phase"] == "copy":
-        if not has(ctx, tmp):
+        if not ctx.admin.has(tmp):
             create_main(ctx, target, tmp, extra, indexes)
         copy_rows(ctx, name, tmp, transform, key=key + ":copy", batch_size=batch_size)
         verify_copy(ctx, name, tmp, derive)
@@ -399,82 +334,53 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
 
 def _swap(ctx: OpContext, name: str, tmp: str, target: CollectionLayout, extra: list[FieldSpec],
           indexes: list[IndexSpec], key: str, batch_size: int) -> None:
-    physical = _is_alias(ctx, name)
+    physical = ctx.admin.alias_target(name)
     if physical is not None:
         if physical != tmp:
             ctx.store.call(f"point alias {name} at {tmp}", ctx.client.alter_alias, tmp, name)
-            drop(ctx, physical)
+            ctx.admin.drop(physical)
         return
     if not ctx.caps.lite:  # servers: two renames, each step re-derived from which collections exist
         old = f"{tmp}_old"
-        if has(ctx, name) and has(ctx, tmp):
+        if ctx.admin.has(name) and ctx.admin.has(tmp):
             ctx.store.call(f"rename {name}", ctx.client.rename_collection, name, old)
-        if not has(ctx, name) and has(ctx, tmp):
+        if not ctx.admin.has(name) and ctx.admin.has(tmp):
             ctx.store.call(f"rename {tmp} to {name}", ctx.client.rename_collection, tmp, name)
-        drop(ctx, old)
+        ctx.admin.drop(old)
         return
     # Milvus Lite: copy back under the original name; the verified copy in tmp is the source of truth.
     ck = ctx.table.checkpoint(ctx.scope, key) or {}
     if ck.get("phase") != "copyback":
         ctx.table.set_checkpoint(ctx.scope, key, {**ck, "phase": "copyback"})
-    if has(ctx, name):
-        current = CollectionLayout.from_description(describe(ctx, name).get("description", ""))
-        same = current is not None and current.to_dict() == target.to_dict() and \
-            {f.name for f in extra_fields_of(describe(ctx, name), target)} == {f.name for f in extra}
+    if ctx.admin.has(name):
+        described = ctx.admin.describe(name)
+        current = ctx.admin.stored_layout(name, described)
+        same = current is not None and current == target and \
+            {f.name for f in extra_fields_of(described, target)} == {f.name for f in extra}
         if not same:  # still the old collection (its rows are all verified in tmp)
-            drop(ctx, name)
-    if not has(ctx, tmp):  # the copy-back finished and tmp was dropped already
+            ctx.admin.drop(name)
+    if not ctx.admin.has(tmp):  # the copy-back finished and tmp was dropped already
         return
-    if not has(ctx, name):
+    if not ctx.admin.has(name):
         create_main(ctx, target, name, extra, indexes)
     copy_rows(ctx, tmp, name, lambda rows: rows, key=key + ":copyback", batch_size=batch_size)
     verify_copy(ctx, tmp, name, {})
-    drop(ctx, tmp)
+    ctx.admin.drop(tmp)
 
 
 # ---------------------------------------------------------------------- PCA projections
-def save_pca(ctx: OpContext, layout: CollectionLayout, proj: PcaProjection) -> None:
-    """Store a fitted projection in ``<name>__pca`` (chunked base64, the layout module's format)."""
-    name = layout.pca_name
-    if not has(ctx, name):
-        ctx.store.call(f"create collection {name}", ctx.client.create_collection, name, schema=pca_schema(layout),
-                       index_params=placeholder_index_params(ctx.client), consistency_level="Strong")
-    ensure_loaded(ctx, name)
-    blob = proj.to_base64()
-    chunks = [blob[i:i + PCA_CHUNK_CHARS] for i in range(0, len(blob), PCA_CHUNK_CHARS)] or [""]
-    delete_pca(ctx, layout, proj.dim)
-    rows = [{"key": f"{proj.dim}/{i}", "dim": proj.dim, "chunk": i, "n_chunks": len(chunks), "data": c,
-             "placeholder": [0.0, 0.0]} for i, c in enumerate(chunks)]
-    ctx.store.call(f"write the PCA projection to {name}", ctx.client.upsert, name, rows)
-
-
-def load_pca(ctx: OpContext, layout: CollectionLayout, dim: int) -> PcaProjection | None:
-    name = layout.pca_name
-    if not has(ctx, name):
-        return None
-    ensure_loaded(ctx, name)
-    rows = ctx.store.call(f"read the PCA projection from {name}", ctx.client.query, name,
-                          filter=f"dim == {int(dim)}", output_fields=["chunk", "n_chunks", "data"],
-                          consistency_level="Strong")
-    if not rows:
-        return None
-    rows = sorted(rows, key=lambda r: r["chunk"])
-    import base64
-
-    return PcaProjection.from_bytes(base64.b64decode("".join(r["data"] for r in rows)))
-
-
-def delete_pca(ctx: OpContext, layout: CollectionLayout, dim: int) -> None:
-    name = layout.pca_name
-    if has(ctx, name):
-        ensure_loaded(ctx, name)
-        ctx.store.call(f"delete the PCA projection from {name}", ctx.client.delete, name, filter=f"dim == {int(dim)}")
+def _projections(ctx: OpContext, layout: CollectionLayout) -> DocumentStore:
+    """The store's projection storage for ``layout`` (its ``<name>__pca`` collection created and loaded)."""
+    ds = DocumentStore(ctx.store, layout)
+    ds.ensure_side_collections()
+    ctx.admin.load(layout.pca_name)
+    return ds
 
 
 def _sample_dense(ctx: OpContext, name: str, n: int) -> np.ndarray:
-    ids = all_ids(ctx, name)
+    ids = ctx.admin.ids(name)
     picked = sorted(random.Random(0).sample(ids, min(n, len(ids))))
-    rows = fetch(ctx, name, picked, [DENSE])
+    rows = ctx.admin.rows(name, picked, [DENSE])
     return np.asarray([r[DENSE] for r in rows], dtype=np.float32).reshape(len(rows), -1)
 
 
@@ -488,27 +394,24 @@ def execute(op: Op, ctx: OpContext) -> None:
 
 def _create_collection(op: CreateCollection, ctx: OpContext) -> None:
     """Through the store, which creates companion/projection collections first and the main one last."""
-    from ..store.documents import DocumentStore
-
     DocumentStore.create(ctx.store, op.layout, exist_ok=True)
-    ensure_loaded(ctx, op.layout.name)
+    ctx.admin.load(op.layout.name)
 
 
 def _drop_collection(op: DropCollection, ctx: OpContext) -> None:
-    layout = CollectionLayout.from_description(describe(ctx, op.name).get("description", "")) \
-        if has(ctx, op.name) else None
-    physical = _is_alias(ctx, op.name)
+    layout = ctx.admin.stored_layout(op.name) if ctx.admin.has(op.name) else None
+    physical = ctx.admin.alias_target(op.name)
     if physical is not None:
         ctx.store.call(f"drop alias {op.name}", ctx.client.drop_alias, op.name)
-        drop(ctx, physical)
-    drop(ctx, op.name)
+        ctx.admin.drop(physical)
+    ctx.admin.drop(op.name)
     if layout is not None:
-        drop(ctx, layout.companion_name)
-        drop(ctx, layout.pca_name)
+        ctx.admin.drop(layout.companion_name)
+        ctx.admin.drop(layout.pca_name)
 
 
 def _add_field(op: AddField, ctx: OpContext) -> None:
-    described = describe(ctx, op.collection)
+    described = ctx.admin.describe(op.collection)
     if any(f["name"] == op.field.name for f in described.get("fields", [])):
         return  # already there (rerun after a crash)
     if ctx.caps.lite:
@@ -527,20 +430,20 @@ def _add_field(op: AddField, ctx: OpContext) -> None:
         ctx.store.call(f"add field {op.collection}.{op.field.name}", ctx.client.add_collection_field,
                        op.collection, op.field.name, getattr(DataType, op.field.dtype), **kwargs)
         return
-    rebuild(ctx, op.collection, live_layout(ctx, op.collection), add=[op.field])
+    rebuild(ctx, op.collection, ctx.admin.layout(op.collection), add=[op.field])
 
 
 def _drop_field(op: DropField, ctx: OpContext) -> None:
-    described = describe(ctx, op.collection)
+    described = ctx.admin.describe(op.collection)
     if not any(f["name"] == op.field.name for f in described.get("fields", [])) and \
             not ctx.table.checkpoint(ctx.scope, ctx.key("rebuild")):
         return
-    rebuild(ctx, op.collection, live_layout(ctx, op.collection), remove=[op.field.name])
+    rebuild(ctx, op.collection, ctx.admin.layout(op.collection), remove=[op.field.name])
 
 
 def _layout_index(ctx: OpContext, coll: str, field_name: str) -> IndexSpec:
     """The index the collection's layout gives ``field_name`` (what ``index_type='layout'`` stands for)."""
-    params = main_index_params(live_layout(ctx, coll), ctx.client)
+    params = main_index_params(ctx.admin.layout(coll), ctx.client)
     for idx in params:
         if idx.field_name == field_name:
             configs = dict(getattr(idx, "_configs", None) or idx.params or {})
@@ -557,28 +460,20 @@ def _index_params(ctx: OpContext, spec: IndexSpec) -> Any:
     return params
 
 
-def _index_on(ctx: OpContext, coll: str, field_name: str) -> dict[str, Any] | None:
-    for idx in ctx.store.call(f"list indexes of {coll}", ctx.client.list_indexes, coll, field_name=field_name):
-        info = ctx.store.call(f"describe index {idx}", ctx.client.describe_index, coll, idx)
-        if info and info.get("field_name") == field_name:
-            return dict(info)
-    return None
-
-
 def _reload_if_indexed(ctx: OpContext, coll: str) -> None:
     """Load again when every vector field has an index (Milvus refuses to load otherwise)."""
-    fields = describe(ctx, coll).get("fields", [])
+    fields = ctx.admin.describe(coll).get("fields", [])
     vectors = [f["name"] for f in fields if "VECTOR" in getattr(f.get("type"), "name", str(f.get("type")))]
-    missing = [v for v in vectors if _index_on(ctx, coll, v) is None]
+    missing = [v for v in vectors if ctx.admin.index_on(coll, v) is None]
     if missing:
         log.warning("collection %s stays released: vector field(s) %s have no index", coll, ", ".join(missing))
         return
-    ensure_loaded(ctx, coll)
+    ctx.admin.load(coll)
 
 
 def _create_index(op: CreateIndex, ctx: OpContext) -> None:
     spec = _layout_index(ctx, op.collection, op.index.field) if op.index.index_type == LAYOUT_INDEX else op.index
-    current = _index_on(ctx, op.collection, spec.field)
+    current = ctx.admin.index_on(op.collection, spec.field)
     if current is not None and current.get("index_type") == spec.index_type and \
             (not spec.metric_type or current.get("metric_type") == spec.metric_type) and \
             all(str(current.get(k)) == str(v) for k, v in spec.params.items()):
@@ -593,7 +488,7 @@ def _create_index(op: CreateIndex, ctx: OpContext) -> None:
 
 
 def _drop_index(op: DropIndex, ctx: OpContext) -> None:
-    current = _index_on(ctx, op.collection, op.index.field)
+    current = ctx.admin.index_on(op.collection, op.index.field)
     if current is None:
         return
     ctx.store.call(f"release {op.collection}", ctx.client.release_collection, op.collection)
@@ -619,7 +514,7 @@ def _alter_properties(op: AlterProperties, ctx: OpContext) -> None:
 
 def _add_truncated(op: AddTruncatedDense, ctx: OpContext) -> None:
     ck = ctx.table.checkpoint(ctx.scope, ctx.key("rebuild"))
-    live = live_layout(ctx, op.collection)
+    live = ctx.admin.layout(op.collection)
     fname = truncated_field_name(op.dim)
     if ck is None and any(t.dim == op.dim for t in live.truncated):
         return  # applied before the crash that kept the revision open
@@ -631,7 +526,11 @@ def _add_truncated(op: AddTruncatedDense, ctx: OpContext) -> None:
         def derive(dense: np.ndarray) -> np.ndarray:
             return prefix_project(dense, op.dim)
     else:
-        proj = load_pca(ctx, target, op.dim)
+        projections = _projections(ctx, target)
+        try:
+            proj = projections.projection(op.dim)
+        except FailedPrecondition:  # a save cut short by a crash (incomplete parts): fit it again
+            proj = None
         if proj is None:
             sample = _sample_dense(ctx, op.collection, op.pca_sample)
             if len(sample) < op.dim:
@@ -639,14 +538,14 @@ def _add_truncated(op: AddTruncatedDense, ctx: OpContext) -> None:
                     f"{op.describe()}: fitting a {op.dim}-d PCA needs at least {op.dim} stored rows, "
                     f"{op.collection} has {len(sample)}; load documents first or use projection='prefix'")
             proj = fit_pca(sample, op.dim)
-            save_pca(ctx, target, proj)
+            projections.set_projection(op.dim, proj, replace=True)
         derive = proj.project
     rebuild(ctx, op.collection, target, derive={fname: derive})
 
 
 def _drop_truncated(op: DropTruncatedDense, ctx: OpContext) -> None:
     ck = ctx.table.checkpoint(ctx.scope, ctx.key("rebuild"))
-    live = live_layout(ctx, op.collection)
+    live = ctx.admin.layout(op.collection)
     if ck is None and not any(t.dim == op.dim for t in live.truncated):
         return
     if ck is not None and ck.get("phase") == "done":
@@ -654,14 +553,14 @@ def _drop_truncated(op: DropTruncatedDense, ctx: OpContext) -> None:
     target = dataclasses.replace(live, truncated=tuple(t for t in live.truncated if t.dim != op.dim))
     rebuild(ctx, op.collection, target)
     if op.projection == "pca":
-        delete_pca(ctx, target, op.dim)
+        DocumentStore(ctx.store, target).drop_projection(op.dim)
 
 
 def _rebuild_collection(op: RebuildCollection, ctx: OpContext) -> None:
     target = op.layout.resolved(ctx.caps)
-    live = live_layout(ctx, target.name)
+    live = ctx.admin.layout(target.name)
     ck = ctx.table.checkpoint(ctx.scope, ctx.key("rebuild"))
-    if ck is None and live.to_dict() == target.to_dict():
+    if ck is None and live == target:
         return
     if live.dense_dim != target.dense_dim:
         raise FailedPrecondition(
@@ -673,8 +572,12 @@ def _rebuild_collection(op: RebuildCollection, ctx: OpContext) -> None:
         if t.dim not in have:
             if t.projection != "prefix":
                 raise FailedPrecondition(f"{op.describe()}: use add_truncated_dense for a new PCA field dense_{t.dim}")
-            derive[t.name] = (lambda d, dim=t.dim: prefix_project(d, dim))
+            derive[t.name] = functools.partial(_prefix, dim=t.dim)
     rebuild(ctx, target.name, target, derive=derive, batch_size=op.batch_size)
+
+
+def _prefix(dense: np.ndarray, dim: int) -> np.ndarray:
+    return prefix_project(dense, dim)
 
 
 def _run_python(op: RunPython, ctx: OpContext) -> None:

@@ -31,12 +31,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConsistencyError, FailedPrecondition, Unavailable
+from ..limits import MILVUS_MAX_TOPK
 from ..store.documents import literal
 
 log = logging.getLogger(__name__)
 
 SYSTEM_COLLECTION = "mee_migrations"
-_QUERY_LIMIT = 16384
+_QUERY_LIMIT = MILVUS_MAX_TOPK
 
 
 def whoami() -> str:
@@ -138,11 +139,18 @@ class SystemTable:
         return {r["revision"]: r for r in self.rows("applied", scope)}
 
     def mark_applied(self, scope: str, revision: str, checksum: str, duration_s: float, by: str,
-                     script: str, applied_at: float | None = None) -> None:
-        self.put(f"applied:{scope}:{revision}", "applied", scope, {
+                     script: str, applied_at: float | None = None, *, schema: dict[str, Any] | None = None,
+                     applied_set: list[str] | None = None) -> None:
+        """Record ``revision`` as applied. ``schema`` is the resolved schema the revisions applied so far
+        (``applied_set``, this one included) produced: ``migrate check`` compares the live one with it."""
+        payload: dict[str, Any] = {
             "revision": revision, "checksum": checksum, "applied_at": applied_at or time.time(),
             "duration_s": round(duration_s, 3), "by": by, "script": script,
-        })
+        }
+        if schema is not None:
+            payload["schema"] = schema
+            payload["applied_set"] = sorted(applied_set or [])
+        self.put(f"applied:{scope}:{revision}", "applied", scope, payload)
 
     def unmark_applied(self, scope: str, revision: str) -> None:
         self.delete([f"applied:{scope}:{revision}"])

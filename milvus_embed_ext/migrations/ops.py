@@ -80,6 +80,23 @@ class CollectionModel:
 SchemaModel = dict[str, CollectionModel]
 
 
+def model_to_dict(model: SchemaModel) -> dict[str, Any]:
+    """A schema model as JSON-able data (what the history records for an applied revision)."""
+    return {name: {"layout": dict(c.layout),
+                   "extra_fields": {k: f.to_dict() for k, f in c.extra_fields.items()},
+                   "indexes": {k: None if i is None else i.to_dict() for k, i in c.indexes.items()},
+                   "properties": dict(c.properties)}
+            for name, c in model.items()}
+
+
+def model_from_dict(data: dict[str, Any]) -> SchemaModel:
+    return {name: CollectionModel(layout=dict(c["layout"]),
+                                  extra_fields={k: FieldSpec.from_dict(f) for k, f in c.get("extra_fields", {}).items()},
+                                  indexes={k: None if i is None else IndexSpec(**i) for k, i in c.get("indexes", {}).items()},
+                                  properties={str(k): str(v) for k, v in c.get("properties", {}).items()})
+            for name, c in data.items()}
+
+
 def _require(model: SchemaModel, name: str, op: Op) -> CollectionModel:
     if name not in model:
         raise InvalidArgument(f"{op.describe()}: collection {name!r} does not exist at this point of the history")
@@ -419,9 +436,12 @@ def replay(ops_by_revision: list[list[Op]], model: SchemaModel | None = None) ->
 class Operations:
     """The ``op`` handed to ``upgrade(op)``/``downgrade(op)``: each call records one op, nothing runs.
 
-    ``op.collection`` is the collection being migrated (``Settings.collection``), ``op.settings`` the
-    settings, and ``op.layout(**changes)`` the default layout for it, so the same scripts serve any
-    collection name and model size.
+    ``op.collection`` is the collection being migrated (``Settings.collection``) and ``op.layout(**params)``
+    a layout built only from what the script states (over :class:`CollectionLayout`'s own defaults), so the
+    same scripts serve any collection name and give every environment the same schema. The one input a
+    script may take from its environment is ``op.dense_dim``: the width of the collection the earlier
+    revisions created, or, before any, of the model being served; the history records the resolved layout
+    each applied revision produced. ``op.settings`` stays available to ``run_python`` code.
     """
 
     def __init__(self, collection: str, settings: Any = None, dense_dim: int | None = None,
@@ -435,20 +455,25 @@ class Operations:
 
     @property
     def dense_dim(self) -> int:
+        """The collection's dense width as the earlier revisions left it; before any, the served model's."""
         if self._dense_dim is None:
-            from .context import dense_dim_for_model
+            if self.collection in self.model:
+                self._dense_dim = int(self.model[self.collection].layout["dense_dim"])
+            else:
+                from .context import dense_dim_for_model
 
-            self._dense_dim = dense_dim_for_model(self.settings)
+                self._dense_dim = dense_dim_for_model(self.settings)
         return self._dense_dim
 
-    def layout(self, name: str | None = None, **changes: Any) -> CollectionLayout:
+    def layout(self, name: str | None = None, **params: Any) -> CollectionLayout:
+        """A layout from the script's own ``params`` (codec, index type, truncated fields...) over
+        :class:`CollectionLayout`'s defaults; never from today's settings. ``dense_dim`` defaults to
+        :attr:`dense_dim`."""
         from ..store.layout import CollectionLayout
 
-        values: dict[str, Any] = {"name": name or self.collection, "dense_dim": self.dense_dim}
-        if self.settings is not None:
-            values["colbert_codec"] = self.settings.colbert_codec
-            values["index_type"] = self.settings.index_type
-        values.update(changes)
+        values: dict[str, Any] = {"name": name or self.collection, **params}
+        if "dense_dim" not in values:
+            values["dense_dim"] = self.dense_dim
         return CollectionLayout(**values)
 
     def current_layout(self, name: str | None = None) -> CollectionLayout:

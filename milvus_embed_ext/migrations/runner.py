@@ -17,10 +17,11 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import FailedPrecondition, InvalidArgument
-from .executor import OpContext, RunHooks, describe, execute, extra_fields_of, has
+from ..store.admin import CollectionAdmin
+from .executor import OpContext, RunHooks, execute, extra_fields_of
 from .graph import RevisionGraph
 from .history import LockInfo, SystemTable, whoami
-from .ops import CollectionModel, Op, Operations, SchemaModel
+from .ops import CollectionModel, Op, Operations, SchemaModel, model_from_dict, model_to_dict
 from .script import Script, builtin_migrations_dir, load_scripts, resolve_migrations_dir, write_revision
 from .shards import MAX_SHARDS, ShardSettings
 
@@ -136,6 +137,7 @@ class PlanStep:
     direction: str
     message: str
     ops: list[Op]
+    model: SchemaModel | None = None  # the schema after an upgrade step (None for a downgrade step)
 
     def lines(self) -> list[str]:
         arrow = "upgrade" if self.direction == UP else "downgrade"
@@ -159,7 +161,7 @@ def _steps(cfg: MigrationConfig, env: Environment, applied: set[str], target: st
         model = model_at(cfg, env, applied)
         for rev in env.graph.upgrade_path(applied, target):
             ops, model = upgrade_ops(cfg, env, rev, model)
-            steps.append(PlanStep(rev, UP, env.scripts[rev].message, ops))
+            steps.append(PlanStep(rev, UP, env.scripts[rev].message, ops, copy.deepcopy(model)))
         return steps
     current = set(applied)
     for rev in env.graph.downgrade_path(applied, target):
@@ -186,8 +188,27 @@ def plan(config: MigrationConfig | Settings, target: str = "head", *, store: Any
 
 
 # ---------------------------------------------------------------------- upgrade / downgrade / stamp
+def resolved_schema(model: SchemaModel, caps: Any) -> dict[str, Any]:
+    """The schema a model describes with every layout resolved against the backend (what the history records)."""
+    from ..store.layout import CollectionLayout
+
+    out = model_to_dict(model)
+    for coll in out.values():
+        coll["layout"] = CollectionLayout.from_dict(coll["layout"]).resolved(caps).to_dict()
+    return out
+
+
+def recorded_schema(applied: dict[str, dict[str, Any]]) -> SchemaModel | None:
+    """The schema the history recorded for exactly the applied revisions, or None when no record covers them
+    (revisions stamped, applied by an older version, or a branch downgraded since)."""
+    for rec in sorted(applied.values(), key=lambda r: float(r.get("applied_at") or 0), reverse=True):
+        if "schema" in rec and sorted(rec.get("applied_set") or []) == sorted(applied):
+            return model_from_dict(rec["schema"])
+    return None
+
+
 def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step: PlanStep, script: Script,
-              hooks: RunHooks, by: str) -> None:
+              hooks: RunHooks, by: str, applied: set[str]) -> None:
     scope, rev, direction = cfg.scope, step.revision, step.direction
     other = DOWN if direction == UP else UP
     table.clear_progress(scope, rev, other)  # stale leftovers of an earlier, finished run
@@ -213,8 +234,12 @@ def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step
         lock.refresh()
     duration = time.monotonic() - started
     if direction == UP:
-        table.mark_applied(scope, rev, script.checksum, duration, by, script.path.name)
+        applied.add(rev)
+        schema = resolved_schema(step.model, st.capabilities) if step.model is not None else None
+        table.mark_applied(scope, rev, script.checksum, duration, by, script.path.name, schema=schema,
+                           applied_set=sorted(applied))
     else:
+        applied.discard(rev)
         table.unmark_applied(scope, rev)
     table.append_log(scope, "upgrade" if direction == UP else "downgrade", rev, script.checksum, duration, by)
     table.clear_progress(scope, rev, direction)
@@ -231,7 +256,7 @@ def _migrate(cfg: MigrationConfig, target: str, direction: str, store: Any | Non
             applied = set(table.applied(cfg.scope))  # read under the lock: another run may have just finished
             steps = _steps(cfg, env, applied, target, direction)
             for step in steps:
-                _run_step(cfg, st, table, lock, step, env.scripts[step.revision], hooks, by)
+                _run_step(cfg, st, table, lock, step, env.scripts[step.revision], hooks, by, applied)
     return [s.revision for s in steps]
 
 
@@ -343,18 +368,18 @@ class CheckReport:
 def _schema_drift(cfg: MigrationConfig, st: Any, model: SchemaModel) -> list[str]:
     from ..store.layout import CollectionLayout, schema_problems
 
-    ctx = OpContext(st, cfg.settings, _table(cfg, st), cfg.scope, "check", "check", 0)
+    admin = CollectionAdmin(st)
     problems: list[str] = []
     for name, coll in sorted(model.items()):
         expected = CollectionLayout.from_dict(coll.layout).resolved(st.capabilities)
-        if not has(ctx, name):
+        if not admin.has(name):
             problems.append(f"collection {name} is missing (the revisions create it)")
             continue
-        described = describe(ctx, name)
-        live = CollectionLayout.from_description(described.get("description", ""))
+        described = admin.describe(name)
+        live = admin.stored_layout(name, described)
         if live is None:
             problems.append(f"collection {name} has no milvus-embed layout in its description")
-        elif live.to_dict() | {"extra": {}} != expected.to_dict() | {"extra": {}}:
+        elif live != expected:
             a, b = live.to_dict(), expected.to_dict()
             diffs = [f"{k}: live {a.get(k)!r}, revisions {b.get(k)!r}" for k in sorted(set(a) | set(b))
                      if k != "extra" and a.get(k) != b.get(k)]
@@ -370,18 +395,14 @@ def _schema_drift(cfg: MigrationConfig, st: Any, model: SchemaModel) -> list[str
         for fname in (*expected.dense_fields, "sparse"):
             if fname in coll.indexes:
                 continue  # a revision set this field's index: compared below
-            from .executor import _index_on
-
-            idx = _index_on(ctx, name, fname)
+            idx = admin.index_on(name, fname)
             if idx is None:
                 problems.append(f"collection {name}: field {fname} has no index (the layout gives it one)")
             elif fname != "sparse" and idx.get("index_type") != expected.index_type:
                 problems.append(f"collection {name}: index on {fname} is {idx.get('index_type')}, "
                                 f"the layout says {expected.index_type}")
         for fname, spec in sorted(coll.indexes.items()):
-            from .executor import _index_on
-
-            idx = _index_on(ctx, name, fname)
+            idx = admin.index_on(name, fname)
             if spec is None and idx is not None:
                 problems.append(f"collection {name}: field {fname} has an index the revisions dropped")
             elif spec is not None and (idx is None or idx.get("index_type") != spec.index_type):
@@ -420,7 +441,10 @@ def check(config: MigrationConfig | Settings, *, store: Any | None = None) -> Ch
         except FailedPrecondition as exc:
             problems.append(str(exc))
         else:
-            problems += _schema_drift(cfg, st, model_at(cfg, env, known))
+            # the schema the applied revisions recorded when they ran; replayed from the scripts only for a
+            # history without that record (revisions stamped, or applied by an older version)
+            recorded = recorded_schema(applied) if not unknown else None
+            problems += _schema_drift(cfg, st, recorded if recorded is not None else model_at(cfg, env, known))
         pending = env.graph.pending(known)
         if not applied:
             notes.append(f"{cfg.scope} is not migrated yet: run `milvus-embed migrate upgrade`")
@@ -488,7 +512,8 @@ def new_revision(config: MigrationConfig | Settings, message: str, *, merge: boo
             "create a merge revision with `milvus-embed migrate revision --merge -m MSG`")
     if merge and len(current_heads) < 2:
         raise InvalidArgument("--merge needs at least two heads; there is nothing to merge")
-    return write_revision(cfg.directory, message, tuple(current_heads), revision=revision_id)
+    params = {"colbert_codec": cfg.settings.colbert_codec, "index_type": cfg.settings.index_type}
+    return write_revision(cfg.directory, message, tuple(current_heads), revision=revision_id, layout=params)
 
 
 def unlock(config: MigrationConfig | Settings, *, force: bool = False, store: Any | None = None) -> list[LockInfo]:

@@ -12,7 +12,7 @@ import importlib.util
 import re
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +25,14 @@ _REVISION_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def builtin_migrations_dir() -> Path:
-    """The project's own revisions, shipped inside the package (a copy of the top-level ``migrations/``)."""
-    return Path(__file__).resolve().parent.parent / "migrations_builtin"
+    """The project's own revisions: the top-level ``migrations/`` folder of a source checkout (editable
+    installs included), which a wheel ships as ``milvus_embed_ext/migrations_builtin`` (pyproject's
+    package-dir). Found by path, next to this package, never through the import system: another checkout's
+    folder must not be picked up."""
+    package = Path(__file__).resolve().parent.parent
+    shipped = package / "migrations_builtin"
+    # (a folder of only __pycache__, left by an older checkout, is not the shipped copy)
+    return shipped if any(shipped.glob("*.py")) else package.parent / "migrations"
 
 
 def resolve_migrations_dir(migrations_dir: str | Path | None) -> Path:
@@ -144,6 +150,11 @@ Created: {created}
 revision = {revision!r}
 down_revision = {down_revision!r}
 
+# This revision's layout parameters, filled from the settings when `migrate revision` wrote the script. They
+# are part of its text, so every environment that applies it gets the same schema: change them here, never
+# in the environment. Use them as op.layout(**LAYOUT) (add truncated=..., store_text=... as needed).
+LAYOUT = {layout!r}
+
 
 def upgrade(op):
     """Record the operations that move the schema forward; `milvus-embed migrate plan` prints them."""
@@ -167,8 +178,10 @@ def write_revision(
     down_revisions: tuple[str, ...],
     revision: str | None = None,
     now: datetime | None = None,
+    layout: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a new script from the template; returns its path."""
+    """Write a new script from the template; returns its path. ``layout`` holds the parameters the script
+    states (the settings' codec and index type, when :func:`new_revision` calls it)."""
     directory = Path(directory)
     if not message.strip():
         raise InvalidArgument("a revision needs a message: `milvus-embed migrate revision -m 'what it does'`")
@@ -189,6 +202,7 @@ def write_revision(
             revises=", ".join(down_revisions) or "(base)",
             created=created,
             down_revision=down,
+            layout=dict(layout or {}),
         ),
         encoding="utf-8",
     )

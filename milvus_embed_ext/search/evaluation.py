@@ -27,13 +27,14 @@ def brute_force_scores(
     n = len(corpus)
     for rep in representations:
         if rep == "dense":
-            out[rep] = np.asarray(dense_score(query.dense[0], corpus.dense), dtype=np.float64).reshape(n)
+            out[rep] = np.asarray(dense_score(query.need_dense()[0], corpus.need_dense()),
+                                  dtype=np.float64).reshape(n)
         elif rep == "sparse":
-            q = query.sparse[0]
-            out[rep] = np.array([lexical_score(q, p) for p in corpus.sparse], dtype=np.float64)
+            q = query.need_sparse()[0]
+            out[rep] = np.array([lexical_score(q, p) for p in corpus.need_sparse()], dtype=np.float64)
         elif rep == "colbert":
-            q = query.colbert[0]
-            out[rep] = np.array([colbert_score(q, p) for p in corpus.colbert], dtype=np.float64)
+            qc = query.need_colbert()[0]
+            out[rep] = np.array([colbert_score(qc, p) for p in corpus.need_colbert()], dtype=np.float64)
         else:
             raise ValueError(f"unknown representation {rep!r}")
     return out
@@ -51,7 +52,7 @@ def brute_force_m3(
     scores = brute_force_scores(query, corpus, representations)
     w = {r: float(weights[REPRESENTATIONS.index(r)]) for r in representations}
     total = sum(w.values())
-    fused = sum(w[r] * scores[r] for r in representations) / total
+    fused = np.asarray(sum(w[r] * scores[r] for r in representations), dtype=np.float64) / total
     return fusion.order(dict(zip(ids, fused.tolist(), strict=True)))[:k]
 
 

@@ -32,11 +32,12 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 
 from ..errors import InvalidArgument
+from ..limits import NORMALIZATIONS
 
 Ranking = list[tuple[str, float]]
 """A fused result: ``(id, score)`` pairs, best first, ties by id ascending."""
 
-NORMS = ("minmax", "arctan", "arctan_pos", "none")
+NORMS = (*NORMALIZATIONS, "none")
 DEGENERATE_SCORE = 0.5
 
 

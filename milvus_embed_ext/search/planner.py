@@ -46,6 +46,7 @@ from ..errors import (
     MilvusEmbedError,
     Unavailable,
 )
+from ..limits import DEFAULT_MAX_TOP_K, FUSIONS, MILVUS_MAX_TOPK, NORMALIZATIONS, REPRESENTATIONS, ROUTES
 from ..store.documents import Candidate
 from . import crossencoder, rescore
 from . import fusion as fusion_fns
@@ -54,17 +55,8 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..encoder import M3Output
 
-REPRESENTATIONS = ("dense", "sparse", "colbert")
-"""Stage-2 exact scores, in FlagEmbedding's weight order."""
-ROUTES = ("dense_truncated", "sparse", "dense")
-"""Stage-1 candidate sources."""
-FUSIONS = ("m3", "rrf", "weighted", "dbsf")
-NORMALIZATIONS = ("minmax", "arctan", "arctan_pos")
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)
 DEFAULT_DEPTH = 100
-DEFAULT_MAX_TOP_K = 1000
-MILVUS_MAX_TOPK = 16384
-"""Milvus rejects searches whose limit (offset included) exceeds this."""
 OUTPUT_FIELDS = ("text", "metadata")
 SEARCH_THREADS = 16
 """Threads for stage-1 Milvus calls, shared by concurrent searches (each route is one blocking call)."""

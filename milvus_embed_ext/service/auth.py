@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from ..config import Settings
-from ..errors import InvalidArgument
+from ..wire.tls import read_pem
 
 OPEN_SERVICE_PREFIXES = ("/grpc.health.v1.Health/",)
 UNAUTHENTICATED_MESSAGE = "missing or invalid API key: send metadata 'authorization: Bearer <key>'"
@@ -87,34 +86,13 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return _denying_handler(handler)
 
 
-def _read(path: str, what: str) -> bytes:
-    p = Path(path)
-    try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {what} {p}: {exc.strerror}; check the path and its permissions") from None
-
-
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS (or mutual TLS with ``tls_client_ca``) credentials, or None for plaintext."""
     if not settings.tls_cert:
         return None
-    cert = _read(settings.tls_cert, "tls_cert (MEE_TLS_CERT)")
-    key = _read(settings.tls_key, "tls_key (MEE_TLS_KEY)")
-    client_ca = _read(settings.tls_client_ca, "tls_client_ca (MEE_TLS_CLIENT_CA)") if settings.tls_client_ca else None
+    cert = read_pem(settings.tls_cert, "tls_cert (MEE_TLS_CERT)")
+    key = read_pem(settings.tls_key, "tls_key (MEE_TLS_KEY)")
+    client_ca = read_pem(settings.tls_client_ca, "tls_client_ca (MEE_TLS_CLIENT_CA)") if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
-def channel_credentials(
-    ca: str | None = None, cert: str | None = None, key: str | None = None
-) -> grpc.ChannelCredentials:
-    """Client TLS credentials: ``ca`` to verify the server (system roots when None), cert/key for mTLS."""
-    if bool(cert) != bool(key):
-        raise InvalidArgument("client TLS needs both a certificate and a key (mutual TLS), or neither")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "TLS CA file") if ca else None,
-        private_key=_read(key, "client TLS key") if key else None,
-        certificate_chain=_read(cert, "client TLS certificate") if cert else None,
     )

@@ -23,14 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..contracts import TextEncoder
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 log = logging.getLogger("milvus_embed_ext.service.batcher")
-
-
-class _Encoder(Protocol):
-    def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = True,
-               truncate_dims: Sequence[int] = (), max_length: int | None = None) -> Any: ...
 
 
 class _BatchMetrics(Protocol):
@@ -70,7 +66,7 @@ def estimate_tokens(text: str, max_length: int) -> int:
 class Batcher:
     """Owns the encoder thread. Use ``await start()``, ``await encode(...)``, ``await stop()``."""
 
-    def __init__(self, encoder: _Encoder, *, token_budget: int, max_batch: int, max_wait_ms: float,
+    def __init__(self, encoder: TextEncoder, *, token_budget: int, max_batch: int, max_wait_ms: float,
                  max_queue: int, max_length: int, metrics: _BatchMetrics | None = None,
                  executor: ThreadPoolExecutor | None = None) -> None:
         self.encoder = encoder

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import InvalidArgument
+from .validation import parse_json_object
 
 SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--listen": ("listen", str, "gRPC listen address host:port (MEE_LISTEN, default 127.0.0.1:50051)"),
@@ -179,13 +180,8 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
         for lineno, line in enumerate(stream, 1):
             if not line.strip():
                 continue
-            try:
-                doc = json.loads(line)
-            except ValueError as exc:
-                raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({exc.msg}); one document object per line") from None
-            if not isinstance(doc, dict):
-                raise InvalidArgument(f"{path}:{lineno}: expected an object {{\"id\",\"text\",\"metadata\"}}")
-            yield doc
+            yield parse_json_object(line, f"{path}:{lineno}", fix="write one document object per line",
+                                    example='{"id": ..., "text": ..., "metadata": ...}')
 
 
 def _count_documents(path: str) -> int | None:

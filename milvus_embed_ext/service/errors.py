@@ -1,4 +1,5 @@
-"""The ONE place where domain errors become gRPC status codes (and back, for the client).
+"""Where the service turns any exception into a gRPC status (the code table itself is
+:mod:`milvus_embed_ext.wire.status`, shared with the client).
 
 Handlers raise domain errors from :mod:`milvus_embed_ext.errors`; :func:`to_status` turns any
 exception into ``(code, message)``. Unexpected exceptions become INTERNAL with a generic message and
@@ -16,36 +17,9 @@ from collections.abc import Iterable
 import grpc
 
 from .. import errors as e
+from ..wire.status import CODE_TO_DOMAIN, DOMAIN_TO_CODE, code_of, from_rpc_error
 
 log = logging.getLogger("milvus_embed_ext.service")
-
-# Most specific first (isinstance is checked in order).
-DOMAIN_TO_CODE: tuple[tuple[type[e.MilvusEmbedError], grpc.StatusCode], ...] = (
-    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (e.NotFound, grpc.StatusCode.NOT_FOUND),
-    (e.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (e.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (e.ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
-    (e.ConsistencyError, grpc.StatusCode.ABORTED),
-)
-
-CODE_TO_DOMAIN: dict[grpc.StatusCode, type[e.MilvusEmbedError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: e.InvalidArgument,
-    grpc.StatusCode.OUT_OF_RANGE: e.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: e.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: e.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: e.FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: e.Unavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: e.ResourceExhausted,
-    grpc.StatusCode.DEADLINE_EXCEEDED: e.DeadlineExceeded,
-    grpc.StatusCode.UNAUTHENTICATED: e.Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: e.Unauthenticated,
-    grpc.StatusCode.ABORTED: e.ConsistencyError,
-}
 
 
 def _scrub(message: str, secrets: Iterable[str]) -> str:
@@ -67,9 +41,9 @@ def _is_milvus_connection_error(exc: BaseException) -> bool:
 def to_status(exc: BaseException, *, rpc: str = "", secrets: Iterable[str] = ()) -> tuple[grpc.StatusCode, str]:
     """Status code and client-safe message for an exception raised while serving ``rpc``."""
     secrets = tuple(secrets)
-    for cls, code in DOMAIN_TO_CODE:
-        if isinstance(exc, cls):
-            return code, _scrub(str(exc), secrets) or cls.__name__
+    code = code_of(exc)
+    if code is not None:
+        return code, _scrub(str(exc), secrets) or type(exc).__name__
     if isinstance(exc, e.MilvusEmbedError):  # a domain error without its own code
         return grpc.StatusCode.UNKNOWN, _scrub(str(exc), secrets) or type(exc).__name__
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
@@ -84,17 +58,6 @@ def to_status(exc: BaseException, *, rpc: str = "", secrets: Iterable[str] = ())
         extra={"error_id": error_id, "rpc": rpc, "traceback": trace},
     )
     return grpc.StatusCode.INTERNAL, f"internal error (error_id={error_id}); the server log has the details"
-
-
-def from_rpc_error(err: grpc.RpcError) -> e.MilvusEmbedError:
-    """Client side: the domain error for a failed call (unknown codes become Unavailable/MilvusEmbedError)."""
-    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
-    details = err.details() if callable(getattr(err, "details", None)) else str(err)
-    message = f"{details} [{code.name}]"
-    cls = CODE_TO_DOMAIN.get(code, e.MilvusEmbedError)
-    out = cls(message)
-    out.grpc_code = code  # type: ignore[attr-defined]
-    return out
 
 
 __all__ = ["to_status", "from_rpc_error", "DOMAIN_TO_CODE", "CODE_TO_DOMAIN"]

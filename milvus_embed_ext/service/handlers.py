@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,9 +17,11 @@ import grpc
 import numpy as np
 
 from ..config import Settings
+from ..contracts import DocumentsBackend, MilvusBackend, ServedEncoder
 from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from . import codec
-from ._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
+from ..limits import DEFAULT_TOP_K
+from ..wire import codec
+from ..wire._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
 from .batcher import Batcher, RerankBatcher, RerankBatchResult
 from .validation import (
     check_enum,
@@ -43,16 +45,21 @@ OUTPUT_NAMES = {v.number: v.name for v in embedder_pb2.DESCRIPTOR.enum_types_by_
 DTYPE_NAMES = {v.number: v.name for v in common_pb2.DESCRIPTOR.enum_types_by_name["DType"].values}
 
 
+def _add_stage_time(stages: dict[str, float], stage: str, started: float, _done: Any = None) -> None:
+    """Add the time since ``started`` to ``stages[stage]`` (a done-callback of an overlapped write)."""
+    stages[stage] = stages.get(stage, 0.0) + _ms(time.perf_counter() - started)
+
+
 @dataclass
 class Runtime:
     """What the handlers share; the server fills it in as the model and Milvus come up."""
 
     settings: Settings
     store_executor: ThreadPoolExecutor
-    encoder: Any = None          # M3Encoder once loaded
+    encoder: ServedEncoder | None = None   # the M3Encoder once loaded
     batcher: Batcher | None = None
-    store: Any = None            # MilvusStore once Milvus answers
-    doc_stores: dict[str, Any] = field(default_factory=dict)
+    store: MilvusBackend | None = None     # the MilvusStore once Milvus answers
+    doc_stores: dict[str, DocumentsBackend] = field(default_factory=dict)
     metrics: Any = None          # ServiceMetrics (search stage latency)
     reranker: Any = None         # Reranker once loaded; stays None unless MEE_RERANKER_MODEL is set
     rerank_batcher: RerankBatcher | None = None
@@ -81,12 +88,12 @@ class Runtime:
         """THE core rerank call (gRPC Rerank, HTTP /rerank): one score per passage, checked and batched."""
         return (await self.rerank_detailed(query, passages, normalize, timeout=timeout)).scores
 
-    def require_encoder(self) -> tuple[Any, Batcher]:
+    def require_encoder(self) -> tuple[ServedEncoder, Batcher]:
         if self.encoder is None or self.batcher is None:
             raise Unavailable("the model is still loading; wait until grpc health reports SERVING and retry")
         return self.encoder, self.batcher
 
-    def require_store(self) -> Any:
+    def require_store(self) -> MilvusBackend:
         if self.store is None:
             raise Unavailable("Milvus is not connected yet (or unreachable); wait for health SERVING and retry")
         return self.store
@@ -155,8 +162,8 @@ class EmbedderHandlers:
         out = result.output
         resp = embedder_pb2.EmbedResponse(
             token_counts=[int(c) for c in out.token_counts],
-            model=str(getattr(encoder, "model_id", "")),
-            model_fingerprint=str(getattr(encoder, "fingerprint", "")),
+            model=str(encoder.model_id),
+            model_fingerprint=str(encoder.fingerprint),
         )
         dtype = req.dtype or common_pb2.DTYPE_FLOAT32
         if embedder_pb2.OUTPUT_DENSE in outputs:
@@ -206,7 +213,7 @@ class DocumentsHandlers:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> Any:
+    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> Any:  # a DocumentsBackend
         """The DocumentStore of ``name`` (default collection when empty); NotFound when absent."""
         from ..store import DocumentStore
 
@@ -296,8 +303,7 @@ class DocumentsHandlers:
                     await pending  # the previous chunk's write, overlapped with this chunk's encoding
                 t = time.perf_counter()
                 pending = asyncio.ensure_future(in_store_thread(self.rt, context, write))
-                pending.add_done_callback(
-                    lambda _f, t=t: stages.__setitem__("write", stages.get("write", 0.0) + _ms(time.perf_counter() - t)))
+                pending.add_done_callback(functools.partial(_add_stage_time, stages, "write", t))
                 upserted += len(docs)
                 tokens += n_tokens
                 offset += len(docs)
@@ -367,11 +373,16 @@ _ROUTE_OF = {search_pb2.REPRESENTATION_DENSE: "dense", search_pb2.REPRESENTATION
              search_pb2.REPRESENTATION_DENSE_TRUNCATED: "dense_truncated"}
 _RESCORE_OF = {search_pb2.REPRESENTATION_DENSE: "dense", search_pb2.REPRESENTATION_SPARSE: "sparse",
                search_pb2.REPRESENTATION_COLBERT: "colbert"}
-_FUSION_OF = {search_pb2.FUSION_METHOD_M3: "m3", search_pb2.FUSION_METHOD_RRF: "rrf",
-              search_pb2.FUSION_METHOD_WEIGHTED: "weighted", search_pb2.FUSION_METHOD_DBSF: "dbsf"}
-_NORM_OF = {search_pb2.NORMALIZATION_MINMAX: "minmax", search_pb2.NORMALIZATION_ARCTAN: "arctan",
-            search_pb2.NORMALIZATION_ARCTAN_POS: "arctan_pos"}
-DEFAULT_TOP_K = 10
+_FUSION_OF = codec.FUSION_NAME
+_NORM_OF = codec.NORMALIZATION_NAME
+
+
+def _representations(values: Any, allowed: Mapping[Any, str], field: str, why: str) -> tuple[str, ...]:
+    """The planner's names for wire representations, each once; InvalidArgument for one ``field`` cannot use."""
+    bad = [REP_NAMES[c] for c in values if c not in allowed]
+    if bad:
+        raise InvalidArgument(f"{field} cannot use {bad}: {why}")
+    return tuple(dict.fromkeys(allowed[c] for c in values))
 
 
 def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
@@ -386,17 +397,12 @@ def plan_overrides(req: search_pb2.HybridSearchRequest) -> dict[str, Any]:
             raise InvalidArgument("plan.rescore and its deprecated alias plan.rerank disagree; send plan.rescore only")
         rescore = p.rescore or p.rerank  # plan.rerank: the old name, accepted for one release
         if p.candidates:
-            bad = [REP_NAMES[c] for c in p.candidates if c not in _ROUTE_OF]
-            if bad:
-                raise InvalidArgument(f"plan.candidates cannot use {bad}: ColBERT only re-scores; use DENSE, "
-                                      "SPARSE or DENSE_TRUNCATED")
-            out["routes"] = tuple(dict.fromkeys(_ROUTE_OF[c] for c in p.candidates))
+            out["routes"] = _representations(p.candidates, _ROUTE_OF, "plan.candidates",
+                                             "ColBERT only re-scores; use DENSE, SPARSE or DENSE_TRUNCATED")
         if rescore:
-            bad = [REP_NAMES[c] for c in rescore if c not in _RESCORE_OF]
-            if bad:
-                raise InvalidArgument(f"plan.rescore cannot use {bad}: a truncated field only finds candidates; use "
-                                      "DENSE, SPARSE or COLBERT")
-            out["representations"] = tuple(dict.fromkeys(_RESCORE_OF[c] for c in rescore))
+            out["representations"] = _representations(rescore, _RESCORE_OF, "plan.rescore",
+                                                      "a truncated field only finds candidates; use DENSE, SPARSE "
+                                                      "or COLBERT")
         if p.candidate_k:
             out["depth"] = int(p.candidate_k)
         if p.truncate_dim:

@@ -12,11 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,17 +23,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ..config import Settings, redact_uri
+from ..config import Settings
+from ..encoder.factory import load_encoder
 from ..errors import (
     FailedPrecondition,
     InvalidArgument,
     MilvusEmbedError,
-    ModelLoadError,
     ResourceExhausted,
     Unavailable,
 )
+from ..wire._generated import documents_pb2, embedder_pb2, search_pb2
 from . import auth
-from ._generated import documents_pb2, embedder_pb2, search_pb2
 from .batcher import Batcher, RerankBatcher
 from .errors import to_status
 from .handlers import DocumentsHandlers, EmbedderHandlers, Runtime, SearchHandlers
@@ -47,53 +45,6 @@ EMBEDDER = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 DOCUMENTS = documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name
 SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-
-DEMO_BANNER = """
-################################################################################
-#  WARNING: DEMO MODEL IN USE - EMBEDDINGS AND SEARCH RESULTS CARRY NO MEANING  #
-################################################################################
-#  The model {model!r} is neither in the local Hugging Face cache nor
-#  downloadable from here ({reason}).
-#  The sidecar is running on a small RANDOM checkpoint built locally at
-#  {path}
-#  so that the API can be tried. Point it at the real model with
-#     MEE_MODEL=/path/to/bge-m3   (a local checkpoint directory), or make
-#     BAAI/bge-m3 downloadable / pre-download it:  huggingface-cli download BAAI/bge-m3
-#  Disable this fallback with MEE_ALLOW_DEMO_MODEL=false.
-#  Collection {collection!r} in {uri} gets the demo's small vectors: drop it
-#  (milvus-embed migrate downgrade base) before switching to the real model.
-################################################################################
-"""
-
-
-def demo_model_dir() -> Path:
-    return Path.home() / ".cache" / "milvus-embed" / "demo-model-tiny"
-
-
-def load_encoder(settings: Settings) -> tuple[Any, Path]:
-    """The M3Encoder for ``settings.model`` and its local directory; the demo checkpoint when allowed and the
-    hub is out of reach (a loud banner on stderr says so)."""
-    from ..encoder.factory import encoder_from_settings
-    from ..encoder.hub import looks_like_hub_id, resolve_model_path
-
-    try:
-        path = resolve_model_path(settings.model)
-    except ModelLoadError as exc:
-        if not (settings.allow_demo_model and looks_like_hub_id(settings.model)):
-            raise
-        from ..encoder.testmodel import ensure_test_model
-
-        try:
-            path = ensure_test_model(demo_model_dir(), size="tiny", seed=0)
-        except OSError:  # home not writable (containers): build next to the data
-            path = ensure_test_model(Path("data") / "demo-model-tiny", size="tiny", seed=0)
-        banner = DEMO_BANNER.format(model=settings.model, reason=str(exc).split(";")[0], path=path,
-                                    collection=settings.collection, uri=redact_uri(settings.milvus_uri))
-        print(banner, file=sys.stderr, flush=True)
-        log.warning("DEMO MODEL IN USE: results carry no meaning; set MEE_MODEL to a real BGE-M3 checkpoint",
-                    extra={"requested_model": settings.model, "demo_path": str(path)})
-    return encoder_from_settings(settings, str(path)), Path(path)
-
 
 def connect_store(settings: Settings) -> Any:
     from ..store import MilvusStore

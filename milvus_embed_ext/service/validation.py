@@ -55,17 +55,21 @@ def check_enum_value(value: int, allowed: dict[int, str], field: str) -> None:
         raise InvalidArgument(f"{field}={value} is not a known value; use one of {names}")
 
 
-def parse_metadata(raw: str, field: str) -> dict[str, Any] | None:
-    """A JSON object (or None for an empty string)."""
-    if not raw:
-        return None
+def parse_json_object(raw: str, where: str, *, fix: str = "send a JSON object",
+                      example: str = '{"lang": "en"}') -> dict[str, Any]:
+    """``raw`` as a JSON object, or InvalidArgument naming ``where``, the parser's complaint and the fix."""
     try:
         value = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidArgument(f"{field} is not valid JSON ({exc.msg} at position {exc.pos}); send a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"{where} is not valid JSON ({exc.msg} at position {exc.pos}); {fix}") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{field} must be a JSON object like {{\"lang\": \"en\"}}, got {type(value).__name__}")
+        raise InvalidArgument(f"{where} must be a JSON object like {example}, got {type(value).__name__}")
     return value
+
+
+def parse_metadata(raw: str, field: str) -> dict[str, Any] | None:
+    """A JSON object (or None for an empty string)."""
+    return parse_json_object(raw, field) if raw else None
 
 
 def check_ids(ids: Sequence[str], max_ids: int, field: str = "ids") -> None:

@@ -21,11 +21,13 @@ from ..errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    InvalidFilter,
     MilvusEmbedError,
     NotFound,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    VectorsUnreadable,
 )
 from .capabilities import Capabilities, capabilities_for
 
@@ -184,7 +186,7 @@ class MilvusStore:
         low = reason.lower()
         name = type(exc).__name__
         if code == 1100 or "invalid expr" in low or "cannot parse expression" in low:
-            return InvalidArgument(f"invalid filter expression: {reason}")
+            return InvalidFilter(f"invalid filter expression: {reason}", reason=reason)
         if code == 100 or name == "CollectionNotExistException" or "collection not found" in low:
             return NotFound(f"{what}: collection not found ({reason})")
         if code in (1800, 2) and ("auth" in low or "credential" in low or "password" in low) or \
@@ -198,6 +200,8 @@ class MilvusStore:
         if name in {"ParamError", "DataTypeNotMatchException", "DataNotMatchException", "PrimaryKeyException",
                     "FieldTypeException"}:
             return InvalidArgument(f"{what}: {reason}")
+        if "raw data" in low:
+            return VectorsUnreadable(f"{what} failed on Milvus at {self.target}: {reason}")
         if "unimplemented" in low:
             return FailedPrecondition(f"{what}: not supported by {self.capabilities.server_version} ({reason})")
         return Unavailable(f"{what} failed on Milvus at {self.target}: {reason}")

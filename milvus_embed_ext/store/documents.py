@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..contracts import MilvusBackend
 from ..errors import (
     AlreadyExists,
     ConsistencyError,
@@ -43,8 +44,10 @@ from ..errors import (
     MilvusEmbedError,
     NotFound,
 )
+from ..limits import IDS_PER_QUERY, MILVUS_MAX_TOPK
 from . import codecs
-from .client import MilvusStore
+from .admin import chunks as _chunks
+from .admin import in_expr, literal
 from .layout import (
     COLBERT,
     COLBERT_ROWS,
@@ -75,8 +78,8 @@ if TYPE_CHECKING:  # the encoder is imported lazily: the store works without tor
 
 log = logging.getLogger(__name__)
 
-MAX_TOP_K = 16384  # Milvus topk limit
-IDS_PER_EXPR = 512  # ids per `in [...]` expression
+MAX_TOP_K = MILVUS_MAX_TOPK
+IDS_PER_EXPR = IDS_PER_QUERY
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # rough cap on one insert/upsert request
 MAX_ROWS_PER_REQUEST = 1000
 MAX_COLBERT_NORM = 1.0 + 1e-3
@@ -157,20 +160,6 @@ def new_version_prefix() -> str:
     return f"{_now_ns():020d}{secrets.token_hex(4)}"
 
 
-def literal(value: str) -> str:
-    """A Milvus expression string literal (ids are validated to contain no control characters)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def in_expr(field_name: str, values: Sequence[str]) -> str:
-    return f"{field_name} in [{','.join(literal(v) for v in values)}]"
-
-
-def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
-
-
 def _row_bytes(row: Mapping[str, Any]) -> int:
     total = 64
     for v in row.values():
@@ -211,7 +200,7 @@ def _as_document(doc: Any) -> Document:
 class DocumentStore:
     """One collection described by a :class:`CollectionLayout`."""
 
-    def __init__(self, store: MilvusStore, layout: CollectionLayout) -> None:
+    def __init__(self, store: MilvusBackend, layout: CollectionLayout) -> None:
         self.store = store
         self.layout = layout.resolved(store.capabilities) if "auto" in (layout.colbert, layout.index_type) else layout
         self._pca: dict[int, PcaProjection] = {}
@@ -232,7 +221,7 @@ class DocumentStore:
 
     # ================================================================== lifecycle
     @classmethod
-    def create(cls, store: MilvusStore, layout: CollectionLayout, *, exist_ok: bool = False) -> DocumentStore:
+    def create(cls, store: MilvusBackend, layout: CollectionLayout, *, exist_ok: bool = False) -> DocumentStore:
         """Create the main collection (and its companion / projection collections) from a layout.
 
         The main collection is created last, so its existence means the whole layout exists.
@@ -243,31 +232,36 @@ class DocumentStore:
             if not exist_ok:
                 raise AlreadyExists(f"collection {resolved.name} already exists; drop it or use a new name")
             existing = cls.open(store, resolved.name)
-            if existing.layout.to_dict() | {"extra": {}} != resolved.to_dict() | {"extra": {}}:
+            if existing.layout != resolved:  # layouts compare without their free-form `extra`
                 raise FailedPrecondition(
                     f"collection {resolved.name} exists with a different layout: "
                     f"{existing.layout.to_dict()} (wanted {resolved.to_dict()}); migrate it")
             return existing
         self = cls(store, resolved)
         client = store.client
-        if resolved.colbert == "companion" and not store.has_collection(resolved.companion_name):
-            self._call("create the ColBERT companion collection", client.create_collection,
-                       resolved.companion_name, schema=companion_schema(resolved),
-                       index_params=placeholder_index_params(client), consistency_level="Strong")
-        if resolved.has_pca and not store.has_collection(resolved.pca_name):
-            self._call("create the projection collection", client.create_collection, resolved.pca_name,
-                       schema=pca_schema(resolved), index_params=placeholder_index_params(client),
-                       consistency_level="Strong")
+        self.ensure_side_collections()
         self._call("create the collection", client.create_collection, resolved.name, schema=main_schema(resolved),
                    index_params=main_index_params(resolved, client), consistency_level="Strong")
         log.info("created collection %s (%s)", resolved.name, resolved.to_dict())
         return self
 
+    def ensure_side_collections(self) -> None:
+        """Create the ColBERT companion and the projection collections this layout needs, where missing."""
+        layout, client = self.layout, self.client
+        if layout.colbert == "companion" and not self.store.has_collection(layout.companion_name):
+            self._call("create the ColBERT companion collection", client.create_collection,
+                       layout.companion_name, schema=companion_schema(layout),
+                       index_params=placeholder_index_params(client), consistency_level="Strong")
+        if layout.has_pca and not self.store.has_collection(layout.pca_name):
+            self._call("create the projection collection", client.create_collection, layout.pca_name,
+                       schema=pca_schema(layout), index_params=placeholder_index_params(client),
+                       consistency_level="Strong")
+
     @classmethod
-    def open(cls, store: MilvusStore, name: str) -> DocumentStore:
+    def open(cls, store: MilvusBackend, name: str) -> DocumentStore:
         """Bind to an existing collection, reading its layout back from the collection description."""
         if not store.has_collection(name):
-            raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate up` "
+            raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate upgrade` "
                            "or DocumentStore.create")
         described = store.call(f"describe collection {name}", store.client.describe_collection, name)
         layout = CollectionLayout.from_description(described.get("description", ""))
@@ -295,7 +289,7 @@ class DocumentStore:
         stored = CollectionLayout.from_description(described.get("description", ""))
         if stored is None:
             problems.append("the collection description holds no milvus-embed layout")
-        elif stored.to_dict() | {"extra": {}} != self.layout.to_dict() | {"extra": {}}:
+        elif stored != self.layout:
             problems.append(f"stored layout {stored.to_dict()} differs from {self.layout.to_dict()}")
         if self.layout.colbert == "companion" and not self.store.has_collection(self.layout.companion_name):
             problems.append(f"companion collection {self.layout.companion_name} is missing")
@@ -465,7 +459,7 @@ class DocumentStore:
                 row[TEXT] = d.text
             for t in self.layout.truncated:
                 row[t.name] = truncated[t.dim][i].tolist()
-            row[SPARSE] = {int(k): float(v) for k, v in (enc.sparse[i] or {}).items() if v > 0}
+            row[SPARSE] = {int(k): float(v) for k, v in (enc.need_sparse()[i] or {}).items() if v > 0}
             rows.append(row)
         return rows
 
@@ -864,6 +858,14 @@ class DocumentStore:
             for batch in _request_batches(rows):
                 self._call("store the PCA projection", self.client.upsert, self.layout.pca_name, batch)
             self._pca[dim] = pca
+
+    def drop_projection(self, dim: int) -> None:
+        """Delete the stored PCA rotation of ``dim`` (after its field was dropped)."""
+        with self._lock:
+            self._pca.pop(dim, None)
+            if self.store.has_collection(self.layout.pca_name):
+                self._call("delete the PCA projection", self.client.delete, self.layout.pca_name,
+                           filter=f"dim == {int(dim)}")
 
     def fit_projection(self, dim: int, dense_sample: np.ndarray, *, replace: bool = False) -> PcaProjection:
         """Fit a PCA of ``dim`` components on corpus dense vectors and store it with the collection."""

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from milvus_embed_ext import docsgen
 from milvus_embed_ext.config import setting_docs
+from milvus_embed_ext.devtools import docsgen
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_committed_configuration_reference_is_fresh() -> None:
     assert DOC.read_text(encoding="utf-8") == docsgen.render(), (
-        "docs/configuration.md is stale: run `python -m milvus_embed_ext.docsgen` and commit the result"
+        "docs/configuration.md is stale: run `python -m milvus_embed_ext.devtools.docsgen` and commit the result"
     )
 
 

@@ -87,11 +87,11 @@ def test_demo_refuses_a_collection_built_by_another_model(lite_settings, tiny_en
 
 def test_fallback_to_the_demo_checkpoint_is_loud(monkeypatch, tiny_model_dir: Path, capsys, tmp_path: Path) -> None:
     """Hub unreachable + hub id: the demo checkpoint is used, flagged, and the banner names MEE_MODEL."""
-    import milvus_embed_ext.service.server as server
+    import milvus_embed_ext.encoder.factory as factory
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(server, "demo_model_dir", lambda: tiny_model_dir)
+    monkeypatch.setattr(factory, "demo_model_dir", lambda: tiny_model_dir)
     settings = load_settings(env={}, overrides={"model": "BAAI/bge-m3", "device": "cpu", "dtype": "fp32",
                                                 "max_length": 128})
     encoder, is_demo = load_demo_encoder(settings)

@@ -167,7 +167,7 @@ def test_probes_are_native_grpc_on_the_serving_port() -> None:
 
 
 def test_liveness_service_name_matches_the_proto() -> None:
-    from milvus_embed_ext.service._generated import embedder_pb2
+    from milvus_embed_ext.wire._generated import embedder_pb2
 
     container = _base_deployment()["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["grpc"]["service"] == \

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mig_helpers import DENSE_DIM
+
+from tests.migrations.mig_helpers import DENSE_DIM
 
 _names = itertools.count()
 

@@ -1,4 +1,4 @@
-"""Helpers for the migrations tests (a uniquely named module: tests/ folders are not packages)."""
+"""Helpers for the migrations tests (imported as ``tests.migrations.mig_helpers``)."""
 
 from __future__ import annotations
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import filecmp
 from pathlib import Path
 
 import pytest
-from mig_helpers import write_scripts
 
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, NotFound
 from milvus_embed_ext.migrations import graph_from_mapping, load_scripts
@@ -23,6 +21,7 @@ from milvus_embed_ext.migrations.ops import (
     RunPython,
 )
 from milvus_embed_ext.migrations.script import script_checksum, write_revision
+from tests.migrations.mig_helpers import write_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,15 +153,10 @@ def test_operations_record_and_model_tracks_schema() -> None:
     assert op.ops[-1].layout.truncated == layout.truncated  # the reverse can recreate it
 
 
-def test_builtin_revisions_plan_offline_and_match_the_top_level_folder(lite_free_settings) -> None:
+def test_builtin_revisions_plan_offline_from_the_top_level_folder(lite_free_settings) -> None:
     from milvus_embed_ext.migrations import builtin_migrations_dir, plan
 
-    top, shipped = REPO / "migrations", builtin_migrations_dir()
-    names = sorted(p.name for p in top.glob("*.py"))
-    assert names == sorted(p.name for p in shipped.glob("*.py"))
-    _, mismatch, errors = filecmp.cmpfiles(top, shipped, names, shallow=False)
-    assert not mismatch and not errors, (
-        f"{mismatch} differ: copy migrations/*.py to milvus_embed_ext/migrations_builtin/")
+    assert builtin_migrations_dir() == (REPO / "migrations").resolve()  # one copy: the one that runs
     steps = plan(lite_free_settings, "head", applied=set())
     assert [(s.revision, [o.kind for o in s.ops]) for s in steps] == [
         ("0001_initial", ["create_collection"]), ("0002_dense_256", ["add_truncated_dense"])]
@@ -178,3 +172,25 @@ def lite_free_settings(tmp_path: Path):
 
     (tmp_path / "config.json").write_text('{"hidden_size": 1024}')
     return load_settings(env={}, overrides={"model": str(tmp_path), "milvus_uri": str(tmp_path / "x.db")})
+
+
+def test_scripts_state_their_parameters_and_settings_fill_only_new_scripts(tmp_path: Path) -> None:
+    from milvus_embed_ext.config import load_settings
+    from milvus_embed_ext.migrations import new_revision
+    from milvus_embed_ext.migrations.ops import Operations
+
+    settings = load_settings(env={}, overrides={"colbert_codec": "int8", "index_type": "IVF_FLAT",
+                                                "migrations_dir": str(tmp_path / "m")})
+    op = Operations("c", settings, dense_dim=64)
+    layout = op.layout()
+    assert (layout.colbert_codec, layout.index_type) == ("fp16", "auto"), "op.layout() never reads the settings"
+    assert op.layout(colbert_codec="bits").colbert_codec == "bits"
+    op.create_collection(layout)
+    later = Operations("c", None, model=op.model)
+    assert later.dense_dim == 64, "later revisions take the width the history gave the collection"
+    (tmp_path / "m").mkdir()
+    write_scripts(tmp_path / "m", {"r1.py": 'revision = "r1"\ndown_revision = None\ndef upgrade(op): pass\n'})
+    path = new_revision(settings, "next", revision_id="r2")
+    assert "LAYOUT = {'colbert_codec': 'int8', 'index_type': 'IVF_FLAT'}" in path.read_text()
+    scripts = {s.revision: s for s in load_scripts(tmp_path / "m")}
+    assert scripts["r2"].down_revisions == ("r1",)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mig_helpers import count, insert_docs, snapshot, write_scripts
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.errors import FailedPrecondition
+from tests.migrations.mig_helpers import count, insert_docs, snapshot, write_scripts
 
 N = 60
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mig_helpers import count, insert_docs, write_scripts
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.errors import FailedPrecondition
 from milvus_embed_ext.migrations.history import SystemTable
+from tests.migrations.mig_helpers import count, insert_docs, write_scripts
 
 HERE = Path(__file__).resolve().parent
 WIDE = 320  # wider than 256 so the built-in 0002 revision has work to do
@@ -76,7 +76,7 @@ def test_crash_mid_backfill_then_rerun_completes_exactly(lite, wide_model: Path,
 
 
 def _child(lite, overrides: dict, mode: str = "plain") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}  # the child runs this checkout's package
     return subprocess.Popen([sys.executable, str(HERE / "_child.py"), lite.socket_uri, json.dumps(overrides), mode,
                              str(BATCH)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -223,3 +223,27 @@ def test_cli_plan_revision_current_and_unlock(lite, tmp_path: Path, capsys: pyte
     assert main(["migrate", "downgrade", "-1", *base]) == 0
     assert main(["migrate", "history", "--log", *base]) == 0 and "downgrade" in capsys.readouterr().out
     assert main(["migrate", "revision", "-m", "x", "--milvus-uri", settings.milvus_uri]) == 2  # built-in dir
+
+
+def test_check_compares_with_the_recorded_schema_not_todays_environment(lite, tmp_path: Path,
+                                                                        wide_model: Path) -> None:
+    """The built-in revisions applied for a 320-d model: the history records the resolved layout, so `check`
+    stays clean when the environment changes later (another model width, another codec setting)."""
+    settings = lite.scope(None, model=str(wide_model))
+    st = lite.store
+    m.upgrade(settings, store=st)
+    rec = SystemTable(st.client).applied(settings.collection)["0002_dense_256"]
+    layout = rec["schema"][settings.collection]["layout"]
+    assert rec["applied_set"] == ["0001_initial", "0002_dense_256"]
+    assert layout["dense_dim"] == WIDE and layout["colbert"] != "auto" and layout["index_type"] != "auto"
+    assert [t["dim"] for t in layout["truncated"]] == [256]
+    other = tmp_path / "narrow-model"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"hidden_size": 128}))
+    moved = settings.replace(model=str(other), colbert_codec="int8")
+    assert m.check(moved, store=st).ok, m.check(moved, store=st).problems
+    # a history without the record (an older version applied it): replayed from today's environment
+    SystemTable(st.client).mark_applied(settings.collection, "0002_dense_256", rec["checksum"], 0.0, "t", "x")
+    problems = m.check(moved, store=st).problems
+    assert any("dense_dim: live 320, revisions 128" in p for p in problems), problems
+    assert m.check(settings, store=st).ok

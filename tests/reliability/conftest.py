@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _sidecar import Server, start_sidecar
-from rel_helpers import KEYS, MAX_MESSAGE, MAX_TEXTS, MILVUS_TOKEN, seed_tenants
+
+from tests._sidecar import Server, start_sidecar
+from tests.reliability.rel_helpers import KEYS, MAX_MESSAGE, MAX_TEXTS, MILVUS_TOKEN, seed_tenants
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 import pytest
-from _sidecar import Server, lite_server_pids, start_sidecar
-from rel_helpers import corpus, ids_of, inspect_collection, record
 
-from milvus_embed_ext.service._generated import documents_pb2, documents_pb2_grpc
+from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
+from tests._sidecar import Server, lite_server_pids, start_sidecar
+from tests.reliability.rel_helpers import corpus, ids_of, inspect_collection, record
 
 HERE = Path(__file__).resolve().parent
 FAILURE_CODES = {"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED"}  # never INTERNAL / UNKNOWN

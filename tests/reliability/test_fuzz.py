@@ -18,9 +18,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rel_helpers import MAX_MESSAGE, MAX_TEXTS, record
 
-from milvus_embed_ext.service._generated import embedder_pb2
+from milvus_embed_ext.wire._generated import embedder_pb2
+from tests.reliability.rel_helpers import MAX_MESSAGE, MAX_TEXTS, record
 
 E = grpc.StatusCode
 OK = "OK"

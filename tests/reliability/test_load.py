@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _sidecar import Server, lite_server_pids, start_sidecar
-from rel_helpers import corpus, record
 
 from milvus_embed_ext.errors import MilvusEmbedError
+from tests._sidecar import Server, lite_server_pids, start_sidecar
+from tests.reliability.rel_helpers import corpus, record
 
 MIB = 1024 * 1024
 RETRIES = 6

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from rel_helpers import KEYS, MILVUS_TOKEN, TENANT_A, TENANT_B, record
 
-from milvus_embed_ext.service._generated import documents_pb2, embedder_pb2, search_pb2
+from milvus_embed_ext.wire._generated import documents_pb2, embedder_pb2, search_pb2
+from tests.reliability.rel_helpers import KEYS, MILVUS_TOKEN, TENANT_A, TENANT_B, record
 
 E = grpc.StatusCode
 GOOD = {

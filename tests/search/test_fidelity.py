@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from milvus_embed_ext.config import load_settings
+from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
 from milvus_embed_ext.errors import InvalidArgument, NotFound
 from milvus_embed_ext.search import HybridSearcher, SearchRequest
 from milvus_embed_ext.search.evaluation import (
@@ -27,7 +28,6 @@ from milvus_embed_ext.search.evaluation import (
     pipeline_recall,
     prefetch_recall,
 )
-from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
 
 N_DOCS = 2000
 N_QUERIES = 16

@@ -54,6 +54,16 @@ def make(encoder: FakeEncoder, **kw) -> Batcher:
     return Batcher(encoder, **opts)
 
 
+async def busy(enc: FakeEncoder) -> tuple[Batcher, asyncio.Task]:
+    """A started batcher whose encoder is held inside a first call (``enc.gate`` cleared), so new work queues."""
+    enc.gate.clear()
+    b = make(enc, max_wait_ms=0)
+    await b.start()
+    first = asyncio.create_task(b.encode(["busy"]))
+    await asyncio.sleep(0.05)
+    return b, first
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -121,13 +131,9 @@ def test_full_queue_is_resource_exhausted_and_nothing_is_queued():
 
 def test_cancelled_request_leaves_the_queue_and_is_never_encoded():
     enc = FakeEncoder()
-    enc.gate.clear()
 
     async def main():
-        b = make(enc, max_wait_ms=0)
-        await b.start()
-        first = asyncio.create_task(b.encode(["busy"]))
-        await asyncio.sleep(0.05)
+        b, first = await busy(enc)
         doomed = asyncio.create_task(b.encode(["cancel me"]))
         await asyncio.sleep(0.01)
         assert b.queued_texts == 1
@@ -146,13 +152,9 @@ def test_cancelled_request_leaves_the_queue_and_is_never_encoded():
 
 def test_deadline_while_queued_is_deadline_exceeded_and_skipped():
     enc = FakeEncoder()
-    enc.gate.clear()
 
     async def main():
-        b = make(enc, max_wait_ms=0)
-        await b.start()
-        first = asyncio.create_task(b.encode(["busy"]))
-        await asyncio.sleep(0.05)
+        b, first = await busy(enc)
         with pytest.raises(DeadlineExceeded):
             await b.encode(["too late"], timeout=0.05)
         assert b.queued_texts == 0

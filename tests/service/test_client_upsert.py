@@ -10,7 +10,7 @@ import pytest
 
 from milvus_embed_ext.client import AsyncSidecarClient, SidecarClient
 from milvus_embed_ext.errors import InvalidArgument
-from milvus_embed_ext.service._generated import documents_pb2, documents_pb2_grpc
+from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
 
 
 class Recording(documents_pb2_grpc.DocumentsServicer):

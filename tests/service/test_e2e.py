@@ -13,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from _sidecar import start_sidecar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from milvus_embed_ext import cli
 from milvus_embed_ext.errors import InvalidArgument, NotFound, Unauthenticated
-from milvus_embed_ext.service._generated import (
+from milvus_embed_ext.wire._generated import (
     documents_pb2,
     documents_pb2_grpc,
     embedder_pb2,
@@ -27,6 +26,7 @@ from milvus_embed_ext.service._generated import (
     search_pb2,
     search_pb2_grpc,
 )
+from tests._sidecar import start_sidecar
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ import pytest
 
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument
-from milvus_embed_ext.service._generated import documents_pb2, search_pb2
 from milvus_embed_ext.service.handlers import DocumentsHandlers, Runtime, SearchHandlers, in_store_thread
+from milvus_embed_ext.wire._generated import documents_pb2, search_pb2
 
 
 class FakeContext:

@@ -15,8 +15,8 @@ import pytest
 from milvus_embed_ext.client import AsyncSidecarClient, TLSConfig
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
-from milvus_embed_ext.service._generated import embedder_pb2, embedder_pb2_grpc
 from milvus_embed_ext.service.server import Sidecar
+from milvus_embed_ext.wire._generated import embedder_pb2, embedder_pb2_grpc
 
 
 class GatedEncoder:

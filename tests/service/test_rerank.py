@@ -14,9 +14,9 @@ from milvus_embed_ext import cli
 from milvus_embed_ext.client import AsyncSidecarClient, SidecarClient, build_search_request
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from milvus_embed_ext.service._generated import search_pb2
 from milvus_embed_ext.service.handlers import plan_overrides
 from milvus_embed_ext.service.server import Sidecar
+from milvus_embed_ext.wire._generated import search_pb2
 
 PASSAGES = ["Probiotics are good for the stomach", "Probiotics harm the stomach", "Tokyo is the capital of Japan"]
 

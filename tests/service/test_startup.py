@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from milvus_embed_ext.config import load_settings
-from milvus_embed_ext.encoder import hub
+from milvus_embed_ext.encoder import factory, hub
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, ModelLoadError, Unavailable
 from milvus_embed_ext.service import server as server_mod
 
@@ -23,7 +23,7 @@ def _offline(monkeypatch):
 
 def test_demo_fallback_is_loud(monkeypatch, capsys, caplog, tiny_model_dir):
     _offline(monkeypatch)
-    monkeypatch.setattr(server_mod, "demo_model_dir", lambda: tiny_model_dir)
+    monkeypatch.setattr(factory, "demo_model_dir", lambda: tiny_model_dir)
     settings = load_settings(env={}, overrides={"model": "BAAI/bge-m3", "device": "cpu", "max_length": 128,
                                                 "milvus_uri": "http://root:uri-pw-42@milvus.local:19530"})
     encoder, path = server_mod.load_encoder(settings)

@@ -13,11 +13,12 @@ import pytest
 
 from milvus_embed_ext import errors as e
 from milvus_embed_ext.client import build_embed_request, build_search_request, to_document_pb
-from milvus_embed_ext.service import codec, protogen
-from milvus_embed_ext.service._generated import common_pb2, search_pb2
+from milvus_embed_ext.devtools import protogen
 from milvus_embed_ext.service.auth import bearer_token, key_matches
 from milvus_embed_ext.service.errors import from_rpc_error, to_status
 from milvus_embed_ext.service.handlers import plan_overrides
+from milvus_embed_ext.wire import codec
+from milvus_embed_ext.wire._generated import common_pb2, search_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,7 +114,7 @@ def test_search_options_become_plan_overrides():
 
 
 def test_committed_stubs_are_fresh():
-    proc = subprocess.run([sys.executable, "-m", "milvus_embed_ext.service.protogen", "--check"],
+    proc = subprocess.run([sys.executable, "-m", "milvus_embed_ext.devtools.protogen", "--check"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -130,3 +131,28 @@ def test_check_detects_a_proto_edit(tmp_path):
     assert protogen.check(out, proto_root) == []
     (out / "stray_pb2.py").write_text("")
     assert any("stale file" in p for p in protogen.check(out, proto_root))
+
+
+@pytest.mark.parametrize("top_k", [-1, 0, True, 2.5])
+def test_client_refuses_bad_top_k_naming_it(top_k):
+    with pytest.raises(e.InvalidArgument, match="top_k"):
+        build_search_request("q", collection="", top_k=top_k, offset=0, filter="", output_fields=(), candidates=None,
+                             rerank=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
+                             weights=None, rrf_k=None, normalization=None)
+
+
+def test_client_refuses_negative_offset_naming_it():
+    with pytest.raises(e.InvalidArgument, match="offset must be at least 0, got -3"):
+        build_search_request("q", collection="", top_k=3, offset=-3, filter="", output_fields=(), candidates=None,
+                             rerank=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
+                             weights=None, rrf_k=None, normalization=None)
+
+
+def test_json_objects_are_parsed_one_way_with_where_and_fix() -> None:
+    from milvus_embed_ext.service.validation import parse_json_object, parse_metadata
+
+    with pytest.raises(e.InvalidArgument, match=r"docs.jsonl:3 is not valid JSON \(.* at position 1\); write one"):
+        parse_json_object("{x", "docs.jsonl:3", fix="write one document object per line")
+    with pytest.raises(e.InvalidArgument, match=r"metadata_json must be a JSON object like .*, got list"):
+        parse_metadata("[1]", "metadata_json")
+    assert parse_metadata("", "m") is None and parse_metadata('{"a": 1}', "m") == {"a": 1}

@@ -63,6 +63,24 @@ def test_error_mapping(exc: Exception, kind: type) -> None:
     assert isinstance(mapped, kind)
 
 
+def test_an_invalid_filter_is_classified_once_as_a_typed_error() -> None:
+    from milvus_embed_ext.errors import InvalidFilter
+
+    store = MilvusStore(None, capabilities_for("2.5.1", lite=True), target="t")
+    mapped = store.map_error("search", _Exc(1100, "Invalid expr: foo =="))
+    assert isinstance(mapped, InvalidFilter) and isinstance(mapped, InvalidArgument)
+    assert mapped.reason == "Invalid expr: foo ==" and str(mapped) == "invalid filter expression: Invalid expr: foo =="
+
+
+def test_unreadable_vectors_are_a_typed_unavailable_with_the_same_message() -> None:
+    from milvus_embed_ext.errors import VectorsUnreadable
+
+    store = MilvusStore(None, capabilities_for("2.5.1", lite=True), target="t")
+    mapped = store.map_error("fetch vectors", _Exc(65535, "Growing segment loss raw data"))
+    assert isinstance(mapped, VectorsUnreadable) and isinstance(mapped, Unavailable)
+    assert "raw data" in str(mapped)
+
+
 def test_secrets_are_scrubbed_from_messages() -> None:
     store = MilvusStore(None, capabilities_for("", lite=False), target="https://db:19530", secrets=("tok-123",))
     err = store.map_error("connect", _Exc(2, "failed with token tok-123 at https://u:pw@db:19530"))

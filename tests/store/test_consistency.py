@@ -13,8 +13,7 @@ from pymilvus.exceptions import MilvusException
 from milvus_embed_ext.encoder import lexical_score
 from milvus_embed_ext.errors import ConsistencyError, Unavailable
 from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore
-
-from .conftest import fake_output
+from tests.store.store_helpers import assert_no_orphans, companion_rows, fake_output
 
 DIM = 32
 
@@ -60,25 +59,6 @@ def flaky(lite_store: MilvusStore, collection_name: str) -> tuple[DocumentStore,
 
 def docs(*ids: str, tag: str = "v1") -> list[Document]:
     return [Document(i, f"text of {i} {tag}", {"tag": tag}) for i in ids]
-
-
-def companion_rows(ds: DocumentStore, ids: list[str]) -> list[dict[str, Any]]:
-    from milvus_embed_ext.store.documents import in_expr
-
-    return ds.client.query(ds.layout.companion_name, filter=in_expr("doc_id", ids),
-                           output_fields=["doc_id", "version", "chunk"])
-
-
-def assert_no_orphans(ds: DocumentStore, ids: list[str]) -> None:
-    """Every ColBERT row of these ids belongs to the version its main row commits to."""
-    from milvus_embed_ext.store.documents import in_expr
-
-    mains = ds.client.query(ds.name, filter=in_expr("id", ids), output_fields=["id", "colbert_version",
-                                                                                "colbert_rows"])
-    committed = {m["colbert_version"]: int(m["colbert_rows"]) for m in mains}
-    rows = companion_rows(ds, ids)
-    assert {r["version"] for r in rows} == set(committed)
-    assert len(rows) == sum(committed.values())
 
 
 def assert_stored(ds: DocumentStore, ids: list[str], enc: Any, tag: str) -> None:

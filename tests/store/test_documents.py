@@ -12,8 +12,7 @@ from pymilvus import DataType
 
 from milvus_embed_ext.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore, TruncatedField
-
-from .test_consistency import assert_no_orphans
+from tests.store.store_helpers import assert_no_orphans
 
 
 def make(store: MilvusStore, name: str, encoder: Any, **kwargs: Any) -> DocumentStore:

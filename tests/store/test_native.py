@@ -9,8 +9,7 @@ import pytest
 
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument
 from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore, capabilities_for
-
-from .conftest import fake_output
+from tests.store.store_helpers import fake_output
 
 DIM = 16
 

@@ -15,8 +15,9 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str):
-    """bench/<name>.py as a module; compare.py under its own name, since report.py imports it as a sibling."""
-    module_name = name if name == "compare" else f"bench_{name}"
+    """bench/<name>.py as a module; compare.py and resultsmd.py under their own names, since the scripts import
+    them as siblings."""
+    module_name = name if name in ("compare", "resultsmd") else f"bench_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
@@ -27,6 +28,7 @@ def _load(name: str):
 
 
 compare = _load("compare")
+resultsmd = _load("resultsmd")
 report = _load("report")
 benchlib = _load("benchlib")
 
@@ -233,8 +235,8 @@ def test_overlap_percentiles_env():
 
 
 def test_exact_m3_scores_match_the_evaluation_helpers(tiny_encoder):
+    from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.search.evaluation import brute_force_m3
-    from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
 
     docs = generate_corpus(40, seed=3)
     queries = generate_queries(docs, 3, seed=4)
@@ -267,3 +269,31 @@ def test_gpu_check_reranker_step_dry_runs_on_cpu(tiny_model_dir: Path, tmp_path:
                           "bench_passages": 0, "bench_tokens": 0, "throughput": {}, "query_latency": {},
                           "parity": {}, "peak_gpu_mem_gib": 0, "checkpoint_ready_s": 0, **report_})
     assert "Reranker" in md and "| fp16 |" in md
+
+
+def test_write_section_replaces_or_appends_only_its_own_section(tmp_path: Path) -> None:
+    path = tmp_path / "R.md"
+    path.write_text(f"# T\n\nby hand\n\n{FOREIGN}\n", encoding="utf-8")
+    resultsmd.write_section(path, "mine", "first")
+    resultsmd.write_section(path, "mine", "second", append=True)
+    text = path.read_text(encoding="utf-8")
+    assert FOREIGN in text and "by hand" in text
+    assert resultsmd.section_body(text, "mine") == "first\n\nsecond"
+    resultsmd.write_section(path, "colbert-codecs", "new")  # an old-style section is rewritten in place
+    text = path.read_text(encoding="utf-8")
+    assert resultsmd.section_body(text, "colbert-codecs") == "new" and text.index("colbert-codecs") < text.index("mine")
+    assert resultsmd.table(["a", "b"], [["1", "2"]], align="---:").splitlines()[1] == "| ---: | ---: |"
+
+
+def test_measure_scripts_share_the_results_options() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    resultsmd.add_model_args(p, size="full")
+    resultsmd.add_results_args(p, "s", opt_in=True)
+    args = p.parse_args(["--model-dir", "/x"])
+    assert args.model == "/x" and args.size == "full" and not resultsmd.should_write(args)
+    assert resultsmd.should_write(p.parse_args(["--write"]))
+    q = argparse.ArgumentParser()
+    resultsmd.add_results_args(q, "s")
+    assert resultsmd.should_write(q.parse_args([])) and not resultsmd.should_write(q.parse_args(["--no-write"]))

@@ -30,7 +30,7 @@ from milvus_embed_ext.progress import (
     open_progress,
     track,
 )
-from milvus_embed_ext.service._generated import documents_pb2, documents_pb2_grpc
+from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,19 +1,38 @@
-"""Packing numpy arrays and sparse dicts into the wire messages, and back. Shared by server and client."""
+"""Packing numpy arrays and sparse dicts into the wire messages, and back; the names of the wire enums.
+Shared by server and client."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument
-from ._generated import common_pb2
+from ..limits import FUSIONS, NORMALIZATIONS
+from ._generated import common_pb2, embedder_pb2, search_pb2
 
-_NP_DTYPES = {
+_NP_DTYPES: dict[int, np.dtype[Any]] = {
     common_pb2.DTYPE_UNSPECIFIED: np.dtype("<f4"),
     common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     common_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
 }
+
+
+def _enum(enum: Any, prefix: str, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: enum.Value(prefix + name.upper()) for name in names}
+
+
+# name -> proto enum value; the names are those of milvus_embed_ext.limits (the planner's vocabulary)
+FUSION_ENUM = _enum(search_pb2.FusionMethod, "FUSION_METHOD_", FUSIONS)
+NORMALIZATION_ENUM = _enum(search_pb2.Normalization, "NORMALIZATION_", NORMALIZATIONS)
+REPRESENTATION_ENUM = _enum(search_pb2.Representation, "REPRESENTATION_",
+                            ("dense", "sparse", "colbert", "dense_truncated"))
+OUTPUT_ENUM = _enum(embedder_pb2.Output, "OUTPUT_", ("dense", "sparse", "colbert"))
+# and back
+FUSION_NAME = {v: k for k, v in FUSION_ENUM.items()}
+NORMALIZATION_NAME = {v: k for k, v in NORMALIZATION_ENUM.items()}
+REPRESENTATION_NAME = {v: k for k, v in REPRESENTATION_ENUM.items()}
 
 
 def check_dtype(dtype: int, field: str = "dtype") -> int:
@@ -26,7 +45,8 @@ def pack_matrix(array: np.ndarray, dtype: int = common_pb2.DTYPE_FLOAT32) -> com
     """A float array as a packed Matrix (float32 or float16, little-endian, row-major)."""
     np_dtype = _NP_DTYPES[check_dtype(dtype)]
     arr = np.ascontiguousarray(np.asarray(array), dtype=np_dtype)
-    return common_pb2.Matrix(shape=list(arr.shape), dtype=dtype or common_pb2.DTYPE_FLOAT32, data=arr.tobytes())
+    wire_dtype = common_pb2.DType.Name(dtype or common_pb2.DTYPE_FLOAT32)
+    return common_pb2.Matrix(shape=list(arr.shape), dtype=wire_dtype, data=arr.tobytes())
 
 
 def unpack_matrix(matrix: common_pb2.Matrix, *, as_float32: bool = True) -> np.ndarray:
