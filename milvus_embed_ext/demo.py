@@ -267,7 +267,7 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
             result = searcher.search(request, scorer=reranker)
             print_result(q, result, out)
             results.append(result)
-        print(f"\nfusion: {searcher.plan_for(SearchRequest(query='', plan=plan)).fusion}; scores are exact "
+        print(f"\nfusion: {searcher.prepare(SearchRequest(query='?', plan=plan)).plan.fusion}; scores are exact "
               "(re-scored from the stored vectors): dense = cosine, sparse = lexical weight product, "
               "colbert = MaxSim mean.", file=out)
         if stage is not None:

@@ -75,6 +75,15 @@ class RunHooks:
     on_op: Callable[[str, str, Op], None] | None = None  # (revision, direction, op) before it runs
 
 
+def cached_encoder(settings: Any, cache: dict[str, Any]) -> Any:
+    """The settings' M3Encoder, loaded once into ``cache`` (shared by the ops of a run and by shard workers)."""
+    if "m3" not in cache:
+        from ..encoder.factory import encoder_from_settings
+
+        cache["m3"] = encoder_from_settings(settings)
+    return cache["m3"]
+
+
 @dataclass
 class OpContext:
     """What an op (and a ``run_python`` function) gets: the connection, the history table, checkpoints."""
@@ -119,11 +128,7 @@ class OpContext:
 
     def encoder(self) -> Any:
         """An M3Encoder from the settings, loaded once per run (for backfills that must re-encode text)."""
-        if "m3" not in self.encoder_cache:
-            from ..encoder.factory import encoder_from_settings
-
-            self.encoder_cache["m3"] = encoder_from_settings(self.settings)
-        return self.encoder_cache["m3"]
+        return cached_encoder(self.settings, self.encoder_cache)
 
     def backfill(self, collection: str, fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,
                  batch_size: int | None = None, output_fields: Sequence[str] = ("*",), name: str = "backfill") -> int:

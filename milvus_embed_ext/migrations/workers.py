@@ -11,6 +11,7 @@ itself a worker that also finishes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import FailedPrecondition, InvalidArgument
 from . import runner
-from .executor import OpContext, RunHooks
+from .executor import OpContext, RunHooks, cached_encoder
 from .history import whoami
 from .ops import Reencode
 from .shards import PlanOpened, ShardBook, Worker, WorkStats, open_only, plan_row_id, read_plan
@@ -60,7 +61,7 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
     encoders: dict[str, Any] = {}  # OpContext.encoder_cache, shared: the model is loaded once
 
     def load_model() -> None:  # before opening or claiming anything: a bad checkpoint must not hold a shard
-        OpContext(None, cfg.settings, None, cfg.scope, rev, "up", 0, encoder_cache=encoders).encoder()
+        cached_encoder(cfg.settings, encoders)
     with runner._connected(cfg, store) as st:
         table = runner._table(cfg, st)
         deadline = time.monotonic() + max(0.0, wait_s)
@@ -92,7 +93,7 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
                 load_model()
                 worker = Worker(book, job, owner, cfg.lease_ttl_s, batch,
                                 worker_index, workers,
-                                after_batch=(lambda k, n, g=plan.group: hooks.after_batch(f"{g}:{k}", n))
+                                after_batch=functools.partial(_prefixed, hooks.after_batch, plan.group)
                                 if hooks.after_batch is not None else None)
                 stats = worker.run()
                 return WorkReport(
@@ -116,3 +117,7 @@ def work(config: runner.MigrationConfig | Settings, revision: str, *, store: Any
                 time.sleep(random.uniform(1.0, 3.0))
                 continue
             # upgrade returned: the revision had nothing left to shard and is applied now
+
+def _prefixed(after_batch: Any, group: str, key: str, rows: int) -> None:
+    """A run's ``after_batch`` hook with the shard plan's group in front of the checkpoint key."""
+    after_batch(f"{group}:{key}", rows)

@@ -27,6 +27,7 @@ routes are listed in :attr:`SearchResult.degraded` and the result says it is inc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import threading
@@ -515,8 +516,8 @@ class HybridSearcher:
                                                    timings, deadline)
         timings["candidates"] = _ms(t)
         found: dict[str, Candidate] = {}
-        for hits in route_results.values():
-            for c in hits:
+        for route_hits in route_results.values():
+            for c in route_hits:
                 found.setdefault(c.id, c)
         pool = _CandidatePool(sorted(found), found, q, reps)
 
@@ -639,8 +640,9 @@ class HybridSearcher:
                 raise DeadlineExceeded("stage 2 (ColBERT re-score) did not finish within the request's time budget")
             part = order[pos:end]
             t = time.perf_counter()
-            matrices, reread = self._call(lambda part=part: self.doc_store.fetch_colbert(
-                {i: pool.found[i].colbert for i in part}), "fetch ColBERT vectors")
+            refs = {i: pool.found[i].colbert for i in part}
+            matrices, reread = self._call(functools.partial(self.doc_store.fetch_colbert, refs),
+                                          "fetch ColBERT vectors")
             fetch_ms += _ms(t)
             pool.add_colbert(part, matrices, reread)
             pos, batch = end, batch * 2

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from _sidecar import start_sidecar
 from prometheus_client.parser import text_string_to_metric_families
 
 from milvus_embed_ext.errors import InvalidArgument
+from tests._sidecar import start_sidecar
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "milvus-embed-dashboard.json"

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from mig_helpers import insert_docs
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.cli import main
+from tests.migrations.mig_helpers import insert_docs
 
 WIDE = 320  # wider than 256: the built-in 0002 revision backfills dense_256
 N = 90

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mig_helpers import write_scripts
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.encoder.output import M3Output
 from milvus_embed_ext.migrations.history import SystemTable
 from milvus_embed_ext.store.documents import DocumentStore
+from tests.migrations.mig_helpers import write_scripts
 
 N = 60
 SCRIPTS = {

@@ -9,8 +9,7 @@ import pytest
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument
 from milvus_embed_ext.search import crossencoder as ce
 from milvus_embed_ext.search.planner import HybridSearcher, SearchRequest
-
-from .test_planner import FakeLayout, FakeStore, encode
+from tests.search.test_planner import FakeLayout, FakeStore, encode
 
 
 class KeywordScorer:

@@ -8,7 +8,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from _sidecar import free_port, start_sidecar
+
+from tests._sidecar import free_port, start_sidecar
 
 KEY = "k-clients-1"
 TEXTS = ["hybrid search with BGE-M3", "Milvus 2.6 embeds at insert time", "une phrase en français"]

@@ -149,7 +149,7 @@ class HttpCore:
         scores = scorer.rerank(query, texts, normalize)
         if inspect.isawaitable(scores):
             scores = await scores
-        scores = [float(s) for s in scores]  # type: ignore[union-attr]
+        scores = [float(s) for s in scores]
         if len(scores) != len(texts):
             raise RuntimeError(f"the reranker returned {len(scores)} scores for {len(texts)} texts")
         return scores

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 from typing import Any
@@ -65,7 +66,7 @@ class HttpFace:
         sock = bind(s.http_listen)
         config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off", ws="none", proxy_headers=False,
-            server_header=False, timeout_graceful_shutdown=max(s.shutdown_grace_s, 0.1),
+            server_header=False, timeout_graceful_shutdown=max(math.ceil(s.shutdown_grace_s), 1),
             ssl_certfile=s.tls_cert or None, ssl_keyfile=s.tls_key or None,
             ssl_ca_certs=s.tls_client_ca or None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca else ssl.CERT_NONE,
