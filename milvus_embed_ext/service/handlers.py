@@ -47,6 +47,7 @@ class Runtime:
     batcher: Batcher | None = None
     store: Any = None            # MilvusStore once Milvus answers
     doc_stores: dict[str, Any] = field(default_factory=dict)
+    store_down: str = ""         # set by the server's Milvus watcher while Milvus is unreachable: why
 
     def require_encoder(self) -> tuple[Any, Batcher]:
         if self.encoder is None or self.batcher is None:
@@ -54,6 +55,8 @@ class Runtime:
         return self.encoder, self.batcher
 
     def require_store(self) -> Any:
+        if self.store_down:  # fail fast: no call that would wait for a Milvus known to be gone
+            raise Unavailable(self.store_down)
         if self.store is None:
             raise Unavailable("Milvus is not connected yet (or unreachable); wait for health SERVING and retry")
         return self.store

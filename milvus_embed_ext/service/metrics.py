@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from ..errors import InvalidArgument
 
@@ -39,6 +39,18 @@ class ServiceMetrics:
         self.inference_seconds = Histogram("mee_inference_seconds", "encoder call wall time",
                                            buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("mee_ready", "1 when the model is loaded and Milvus answers", registry=r)
+        self.milvus_up = Gauge("mee_milvus_up", "1 while the health probe reaches Milvus, 0 while it does not",
+                               registry=r)
+        self.milvus_last_error = Info("mee_milvus_last_error", "why the last Milvus health probe or reconnect "
+                                      "failed (reason, when as unix seconds)", registry=r)
+        self.milvus_down_seconds = Gauge("mee_milvus_down_seconds", "seconds since Milvus became unreachable "
+                                         "(0 while it answers)", registry=r)
+        self.milvus_outages = Counter("mee_milvus_outages", "times Milvus became unreachable after serving",
+                                      registry=r)
+        self.milvus_reconnects = Counter("mee_milvus_reconnects", "reconnect attempts, by result",
+                                         ["result"], registry=r)
+        self.milvus_lite_restarts = Counter("mee_milvus_lite_restarts", "embedded Milvus Lite server processes "
+                                            "restarted after they died", registry=r)
 
     def observe_request(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
