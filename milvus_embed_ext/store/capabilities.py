@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT")
 SERVER_INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
 PROBE_PREFIX = "mee_probe_"
+PROBE_DESCRIPTION = "milvus-embed capability probe"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Capabilities:
     float16_vectors: bool
     probed: bool = False
     """True when the flags come from probing the server, False when they come from a version table."""
+    descriptions: bool = True
+    """The server keeps collection descriptions (where the layout lives); Milvus Lite 3.2.2 drops them, and
+    the store then keeps the description in a collection property instead (client.DescriptionShim)."""
 
     @property
     def index_types(self) -> tuple[str, ...]:
@@ -88,7 +92,8 @@ def probe_capabilities(client: Any, version: str, *, cache_key: str = "",
       from ``describe_collection`` (Milvus Lite 3.2.2 accepts it and drops it);
     - add_field: ``add_collection_field`` of a nullable INT64 on the scratch collection;
     - aliases: ``list_aliases`` of the scratch collection;
-    - float16 vectors: a second scratch collection with a FLOAT16_VECTOR field.
+    - float16 vectors: a second scratch collection with a FLOAT16_VECTOR field;
+    - descriptions: the scratch collection's schema description must come back.
 
     A server that refuses the scratch collection itself (no privilege to create collections) gets the
     version table's set, and a warning says so. Results are cached per ``cache_key`` (the URI) and
@@ -129,6 +134,9 @@ def probe_capabilities(client: Any, version: str, *, cache_key: str = "",
             native = "colbert" in structs or "colbert" in fields
             if not native:
                 refused("array-of-struct field (silently dropped at create time)", RuntimeError("dropped"))
+        descriptions = client.describe_collection(name).get("description") == PROBE_DESCRIPTION
+        if not descriptions:
+            refused("collection description (silently dropped at create time)", RuntimeError("dropped"))
         aliases = True
         try:
             client.list_aliases(name)
@@ -156,9 +164,9 @@ def probe_capabilities(client: Any, version: str, *, cache_key: str = "",
             except Exception:  # noqa: BLE001 - best effort; the name says what it is
                 log.warning("could not drop the capability-probe collection %s; drop it by hand", n)
     caps = Capabilities(server_version=version, lite=False, aliases=aliases, add_field=add_field,
-                        native_multivector=native, float16_vectors=f16, probed=True)
-    log.info("Milvus %s capabilities (probed): aliases=%s add_field=%s native_multivector=%s float16_vectors=%s",
-             version, aliases, add_field, native, f16)
+                        native_multivector=native, float16_vectors=f16, probed=True, descriptions=descriptions)
+    log.info("Milvus %s capabilities (probed): aliases=%s add_field=%s native_multivector=%s float16_vectors=%s "
+             "descriptions=%s", version, aliases, add_field, native, f16, descriptions)
     with _probe_lock:
         if cache_key:
             _probe_cache[key] = caps
@@ -168,7 +176,7 @@ def probe_capabilities(client: Any, version: str, *, cache_key: str = "",
 def _create_scratch(client: Any, name: str, *, struct: bool, dtype: Any = None) -> None:
     from pymilvus import DataType
 
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False, description=PROBE_DESCRIPTION)
     schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=16)
     schema.add_field("v", dtype or DataType.FLOAT_VECTOR, dim=2)
     if struct:

@@ -153,6 +153,7 @@ class MilvusStore:
         with quiet_pymilvus():
             probe.capabilities = probe.call("probe the server's capabilities", probe_capabilities, client, version,
                                             cache_key=uri)
+        probe.client = probe.wrap(client)
         log.info("connected to Milvus %s at %s", version, target)
         return probe
 
@@ -238,6 +239,12 @@ class MilvusStore:
         # user:password@ in any URI the driver echoed back
         return re.sub(r"//[^/@\s]+:[^/@\s]+@", "//***@", text)
 
+    def wrap(self, client: Any) -> Any:
+        """The client as the rest of the store sees it: shimmed where the server lacks descriptions."""
+        if self.capabilities.descriptions or isinstance(client, DescriptionShim):
+            return client
+        return DescriptionShim(client)
+
     # ------------------------------------------------------------------ health
     def lite_server_alive(self) -> bool | None:
         """Whether the embedded Lite server process still runs (None: not embedded, or unknown)."""
@@ -290,7 +297,7 @@ class MilvusStore:
                 with contextlib.suppress(Exception):
                     new.close()
                 raise
-        self.client = new
+        self.client = new = self.wrap(new)
         if old is not None and old is not new:
             with contextlib.suppress(Exception):
                 old.close()
@@ -331,6 +338,41 @@ class MilvusStore:
 
     def list_collections(self) -> list[str]:
         return list(self.call("list collections", self.client.list_collections))
+
+
+DESCRIPTION_PROPERTY = "mee.description"
+
+
+class DescriptionShim:
+    """A pymilvus client for servers that drop collection descriptions (Milvus Lite 3.2.2).
+
+    The layout of a collection lives in its description (store/layout.py). On such a server the
+    description is also written to the collection property ``mee.description`` at create time, and
+    ``describe_collection`` puts it back where every reader looks (and hides the property). Everything
+    else passes through unchanged.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def create_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+        out = self._client.create_collection(collection_name, *args, **kwargs)
+        description = getattr(kwargs.get("schema"), "description", "") or kwargs.get("description", "")
+        if description:
+            self._client.alter_collection_properties(collection_name, {DESCRIPTION_PROPERTY: description})
+        return out
+
+    def describe_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+        described = self._client.describe_collection(collection_name, *args, **kwargs)
+        props = dict(described.get("properties") or {})
+        if DESCRIPTION_PROPERTY in props:
+            text = props.pop(DESCRIPTION_PROPERTY)
+            described = {**described, "properties": props,
+                         "description": described.get("description") or text}
+        return described
 
 
 def _reason(exc: BaseException) -> str:

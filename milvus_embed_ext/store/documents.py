@@ -250,8 +250,15 @@ class DocumentStore:
             self._call("create the projection collection", client.create_collection, resolved.pca_name,
                        schema=pca_schema(resolved), index_params=placeholder_index_params(client),
                        consistency_level="Strong")
-        self._call("create the collection", client.create_collection, resolved.name, schema=main_schema(resolved),
-                   index_params=main_index_params(resolved, client), consistency_level="Strong")
+        try:
+            self._call("create the collection", client.create_collection, resolved.name,
+                       schema=main_schema(resolved), index_params=main_index_params(resolved, client),
+                       consistency_level="Strong")
+        except MilvusEmbedError:
+            # pymilvus creates, then indexes: a failed index can leave a trimmed collection behind
+            if store.has_collection(resolved.name):
+                verify_created(store, resolved.name, resolved)
+            raise
         verify_created(store, resolved.name, resolved)
         log.info("created collection %s (%s)", resolved.name, resolved.to_dict())
         return self
