@@ -275,7 +275,8 @@ class DocumentStore:
             raise FailedPrecondition(f"collection {name} was not created by milvus-embed (no layout in its "
                                      "description); use another collection name")
         self = cls(store, layout)
-        problems = schema_problems(layout, described)
+        # fields next to the layout's own were added by migrations (add_field; `migrate check` watches them)
+        problems = [p for p in schema_problems(layout, described) if not p.startswith("unexpected field")]
         if problems:
             raise FailedPrecondition(f"collection {name} does not match its layout: {'; '.join(problems)}")
         if layout.colbert == "companion" and not store.has_collection(layout.companion_name):
