@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _milvus_server import MilvusServer, missing_reason, server_binary
+from _milvus_server import ENV_VAR, MilvusServer, missing_reason, server_binary
 
 _names = itertools.count()
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything in this folder carries the ``server`` marker (``-m "not server"`` leaves the tier out)."""
+    for item in items:
+        if _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")
 def milvus_bin() -> Path:
     binary = server_binary()
     if binary is None:
+        if os.environ.get(ENV_VAR):  # the Makefile asked for the tier: a missing binary is a failure, not a skip
+            pytest.fail(f"{ENV_VAR}={os.environ[ENV_VAR]} is not an executable; run `make milvus-server`")
         pytest.skip(missing_reason())
     return binary
 
