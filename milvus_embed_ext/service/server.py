@@ -398,6 +398,15 @@ class Sidecar:
                         self._milvus_error(str(exc))
                     if gave_up:
                         continue
+                    if lite and failed_restarts >= s.milvus_lite_restarts:
+                        gave_up = True
+                        reason = (f"the embedded Milvus Lite server died and {failed_restarts} restarts in a row "
+                                  f"failed (milvus_lite_restarts={s.milvus_lite_restarts}); last error: {exc}. "
+                                  "Restart the sidecar; check disk space and the data directory")
+                        log.error("giving up on Milvus Lite: %s", reason)
+                        self._milvus_error(reason)
+                        self.rt.store_down = reason
+                        continue
                     before = getattr(store, "lite_restarts", 0)
                     try:
                         await run(store.reconnect, timeout)
@@ -406,16 +415,7 @@ class Sidecar:
                         self._milvus_error(str(exc2))
                         if getattr(store, "lite_restarts", 0) > before:
                             self.metrics.milvus_lite_restarts.inc()
-                        if lite:
-                            failed_restarts += 1
-                            if failed_restarts >= s.milvus_lite_restarts:
-                                gave_up = True
-                                reason = (f"the embedded Milvus Lite server died and {failed_restarts} restarts in a "
-                                          f"row failed (milvus_lite_restarts={s.milvus_lite_restarts}); last error: "
-                                          f"{exc2}. Restart the sidecar; check disk space and the data directory")
-                                log.error("giving up on Milvus Lite: %s", reason)
-                                self._milvus_error(reason)
-                                self.rt.store_down = reason
+                        failed_restarts += 1 if lite else 0
                         self._update_down_seconds()
                         continue
                     self.metrics.milvus_reconnects.labels("ok").inc()
