@@ -41,7 +41,7 @@ T = TypeVar("T")
 _lite_lock = threading.Lock()
 _lite_refs: dict[str, int] = {}  # resolved .db path -> open MilvusStores in this process
 PING_COLLECTION = f"{PROBE_PREFIX}ping"  # looked up, never created: a cheap round trip on every backend
-RETRY_HINT = "the sidecar reconnects by itself: retry with backoff"
+RETRY_HINT = "Milvus may be restarting: retry with backoff"
 
 
 @contextlib.contextmanager
