@@ -366,6 +366,10 @@ class Sidecar:
         self.metrics.milvus_up.set(1 if up else 0)
         self.metrics.ready.set(1 if up else 0)
         self.rt.store_down = "" if up else reason
+        if up:
+            self.rt.store_lost.clear()
+        else:
+            self.rt.store_lost.set()  # calls waiting on Milvus answer UNAVAILABLE now, not at their deadline
 
     async def _watch_milvus(self, store: Any) -> None:
         """Probe Milvus; on failure go NOT_SERVING and reconnect until it answers (see the module doc)."""

@@ -181,3 +181,41 @@ def test_startup_retries_are_bounded(tiny_encoder: Any, monkeypatch: pytest.Monk
     asyncio.run(main())
     assert 2 <= len(calls) <= 20
     assert any("attempt 1" in r.getMessage() for r in caplog.records)
+
+
+class HangingDocStore:
+    """A collection whose reads hang (a Milvus that stopped answering without closing connections)."""
+
+    layout = type("L", (), {"scalar_fields": ("id", "text", "metadata")})()
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def get(self, ids: Any, **kw: Any) -> list[dict[str, Any]]:
+        self.release.wait(30)
+        return []
+
+
+def test_calls_waiting_on_a_hung_milvus_fail_fast_when_it_is_declared_lost(tiny_encoder: Any) -> None:
+    store = ScriptedStore()
+    hanging = HangingDocStore()
+
+    async def main() -> None:
+        sc = await _start(tiny_encoder, store)
+        sc.rt.doc_stores["documents"] = hanging
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
+                docs = documents_pb2_grpc.DocumentsStub(ch)
+                call = asyncio.ensure_future(docs.Get(documents_pb2.GetRequest(ids=["a"], allow_missing=True),
+                                                      timeout=60))
+                await asyncio.sleep(0.3)
+                assert not call.done()  # waiting on the hung Milvus
+                store.down.set()  # the watcher's probe fails too: Milvus is declared lost
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await asyncio.wait_for(call, 20)  # long before the 60 s deadline
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "retry" in err.value.details()
+        finally:
+            hanging.release.set()
+            await sc.stop(0)
+
+    asyncio.run(main())
