@@ -80,6 +80,8 @@ async def in_store_thread(rt: Runtime, context: grpc.aio.ServicerContext, fn: Ca
     caller gets UNAVAILABLE at once instead of waiting for its deadline; the thread finishes on its own
     (writes are idempotent by id, so the client's retry converges either way)."""
     timeout = remaining(context)  # first: a call past its deadline must not start a write
+    if rt.store_lost.is_set():  # Milvus went away since this request began: start nothing
+        raise Unavailable(rt.store_down or "Milvus is unreachable; retry with backoff")
     fut = asyncio.get_running_loop().run_in_executor(rt.store_executor, fn, *args)
     fut.add_done_callback(_consume)  # if abandoned (lost, deadline, cancelled), its error must not warn
     lost = asyncio.ensure_future(rt.store_lost.wait())
