@@ -5,8 +5,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 TEST_MODEL := .cache/test-model-tiny
+# A Milvus *server* process for tests/server: milvus-lite 3.2.2 (pure Python, runs as a gRPC server) in a venv
+# of its own; it cannot share .venv with the embedded milvus-lite 2.5.1 (same distribution name).
+MILVUS_SERVER_VENV ?= .venv-lite3
+MILVUS_SERVER_PINS := "milvus-lite==3.2.2" "pymilvus==2.6.17"
+MILVUS_SERVER_BIN := $(CURDIR)/$(MILVUS_SERVER_VENV)/bin/milvus-lite
+TEST_ENV := MEE_TEST_MILVUS_SERVER_BIN=$(MILVUS_SERVER_BIN)
 
-.PHONY: setup run demo test test-slow test-reliability lint typecheck proto proto-check bench bench-compare bench-report gpu-check clean
+.PHONY: setup milvus-server run demo test test-server test-slow test-reliability lint typecheck proto proto-check bench bench-compare bench-report gpu-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -18,22 +24,34 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 setup: $(VENV)/.installed
 
+# milvus-lite 3.2.2 imports pymilvus without declaring it, hence the explicit pin.
+$(MILVUS_SERVER_VENV)/.installed:
+	$(PYTHON) -m venv $(MILVUS_SERVER_VENV)
+	$(MILVUS_SERVER_VENV)/bin/pip install -q $(MILVUS_SERVER_PINS)
+	touch $@
+
+milvus-server: $(MILVUS_SERVER_VENV)/.installed
+
 run: setup
 	$(VENV)/bin/milvus-embed serve
 
 demo: setup
 	$(VENV)/bin/milvus-embed demo
 
-test: setup
-	$(PY) -m pytest -q
+test: setup milvus-server
+	$(TEST_ENV) $(PY) -m pytest -q
 
-test-slow: setup
-	$(PY) -m pytest -q -m slow --run-slow
+# The server tier alone, fault runs (slow) included: a Milvus server process killed with -9 and restarted.
+test-server: setup milvus-server
+	$(TEST_ENV) $(PY) -m pytest -q tests/server --run-slow
+
+test-slow: setup milvus-server
+	$(TEST_ENV) $(PY) -m pytest -q -m slow --run-slow
 
 # Fuzzing, faults, load and security against a real sidecar (docs/reliability.md); figures go to .cache/reliability.jsonl
-test-reliability: setup
+test-reliability: setup milvus-server
 	mkdir -p .cache && rm -f .cache/reliability.jsonl
-	MEE_RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(PY) -m pytest -q tests/reliability --run-slow
+	MEE_RELIABILITY_REPORT=$(CURDIR)/.cache/reliability.jsonl $(TEST_ENV) $(PY) -m pytest -q tests/reliability tests/server --run-slow
 
 lint: setup
 	$(VENV)/bin/ruff check milvus_embed_ext tests bench migrations
@@ -61,4 +79,4 @@ gpu-check:
 	bash bench/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache data
+	rm -rf $(VENV) $(MILVUS_SERVER_VENV) .cache .pytest_cache data

@@ -344,9 +344,26 @@ def parse_search_response(resp: search_pb2.HybridSearchResponse) -> SearchResult
                         colbert_read=resp.colbert_read)
 
 
+# Calls that are safe to repeat: Embed, HybridSearch and Get read; Upsert and Delete are idempotent by id
+# (the sidecar's documented contract: retrying the same upsert converges). UpsertStream is left out: a
+# replayed stream would have to be buffered whole. Only UNAVAILABLE is retried (the sidecar answers it
+# while Milvus is away, and gRPC while the sidecar restarts); the sidecar's other codes are final.
+RETRIED_METHODS = (("milvus_embed_ext.v1.Embedder", "Embed"), ("milvus_embed_ext.v1.Search", "HybridSearch"),
+                   ("milvus_embed_ext.v1.Documents", "Get"), ("milvus_embed_ext.v1.Documents", "Upsert"),
+                   ("milvus_embed_ext.v1.Documents", "Delete"))
+RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "3s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
+SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": svc, "method": m} for svc, m in RETRIED_METHODS],
+    "retryPolicy": RETRY_POLICY,
+}]})
+
+
 def _channel_args(max_message_bytes: int, tls: TLSConfig | None) -> list[tuple[str, Any]]:
     opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
-                                   ("grpc.max_send_message_length", max_message_bytes)]
+                                   ("grpc.max_send_message_length", max_message_bytes),
+                                   ("grpc.enable_retries", 1),
+                                   ("grpc.service_config", SERVICE_CONFIG)]
     if tls is not None and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
     return opts

@@ -116,6 +116,15 @@ class Settings:
     """CA bundle for https:// Milvus URIs (server certificate verification)."""
     milvus_timeout_s: float = 30.0
     """Timeout for each Milvus call, in seconds."""
+    milvus_health_interval_s: float = 2.0
+    """How often the sidecar probes Milvus once serving; one failed probe turns health NOT_SERVING (metric
+    mee_milvus_up 0, reason in mee_milvus_last_error_info) and starts reconnecting."""
+    milvus_startup_timeout_s: float = 300.0
+    """How long start-up keeps retrying an unreachable Milvus (jittered exponential backoff, each attempt
+    logged) before the sidecar exits; 0 retries forever."""
+    milvus_lite_restarts: int = 5
+    """Embedded Lite only: restarts of its dead server process tried in a row (with backoff) before the
+    sidecar gives up and stays NOT_SERVING, saying why; a successful recovery resets the count."""
     collection: str = "documents"
     """Default collection for Upsert/Search when a request names none."""
     colbert_codec: str = "int8"
@@ -258,6 +267,10 @@ def _validate(s: Settings) -> None:
                  "cross_encoder_top_n_factor"):
         if getattr(s, name) <= 0:
             raise InvalidArgument(f"{name} must be > 0, got {getattr(s, name)}")
+    if s.milvus_health_interval_s <= 0:
+        raise InvalidArgument(f"milvus_health_interval_s must be > 0, got {s.milvus_health_interval_s}")
+    if s.milvus_startup_timeout_s < 0 or s.milvus_lite_restarts < 0:
+        raise InvalidArgument("milvus_startup_timeout_s and milvus_lite_restarts must be >= 0 (0: no limit / none)")
     if any(d <= 0 for d in s.truncate_dims):
         raise InvalidArgument(f"truncate_dims must be positive, got {s.truncate_dims}")
     if s.colbert_codec not in {"fp32", "fp16", "int8", "bits"}:

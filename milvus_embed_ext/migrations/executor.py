@@ -306,7 +306,8 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
         extra += [f for f in add if f.name not in extra_names]
         kept = _layout_fields(target) & {f["name"] for f in described.get("fields", [])}
         ck = {"phase": "copy", "tmp": tmp, "extra": [f.to_dict() for f in extra],
-              "indexes": [i.to_dict() for i in live_indexes(ctx, name, sorted(kept))]}
+              "indexes": [i.to_dict() for i in live_indexes(ctx, name, sorted(kept))],
+              "properties": {str(k): str(v) for k, v in (described.get("properties") or {}).items()}}
         ctx.table.set_checkpoint(ctx.scope, key, ck)
     extra = [FieldSpec.from_dict(d) for d in ck["extra"]]
     indexes = [IndexSpec(**d) for d in ck.get("indexes", [])]
@@ -329,6 +330,9 @@ def rebuild(ctx: OpContext, name: str, target: CollectionLayout, *,
     if ck["phase"] == "copy":
         if not ctx.admin.has(tmp):
             create_main(ctx, target, tmp, extra, indexes)
+            if ck.get("properties"):  # a rebuild keeps the collection's properties (set by revisions)
+                ctx.store.call(f"copy properties to {tmp}", ctx.client.alter_collection_properties, tmp,
+                               ck["properties"])
         copy_rows(ctx, name, tmp, transform, key=key + ":copy", batch_size=batch_size)
         verify_copy(ctx, name, tmp, derive)
         ck = {**ck, "phase": "swap"}
@@ -352,6 +356,7 @@ def _swap(ctx: OpContext, name: str, tmp: str, target: CollectionLayout, extra: 
         if not ctx.admin.has(name) and ctx.admin.has(tmp):
             ctx.store.call(f"rename {tmp} to {name}", ctx.client.rename_collection, tmp, name)
         ctx.admin.drop(old)
+        ctx.admin.load(name)  # a renamed collection can come back released (Milvus Lite 3.2.2 server)
         return
     # Milvus Lite: copy back under the original name; the verified copy in tmp is the source of truth.
     ck = ctx.table.checkpoint(ctx.scope, key) or {}

@@ -63,6 +63,8 @@ class Runtime:
     metrics: Any = None          # ServiceMetrics (search stage latency)
     reranker: Any = None         # Reranker once loaded; stays None unless MEE_RERANKER_MODEL is set
     rerank_batcher: RerankBatcher | None = None
+    store_down: str = ""         # set by the server's Milvus watcher while Milvus is unreachable: why
+    store_lost: asyncio.Event = field(default_factory=asyncio.Event)  # set with store_down: ends waits at once
 
     def require_reranker(self) -> RerankBatcher:
         """The reranker's batcher; FailedPrecondition (how to enable it) when none is configured."""
@@ -94,6 +96,8 @@ class Runtime:
         return self.encoder, self.batcher
 
     def require_store(self) -> MilvusBackend:
+        if self.store_down:  # fail fast: no call that would wait for a Milvus known to be gone
+            raise Unavailable(self.store_down)
         if self.store is None:
             raise Unavailable("Milvus is not connected yet (or unreachable); wait for health SERVING and retry")
         return self.store
@@ -110,16 +114,36 @@ def remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 
 async def in_store_thread(rt: Runtime, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking Milvus call off the event loop, bounded by the caller's deadline."""
+    """Run a blocking Milvus call off the event loop, bounded by the caller's deadline.
+
+    When the Milvus watcher declares Milvus lost while the call waits (a hung Milvus, a cut network), the
+    caller gets UNAVAILABLE at once instead of waiting for its deadline; the thread finishes on its own
+    (writes are idempotent by id, so the client's retry converges either way)."""
     timeout = remaining(context)  # first: a call past its deadline must not start a write
+    if rt.store_lost.is_set():  # Milvus went away since this request began: start nothing
+        raise Unavailable(rt.store_down or "Milvus is unreachable; retry with backoff")
     fut = asyncio.get_running_loop().run_in_executor(rt.store_executor, fn, *args)
+    fut.add_done_callback(_consume)  # if abandoned (lost, deadline, cancelled), its error must not warn
+    lost = asyncio.ensure_future(rt.store_lost.wait())
     try:
-        return await asyncio.wait_for(fut, timeout) if timeout is not None else await fut
-    except asyncio.TimeoutError:
-        raise DeadlineExceeded("deadline passed while waiting for Milvus; raise the client timeout") from None
-    except NotFound:
-        rt.doc_stores.clear()  # a collection vanished (dropped, renamed by a migration): re-open on next use
-        raise
+        waiting: set[asyncio.Future[Any]] = {fut, lost}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+    if fut in done:
+        try:
+            return fut.result()
+        except NotFound:
+            rt.doc_stores.clear()  # a collection vanished (dropped, renamed by a migration): re-open on next use
+            raise
+    if lost in done:
+        raise Unavailable(rt.store_down or "Milvus became unreachable during the call; retry with backoff")
+    raise DeadlineExceeded("deadline passed while waiting for Milvus; raise the client timeout")
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _ms(seconds: float) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from ..errors import DeadlineExceeded, InvalidArgument, Unavailable
+from ..errors import InvalidArgument
 
 log = logging.getLogger("milvus_embed_ext.service")
 
@@ -49,8 +49,18 @@ class ServiceMetrics:
                                       ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.milvus_latency = Histogram("mee_milvus_call_seconds", "Milvus calls by pymilvus method and outcome (ok|error)",
                                         ["op", "outcome"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.milvus_up = Gauge("mee_milvus_up", "1 while Milvus answers; 0 before it is connected and after a call "
-                                                "found it unreachable or timed out", registry=r)
+        self.milvus_up = Gauge("mee_milvus_up", "1 while the health probe reaches Milvus, 0 while it does not",
+                               registry=r)
+        self.milvus_last_error = Info("mee_milvus_last_error", "why the last Milvus health probe or reconnect "
+                                      "failed (reason, when as unix seconds)", registry=r)
+        self.milvus_down_seconds = Gauge("mee_milvus_down_seconds", "seconds since Milvus became unreachable "
+                                         "(0 while it answers)", registry=r)
+        self.milvus_outages = Counter("mee_milvus_outages", "times Milvus became unreachable after serving",
+                                      registry=r)
+        self.milvus_reconnects = Counter("mee_milvus_reconnects", "reconnect attempts, by result",
+                                         ["result"], registry=r)
+        self.milvus_lite_restarts = Counter("mee_milvus_lite_restarts", "embedded Milvus Lite server processes "
+                                            "restarted after they died", registry=r)
 
     def observe_request(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
@@ -75,10 +85,9 @@ class ServiceMetrics:
             self.search_stage.labels(stage).observe(max(float(ms), 0.0) / 1000.0)
 
     def observe_milvus_call(self, op: str, seconds: float, error: BaseException | None) -> None:
-        """The store's call observer: latency by method, and Milvus health from whether the call got an answer."""
+        """The store's call observer: latency by method and outcome (health is the watcher's: ``mee_milvus_up``)."""
         op = op if op.isidentifier() else "other"  # lambdas and partials
         self.milvus_latency.labels(op, "ok" if error is None else "error").observe(seconds)
-        self.milvus_up.set(0 if isinstance(error, (Unavailable, DeadlineExceeded)) else 1)
 
 
 def parse_host_port(address: str, what: str) -> tuple[str, int]:

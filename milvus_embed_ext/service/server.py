@@ -1,9 +1,18 @@
 """The grpc.aio sidecar: lifecycle, health, reflection, limits, and the guard around every RPC.
 
 Start-up order: bind the port with health NOT_SERVING (probes see us at once), load the model on the
-encoder thread, connect Milvus (retrying while it is unreachable), check or apply the schema, then
-report SERVING. SIGTERM/SIGINT: health NOT_SERVING, stop accepting, drain in-flight RPCs for
-``shutdown_grace_s``, stop the batcher, close Milvus.
+encoder thread, connect Milvus (retrying while it is unreachable: bounded by ``milvus_startup_timeout_s``,
+jittered exponential backoff, every attempt logged), check or apply the schema, then report SERVING.
+SIGTERM/SIGINT: health NOT_SERVING, stop accepting, drain in-flight RPCs for ``shutdown_grace_s``, stop
+the batcher, close Milvus.
+
+Once serving, a watcher probes Milvus every ``milvus_health_interval_s``. A failed probe turns health
+NOT_SERVING (the overall service, Documents and Search; Embedder needs no Milvus and stays SERVING),
+sets ``mee_milvus_up`` to 0 with the reason in ``mee_milvus_last_error_info``, and makes every request
+that needs Milvus fail at once with UNAVAILABLE saying to retry. The watcher then reconnects by itself
+(a dead embedded Lite server process is restarted, at most ``milvus_lite_restarts`` times in a row,
+with backoff), loads the collections again, and turns health SERVING. docs/reliability.md has the
+measured behaviour.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ..config import Settings
+from ..config import Settings, redact_uri
 from ..encoder.factory import load_encoder
 from ..errors import (
     FailedPrecondition,
@@ -100,6 +110,9 @@ class Sidecar:
         self.startup_error: BaseException | None = None
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()
+        self._watch_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-milvus-watch")
+        self._watcher: asyncio.Task[None] | None = None
+        self.milvus_down_since: float | None = None  # monotonic time of the outage's start; None while up
 
     # ------------------------------------------------------------------ guard
     async def _guard(self, rpc: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Message]]) -> Message:
@@ -241,15 +254,17 @@ class Sidecar:
                 raise
             await self._health.set(EMBEDDER, health_pb2.HealthCheckResponse.SERVING)
             store = await connecting
-            store.observer = self.metrics.observe_milvus_call  # Milvus call latency and mee_milvus_up
-            self.metrics.milvus_up.set(1)
+            store.observer = self.metrics.observe_milvus_call  # Milvus call latency by method
             await self._check_schema(store)
             for name in ("", DOCUMENTS, SEARCH):
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
             self.metrics.ready.set(1)
+            self.metrics.milvus_up.set(1)
             log.info("ready", extra={"model": str(getattr(self.rt.encoder, "model_id", "")),
                                      "device": str(getattr(self.rt.encoder, "device", ""))})
             self.ready.set()
+            if hasattr(store, "ping"):
+                self._watcher = asyncio.create_task(self._watch_milvus(store), name="mee-milvus-watch")
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - reported by serve()
@@ -298,18 +313,135 @@ class Sidecar:
         self.rt.reranker, self.rt.rerank_batcher = reranker, rerank_batcher
 
     async def _connect_milvus(self) -> Any:
-        """Connect, retrying with backoff while Milvus is unreachable (health stays NOT_SERVING)."""
+        """Connect, retrying while Milvus is unreachable (health stays NOT_SERVING): exponential backoff with
+        full jitter (0.5 s doubling, capped at 10 s), each attempt logged, given up after
+        ``milvus_startup_timeout_s`` (0: never) with Unavailable, which makes ``serve`` exit."""
         if self._given_store is not None:
             return self._given_store
         loop = asyncio.get_running_loop()
-        delay = 0.5
+        budget = self.settings.milvus_startup_timeout_s
+        started = time.monotonic()
+        attempt = 0
         while True:
+            attempt += 1
             try:
-                return await loop.run_in_executor(self.rt.store_executor, connect_store, self.settings)
+                store = await loop.run_in_executor(self.rt.store_executor, connect_store, self.settings)
             except Unavailable as exc:
-                log.warning("Milvus unreachable, retrying in %.1fs: %s", delay, exc)
+                self._milvus_error(str(exc))
+                elapsed = time.monotonic() - started
+                if budget and elapsed >= budget:
+                    raise Unavailable(f"Milvus at {redact_uri(self.settings.milvus_uri)} stayed unreachable for "
+                                      f"{elapsed:.0f} s ({attempt} attempts; milvus_startup_timeout_s={budget:g}): "
+                                      f"{exc}") from None
+                cap = min(10.0, 0.5 * 2 ** min(attempt - 1, 8))
+                delay = random.uniform(cap / 2, cap)  # jitter: replicas restarted together do not retry in step
+                if budget:
+                    delay = min(delay, max(0.0, budget - elapsed))
+                log.warning("Milvus unreachable (attempt %d), retrying in %.1fs: %s", attempt, delay, exc,
+                            extra={"attempt": attempt, "retry_in_s": round(delay, 2)})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                continue
+            if attempt > 1:
+                log.info("connected to Milvus after %d attempts", attempt)
+            return store
+
+    # ------------------------------------------------------------------ Milvus health
+    def _milvus_error(self, reason: str) -> None:
+        self.metrics.milvus_last_error.info({"reason": reason[:500], "when": f"{time.time():.0f}"})
+
+    async def _set_milvus_health(self, up: bool, reason: str = "") -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", DOCUMENTS, SEARCH):
+            await self._health.set(name, status)
+        self.metrics.milvus_up.set(1 if up else 0)
+        self.metrics.ready.set(1 if up else 0)
+        self.rt.store_down = "" if up else reason
+        if up:
+            self.rt.store_lost.clear()
+        else:
+            self.rt.store_lost.set()  # calls waiting on Milvus answer UNAVAILABLE now, not at their deadline
+
+    async def _watch_milvus(self, store: Any) -> None:
+        """Probe Milvus; on failure go NOT_SERVING and reconnect until it answers (see the module doc)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        interval = s.milvus_health_interval_s
+        timeout = max(1.0, min(interval, 5.0))
+        lite = bool(getattr(store, "lite_server_alive", lambda: None)() is not None)
+        failed_restarts = 0
+        gave_up = False
+
+        async def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return await loop.run_in_executor(self._watch_executor, fn, *args)
+
+        while True:
+            down = self.milvus_down_since is not None
+            delay = interval / 2 if down else interval  # while down, look twice as often: recover sooner
+            if down and lite and failed_restarts:
+                delay = min(30.0, interval * 2 ** failed_restarts) * random.uniform(0.75, 1.0)
+            await asyncio.sleep(delay)
+            try:
+                try:
+                    await run(store.ping, timeout)
+                    if self.milvus_down_since is not None or store.needs_reload:
+                        await run(store.reload_collections, timeout)
+                except MilvusEmbedError as exc:
+                    if self.milvus_down_since is None:
+                        await self._milvus_lost(str(exc))
+                    elif not gave_up:  # after giving up, the metric keeps saying why
+                        self._milvus_error(str(exc))
+                    if gave_up:
+                        continue
+                    if lite and failed_restarts >= s.milvus_lite_restarts:
+                        gave_up = True
+                        reason = (f"the embedded Milvus Lite server died and {failed_restarts} restarts in a row "
+                                  f"failed (milvus_lite_restarts={s.milvus_lite_restarts}); last error: {exc}. "
+                                  "Restart the sidecar; check disk space and the data directory")
+                        log.error("giving up on Milvus Lite: %s", reason)
+                        self._milvus_error(reason)
+                        self.rt.store_down = reason
+                        continue
+                    before = getattr(store, "lite_restarts", 0)
+                    try:
+                        await run(store.reconnect, timeout)
+                    except MilvusEmbedError as exc2:
+                        self.metrics.milvus_reconnects.labels("failed").inc()
+                        self._milvus_error(str(exc2))
+                        if getattr(store, "lite_restarts", 0) > before:
+                            self.metrics.milvus_lite_restarts.inc()
+                        failed_restarts += 1 if lite else 0
+                        self._update_down_seconds()
+                        continue
+                    self.metrics.milvus_reconnects.labels("ok").inc()
+                    if getattr(store, "lite_restarts", 0) > before:
+                        self.metrics.milvus_lite_restarts.inc()
+                if self.milvus_down_since is not None:
+                    await self._milvus_back()
+                    failed_restarts = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any surprise
+                log.error("Milvus health watcher error: %r", exc, exc_info=True)
+            self._update_down_seconds()
+
+    def _update_down_seconds(self) -> None:
+        since = self.milvus_down_since
+        self.metrics.milvus_down_seconds.set(0 if since is None else time.monotonic() - since)
+
+    async def _milvus_lost(self, reason: str) -> None:
+        self.milvus_down_since = time.monotonic()
+        self.metrics.milvus_outages.inc()
+        self._milvus_error(reason)
+        message = (f"Milvus at {redact_uri(self.settings.milvus_uri)} is unreachable ({reason}); the sidecar is "
+                   "reconnecting by itself: retry with backoff")
+        await self._set_milvus_health(False, message)
+        log.warning("Milvus lost: health NOT_SERVING until it answers again: %s", reason)
+
+    async def _milvus_back(self) -> None:
+        since = self.milvus_down_since or time.monotonic()
+        self.milvus_down_since = None
+        await self._set_milvus_health(True)
+        log.info("Milvus reachable again: health SERVING", extra={"outage_s": round(time.monotonic() - since, 3)})
 
     async def _check_schema(self, store: Any) -> None:
         if self._given_store is None:  # a store handed in is the caller's to prepare
@@ -332,6 +464,10 @@ class Sidecar:
             self._startup.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._startup
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
         http_stopping = asyncio.ensure_future(self._http.stop(grace)) if self._http is not None else None
         if self._server is not None:
             await self._server.stop(grace)
@@ -347,6 +483,7 @@ class Sidecar:
             with contextlib.suppress(Exception):
                 self.rt.store.close()
         self.rt.store_executor.shutdown(wait=False, cancel_futures=True)
+        self._watch_executor.shutdown(wait=False, cancel_futures=True)
         if self._metrics_server is not None:
             with contextlib.suppress(Exception):
                 self._metrics_server.shutdown()

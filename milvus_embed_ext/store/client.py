@@ -2,6 +2,12 @@
 
 Every pymilvus call goes through :meth:`MilvusStore.call`, which turns pymilvus and gRPC failures into
 domain errors and scrubs credentials from the messages.
+
+Staying connected (docs/reliability.md): :meth:`MilvusStore.ping` is the sidecar's health probe;
+:meth:`MilvusStore.reconnect` opens a fresh client (on a server) or restarts the embedded Lite server
+process when it died, then loads the collections again (a restarted Milvus Lite 3 server comes back
+with every collection released). Each store has its own (dedicated) pymilvus connection, so closing
+or replacing one never cuts another store's connection to the same Milvus.
 """
 
 from __future__ import annotations
@@ -29,28 +35,47 @@ from ..errors import (
     Unavailable,
     VectorsUnreadable,
 )
-from .capabilities import Capabilities, capabilities_for
+from .capabilities import PROBE_PREFIX, Capabilities, capabilities_for, probe_capabilities
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _lite_lock = threading.Lock()
 _lite_refs: dict[str, int] = {}  # resolved .db path -> open MilvusStores in this process
+PING_COLLECTION = f"{PROBE_PREFIX}ping"  # looked up, never created: a cheap round trip on every backend
+RETRY_HINT = "Milvus may be restarting: retry with backoff"
+
+
+@contextlib.contextmanager
+def quiet_pymilvus() -> Any:
+    """pymilvus logs every failed RPC with a traceback at ERROR; probes expect failures."""
+    logger = logging.getLogger("pymilvus")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class MilvusStore:
     """A connected pymilvus ``MilvusClient`` plus what the backend can do."""
 
     def __init__(self, client: Any, capabilities: Capabilities, *, target: str,
-                 secrets: tuple[str, ...] = (), lite_path: str | None = None) -> None:
+                 secrets: tuple[str, ...] = (), lite_path: str | None = None,
+                 opener: Callable[[float | None], Any] | None = None) -> None:
         self.client = client
         self.capabilities = capabilities
         self.target = target  # redacted URI or Lite path, for messages
         self._secrets = tuple(s for s in secrets if s)
         self._lite_path = lite_path
+        self._opener = opener  # opens a new client (reconnect); None for stores wrapping a given client
         self._closed = False
         # Told about every call: (pymilvus method name, seconds, mapped error or None). The service's metrics.
         self.observer: Callable[[str, float, BaseException | None], None] | None = None
+        self.needs_reload = False
+        """Set when Milvus answered "collection not loaded" (a restarted server): the watcher loads again."""
+        self.lite_restarts = 0
 
     # ------------------------------------------------------------------ connect
     @classmethod
@@ -76,14 +101,17 @@ class MilvusStore:
             from pymilvus import MilvusClient
         except ImportError as exc:  # pragma: no cover - dependency pinned in pyproject
             raise Unavailable(f"pymilvus is not installed: {exc}") from None
-        with _lite_lock:
+        def open_lite(timeout: float | None = None) -> Any:
             try:
-                client = MilvusClient(uri=resolved, timeout=settings.milvus_timeout_s)
+                return MilvusClient(uri=resolved, timeout=timeout or settings.milvus_timeout_s, dedicated=True)
             except Exception as exc:  # noqa: BLE001 - pymilvus raises many types here
                 raise Unavailable(
                     f"cannot open Milvus Lite at {resolved}: {_reason(exc)}. Only one process can open a Lite "
                     "file at a time: stop the other process or point milvus_uri at another file; milvus-lite "
                     "needs setuptools<81 (pkg_resources)") from None
+
+        with _lite_lock:
+            client = open_lite()
             _lite_refs[resolved] = _lite_refs.get(resolved, 0) + 1
         try:
             import milvus_lite
@@ -91,7 +119,7 @@ class MilvusStore:
             version = getattr(milvus_lite, "__version__", "")
         except ImportError:  # pragma: no cover
             version = ""
-        return cls(client, capabilities_for(version, lite=True), target=resolved, lite_path=resolved)
+        return cls(client, capabilities_for(version, lite=True), target=resolved, lite_path=resolved, opener=open_lite)
 
     @classmethod
     def _connect_server(cls, settings: Settings) -> MilvusStore:
@@ -117,11 +145,19 @@ class MilvusStore:
                 kwargs["server_pem_path"] = settings.milvus_tls_ca
         elif settings.milvus_tls_ca:
             raise InvalidArgument("milvus_tls_ca is set but milvus_uri is not https://; use an https:// URI")
-        probe = cls(None, capabilities_for("", lite=False), target=target, secrets=secrets)
-        client = probe.call(f"connect to Milvus at {target}", lambda: MilvusClient(uri=uri, **kwargs))
+        kwargs["dedicated"] = True  # our own channel: closing or replacing it touches no other store
+
+        def open_server(timeout: float | None = None) -> Any:
+            return MilvusClient(uri=uri, **{**kwargs, "timeout": timeout or settings.milvus_timeout_s})
+
+        probe = cls(None, capabilities_for("", lite=False), target=target, secrets=secrets, opener=open_server)
+        client = probe.call(f"connect to Milvus at {target}", open_server)
         probe.client = client
-        version = probe.call("read the server version", client.get_server_version)
-        probe.capabilities = capabilities_for(str(version), lite=False)
+        version = str(probe.call("read the server version", client.get_server_version))
+        with quiet_pymilvus():
+            probe.capabilities = probe.call("probe the server's capabilities", probe_capabilities, client, version,
+                                            cache_key=uri)
+        probe.client = probe.wrap(client)
         log.info("connected to Milvus %s at %s", version, target)
         return probe
 
@@ -204,7 +240,11 @@ class MilvusStore:
             return VectorsUnreadable(f"{what} failed on Milvus at {self.target}: {reason}")
         if "unimplemented" in low:
             return FailedPrecondition(f"{what}: not supported by {self.capabilities.server_version} ({reason})")
-        return Unavailable(f"{what} failed on Milvus at {self.target}: {reason}")
+        if code == 101 or "released" in low or "not loaded" in low:
+            self.needs_reload = True  # a restarted server: the health watcher loads the collections again
+            return Unavailable(f"{what}: Milvus at {self.target} has the collection released (restarted?); "
+                               f"it is being loaded again: retry with backoff ({reason})")
+        return Unavailable(f"{what} failed on Milvus at {self.target}: {reason}; {RETRY_HINT}")
 
     def scrub(self, text: str) -> str:
         for s in self._secrets:
@@ -212,12 +252,140 @@ class MilvusStore:
         # user:password@ in any URI the driver echoed back
         return re.sub(r"//[^/@\s]+:[^/@\s]+@", "//***@", text)
 
+    def wrap(self, client: Any) -> Any:
+        """The client as the rest of the store sees it: shimmed where the server lacks descriptions."""
+        if self.capabilities.descriptions or isinstance(client, DescriptionShim):
+            return client
+        return DescriptionShim(client)
+
+    # ------------------------------------------------------------------ health
+    def lite_server_alive(self) -> bool | None:
+        """Whether the embedded Lite server process still runs (None: not embedded, or unknown)."""
+        if not self._lite_path:
+            return None
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server = server_manager_instance._servers.get(self._lite_path)  # noqa: SLF001 - no public accessor
+            proc = getattr(server, "_p", None)
+        except Exception:  # noqa: BLE001
+            return None
+        if server is None:
+            return False
+        return None if proc is None else proc.poll() is None
+
+    def ping(self, timeout: float) -> None:
+        """One cheap round trip to Milvus; raises Unavailable (or DeadlineExceeded) saying why it failed."""
+        if self._closed:
+            raise FailedPrecondition(f"the Milvus connection to {self.target} is closed")
+        if self.lite_server_alive() is False:
+            raise Unavailable(f"the embedded Milvus Lite server process for {self.target} has exited")
+        with quiet_pymilvus():
+            self.call("health probe", self.client.has_collection, PING_COLLECTION, timeout=timeout)
+
+    def reconnect(self, timeout: float) -> None:
+        """Open a fresh connection (restarting a dead embedded Lite server process) and load the collections.
+
+        Raises Unavailable when Milvus still cannot be reached. The old client is closed after the new one
+        answered, so in-flight calls on it fail (they are retried by their callers), never hang.
+        """
+        if self._opener is None:
+            raise Unavailable(f"Milvus at {self.target} is unreachable and this store cannot reconnect "
+                              "(it wraps a client it did not open)")
+        old = self.client
+        with quiet_pymilvus():
+            if self._lite_path:
+                with _lite_lock:
+                    if self.lite_server_alive() is False:
+                        self._release_lite_server()
+                        self.lite_restarts += 1
+                        log.warning("restarting the embedded Milvus Lite server for %s (restart %d)",
+                                    self.target, self.lite_restarts)
+                    new = self._opener(timeout)
+            else:
+                new = self.call(f"reconnect to Milvus at {self.target}", self._opener, timeout)
+            try:
+                self.call("health probe", new.has_collection, PING_COLLECTION, timeout=timeout)
+            except MilvusEmbedError:
+                with contextlib.suppress(Exception):
+                    new.close()
+                raise
+        self.client = new = self.wrap(new)
+        if old is not None and old is not new:
+            with contextlib.suppress(Exception):
+                old.close()
+        self.reload_collections(timeout)
+
+    def reload_collections(self, timeout: float) -> list[str]:
+        """Load every collection again (a restarted Milvus Lite 3 server has them all released).
+
+        Returns the names loaded; a collection that cannot be loaded (no index yet) is skipped."""
+        loaded = []
+        started = time.monotonic()
+        with quiet_pymilvus():
+            for name in self.list_collections():
+                if name.startswith(PROBE_PREFIX):
+                    continue
+                try:
+                    self.call(f"load collection {name}", self.client.load_collection, name,
+                              timeout=max(timeout, 30.0))
+                    loaded.append(name)
+                except (FailedPrecondition, InvalidArgument, NotFound) as exc:
+                    log.debug("collection %s not loaded again: %s", name, exc)
+        self.needs_reload = False
+        log.info("collections loaded again after a reconnect", extra={"collections": len(loaded),
+                                                                       "seconds": round(time.monotonic() - started, 3)})
+        return loaded
+
+    def _release_lite_server(self) -> None:
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self._lite_path)
+        except Exception:  # noqa: BLE001
+            log.debug("error while releasing the dead Milvus Lite server", exc_info=True)
+
     # ------------------------------------------------------------------ small helpers
     def has_collection(self, name: str) -> bool:
         return bool(self.call(f"look up collection {name}", self.client.has_collection, name))
 
     def list_collections(self) -> list[str]:
         return list(self.call("list collections", self.client.list_collections))
+
+
+DESCRIPTION_PROPERTY = "mee.description"
+
+
+class DescriptionShim:
+    """A pymilvus client for servers that drop collection descriptions (Milvus Lite 3.2.2).
+
+    The layout of a collection lives in its description (store/layout.py). On such a server the
+    description is also written to the collection property ``mee.description`` at create time, and
+    ``describe_collection`` puts it back where every reader looks (and hides the property). Everything
+    else passes through unchanged.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def create_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+        out = self._client.create_collection(collection_name, *args, **kwargs)
+        description = getattr(kwargs.get("schema"), "description", "") or kwargs.get("description", "")
+        if description:
+            self._client.alter_collection_properties(collection_name, {DESCRIPTION_PROPERTY: description})
+        return out
+
+    def describe_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+        described = self._client.describe_collection(collection_name, *args, **kwargs)
+        props = dict(described.get("properties") or {})
+        if DESCRIPTION_PROPERTY in props:
+            text = props.pop(DESCRIPTION_PROPERTY)
+            described = {**described, "properties": props,
+                         "description": described.get("description") or text}
+        return described
 
 
 def _reason(exc: BaseException) -> str:

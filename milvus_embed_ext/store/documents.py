@@ -186,6 +186,26 @@ def _request_batches(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, 
         yield batch
 
 
+def verify_created(store: MilvusBackend, physical: str, layout: CollectionLayout) -> None:
+    """Read a just-created collection back and refuse it when a field is missing or different.
+
+    Some backends accept a schema and drop what they do not support (Milvus Lite 3.2.2 drops
+    Array-of-Struct fields without an error); a collection missing a field would fail much later,
+    on the first write. The collection is dropped again so a corrected retry can create it.
+    """
+    described = store.call(f"describe collection {physical}", store.client.describe_collection, physical)
+    problems = [p for p in schema_problems(layout, described) if not p.startswith("unexpected field")]
+    if problems:
+        try:
+            store.call(f"drop collection {physical}", store.client.drop_collection, physical)
+        except MilvusEmbedError:
+            log.warning("could not drop collection %s after its schema check failed", physical)
+        raise FailedPrecondition(
+            f"Milvus {store.capabilities.server_version} created collection {physical} without what was asked: "
+            f"{'; '.join(problems)}. The server silently dropped an unsupported field; use a layout this "
+            "server supports (e.g. colbert='companion') or a newer Milvus")
+
+
 def _as_document(doc: Any) -> Document:
     if isinstance(doc, Document):
         return doc
@@ -240,8 +260,16 @@ class DocumentStore:
         self = cls(store, resolved)
         client = store.client
         self.ensure_side_collections()
-        self._call("create the collection", client.create_collection, resolved.name, schema=main_schema(resolved),
-                   index_params=main_index_params(resolved, client), consistency_level="Strong")
+        try:
+            self._call("create the collection", client.create_collection, resolved.name,
+                       schema=main_schema(resolved), index_params=main_index_params(resolved, client),
+                       consistency_level="Strong")
+        except MilvusEmbedError:
+            # pymilvus creates, then indexes: a failed index can leave a trimmed collection behind
+            if store.has_collection(resolved.name):
+                verify_created(store, resolved.name, resolved)
+            raise
+        verify_created(store, resolved.name, resolved)
         log.info("created collection %s (%s)", resolved.name, resolved.to_dict())
         return self
 
@@ -269,7 +297,8 @@ class DocumentStore:
             raise FailedPrecondition(f"collection {name} was not created by milvus-embed (no layout in its "
                                      "description); use another collection name")
         self = cls(store, layout)
-        problems = schema_problems(layout, described)
+        # fields next to the layout's own were added by migrations (add_field; `migrate check` watches them)
+        problems = [p for p in schema_problems(layout, described) if not p.startswith("unexpected field")]
         if problems:
             raise FailedPrecondition(f"collection {name} does not match its layout: {'; '.join(problems)}")
         if layout.colbert == "companion" and not store.has_collection(layout.companion_name):

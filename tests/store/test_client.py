@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from milvus_embed_ext.config import load_settings
@@ -126,3 +128,67 @@ def test_lite_file_held_by_another_process_is_unavailable(tmp_path) -> None:  # 
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_version_table_does_not_trust_versions_that_are_not_milvus_2() -> None:
+    """milvus-lite 3.2.2 runs as a server and answers milvus_lite-3.2.2: newer than 2.6.4 by the numbers."""
+    for version in ("milvus_lite-3.2.2", "v3.0.0"):
+        caps = capabilities_for(version, lite=False)
+        assert not caps.native_multivector and not caps.add_field and not caps.float16_vectors
+
+
+class _ProbeClient:
+    """A pymilvus stand-in for the capability probe: refuses what it is told to, records what it made."""
+
+    def __init__(self, *, refuse_create: bool = False, drops_struct: bool = True) -> None:
+        self.refuse_create, self.drops_struct = refuse_create, drops_struct
+        self.collections: dict[str, Any] = {}
+
+    def create_schema(self, **kw: Any) -> Any:
+        from pymilvus import MilvusClient
+
+        return MilvusClient.create_schema(**kw)
+
+    def create_struct_field_schema(self) -> Any:
+        from pymilvus import MilvusClient
+
+        return MilvusClient.create_struct_field_schema()
+
+    def create_collection(self, name: str, schema: Any = None, **kw: Any) -> None:
+        if self.refuse_create:
+            raise PermissionError("permission denied: CreateCollection")
+        if any(getattr(f.dtype, "name", "") == "FLOAT16_VECTOR" for f in schema.fields):
+            raise ValueError("Float16Vector not supported")
+        self.collections[name] = schema
+
+    def describe_collection(self, name: str) -> dict[str, Any]:
+        schema = self.collections[name]
+        fields = [{"name": f.name} for f in schema.fields]
+        structs = [] if self.drops_struct else [{"name": "colbert"}]
+        return {"fields": fields, "struct_array_fields": structs, "description": schema.description}
+
+    def list_aliases(self, name: str) -> dict[str, Any]:
+        return {"aliases": []}
+
+    def add_collection_field(self, *a: Any, **kw: Any) -> None:
+        raise RuntimeError("UNIMPLEMENTED")
+
+    def drop_collection(self, name: str) -> None:
+        self.collections.pop(name)
+
+
+def test_probe_reports_what_the_server_does_and_cleans_up() -> None:
+    from milvus_embed_ext.store.capabilities import probe_capabilities
+
+    client = _ProbeClient(drops_struct=True)
+    caps = probe_capabilities(client, "v2.6.9")  # the version says native; the server drops the field
+    assert caps.probed and caps.aliases and not caps.native_multivector and not caps.add_field
+    assert not caps.float16_vectors and caps.descriptions
+    assert client.collections == {}
+
+
+def test_probe_refused_falls_back_to_the_version_table() -> None:
+    from milvus_embed_ext.store.capabilities import probe_capabilities
+
+    caps = probe_capabilities(_ProbeClient(refuse_create=True), "v2.6.4")
+    assert not caps.probed and caps == capabilities_for("v2.6.4", lite=False)
