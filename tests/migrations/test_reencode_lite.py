@@ -50,8 +50,8 @@ def test_upgrade_reencodes_as_one_worker_and_resumes_after_a_crash(lite, tmp_pat
              "metadata": {"i": i}} for i in range(N)]
     rng = np.random.default_rng(0)
     dense = rng.normal(size=(N, 64)).astype(np.float32)
-    ds.write(docs, M3Output(dense=dense / np.linalg.norm(dense, axis=1, keepdims=True),
-                            sparse=[{7: 0.5}] * N, colbert=[dense[i:i + 1] for i in range(N)]))
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)  # unit rows, as BGE-M3's (the store checks ColBERT's)
+    ds.write(docs, M3Output(dense=dense, sparse=[{7: 0.5}] * N, colbert=[dense[i:i + 1] for i in range(N)]))
     assert "reencode" in "\n".join(m.plan(cfg, store=st)[0].lines())
 
     batches: list[str] = []
@@ -91,7 +91,7 @@ def test_upgrade_reencodes_as_one_worker_and_resumes_after_a_crash(lite, tmp_pat
     from milvus_embed_ext.migrations.executor import OpContext
     from milvus_embed_ext.migrations.reencode import ReencodeJob
 
-    ds.write(docs[:1], M3Output(dense=dense[:1] / np.linalg.norm(dense[:1]), sparse=[{7: 0.5}], colbert=[dense[:1]]))
+    ds.write(docs[:1], M3Output(dense=dense[:1], sparse=[{7: 0.5}], colbert=[dense[:1]]))
     job = ReencodeJob(OpContext(st, settings, table, name, "check", "up", 0), name)
     job.check_sample([d["id"] for d in docs[1:5]])
     with pytest.raises(ConsistencyError, match="another model"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -92,8 +93,8 @@ def _seed(store: Any, name: str, docs: list[dict[str, Any]], dim: int) -> None:
     store.client.flush(ds.layout.companion_name)
 
 
-def _worker_cmd(server: Any, settings: Any, *extra: str) -> list[str]:
-    return [*server.python(), "migrate", "work", "--revision", REV,
+def _worker_cmd(settings: Any, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "milvus_embed_ext.cli", "migrate", "work", "--revision", REV,
             "--milvus-uri", settings.milvus_uri, "--collection", settings.collection, "--model", settings.model,
             "--migrations-dir", settings.migrations_dir, *extra]
 
@@ -177,7 +178,7 @@ def test_three_workers_two_killed_with_sigkill_end_exactly_like_one_worker(
 
         def start(i: int) -> subprocess.Popen:
             out = open(logs / f"worker{i}.log", "w")  # noqa: SIM115 - closed with the process
-            return subprocess.Popen(_worker_cmd(milvus_server, multi, *opts, "--worker-index", str(i % 3), "--workers", "3"),
+            return subprocess.Popen(_worker_cmd(multi, *opts, "--worker-index", str(i % 3), "--workers", "3"),
                                     stdout=out, stderr=subprocess.STDOUT, env=_env(), text=True)
 
         workers = [start(i) for i in range(3)]
@@ -217,7 +218,7 @@ def test_three_workers_two_killed_with_sigkill_end_exactly_like_one_worker(
         assert REV in table.applied("multi")
         assert table.rows("shard", group) == [] and table.rows("lease", group) == []
 
-        done = subprocess.run(_worker_cmd(milvus_server, multi), capture_output=True, text=True, env=_env(), timeout=120)
+        done = subprocess.run(_worker_cmd(multi), capture_output=True, text=True, env=_env(), timeout=120)
         assert done.returncode == 0 and "already applied; nothing to do" in done.stdout, done.stdout + done.stderr
 
         a, b = _everything(store, "single"), _everything(store, "multi")

@@ -137,14 +137,14 @@ def test_check_detects_a_proto_edit(tmp_path):
 def test_client_refuses_bad_top_k_naming_it(top_k):
     with pytest.raises(e.InvalidArgument, match="top_k"):
         build_search_request("q", collection="", top_k=top_k, offset=0, filter="", output_fields=(), candidates=None,
-                             rerank=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
+                             rescore=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
                              weights=None, rrf_k=None, normalization=None)
 
 
 def test_client_refuses_negative_offset_naming_it():
     with pytest.raises(e.InvalidArgument, match="offset must be at least 0, got -3"):
         build_search_request("q", collection="", top_k=3, offset=-3, filter="", output_fields=(), candidates=None,
-                             rerank=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
+                             rescore=None, candidate_k=None, truncate_dim=None, allow_partial=False, fusion=None,
                              weights=None, rrf_k=None, normalization=None)
 
 
