@@ -41,9 +41,10 @@ demo: setup
 test: setup milvus-server
 	$(TEST_ENV) $(PY) -m pytest -q
 
-# The server tier alone, fault runs (slow) included: a Milvus server process killed with -9 and restarted.
+# The server tier alone, slow runs included: a Milvus server process killed with -9 and restarted, and three
+# backfill workers sharing one re-encode while two of them are killed with -9.
 test-server: setup milvus-server
-	$(TEST_ENV) $(PY) -m pytest -q tests/server --run-slow
+	$(TEST_ENV) $(PY) -m pytest -q tests/server tests/server_backfill --run-slow
 
 test-slow: setup milvus-server
 	$(TEST_ENV) $(PY) -m pytest -q -m slow --run-slow
