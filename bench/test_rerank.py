@@ -129,8 +129,7 @@ def corpus_searcher(tmp_path_factory, m3_encoder):
     store = MilvusStore.connect(settings)
     doc_store, _ = demo.ensure_collection(settings, store)
     docs = demo.load_corpus()
-    with open(work / "load.log", "w", encoding="utf-8") as log:
-        demo.load_documents(doc_store, m3_encoder, docs, log)
+    demo.load_documents(doc_store, m3_encoder, docs)
     searcher = HybridSearcher(doc_store, m3_encoder.encode, settings=settings)
     yield searcher, {d.id: d.text for d in docs}
     searcher.close()

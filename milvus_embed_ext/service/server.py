@@ -6,8 +6,9 @@ jittered exponential backoff, every attempt logged), check or apply the schema, 
 SIGTERM/SIGINT: health NOT_SERVING, stop accepting, drain in-flight RPCs for ``shutdown_grace_s``, stop
 the batcher, close Milvus.
 
-Once serving, a watcher probes Milvus every ``milvus_health_interval_s``. A failed probe turns health
-NOT_SERVING (the overall service, Documents and Search; Embedder needs no Milvus and stays SERVING),
+Once serving, a watcher probes Milvus every ``milvus_health_interval_s``. A refused connection or a dead
+Lite process at once, or ``HUNG_AFTER_SLOW_PROBES`` probes in a row that time out (a hung Milvus; one slow
+answer from a busy one is not an outage), turn health NOT_SERVING (the overall service, Documents and Search; Embedder needs no Milvus and stays SERVING),
 sets ``mee_milvus_up`` to 0 with the reason in ``mee_milvus_last_error_info``, and makes every request
 that needs Milvus fail at once with UNAVAILABLE saying to retry. The watcher then reconnects by itself
 (a dead embedded Lite server process is restarted, at most ``milvus_lite_restarts`` times in a row,
@@ -36,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from ..config import Settings, redact_uri
 from ..encoder.factory import load_encoder
 from ..errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     MilvusEmbedError,
@@ -50,6 +52,11 @@ from .handlers import DocumentsHandlers, EmbedderHandlers, Runtime, SearchHandle
 from .metrics import ServiceMetrics, start_metrics_endpoint
 
 log = logging.getLogger("milvus_embed_ext.service")
+
+PROBE_TIMEOUT_S = 3.0
+"""How long one health probe of Milvus may take."""
+HUNG_AFTER_SLOW_PROBES = 3
+"""Probes in a row that must time out before a Milvus that keeps its connections open counts as lost (hung)."""
 
 EMBEDDER = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 DOCUMENTS = documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name
@@ -366,10 +373,11 @@ class Sidecar:
         s = self.settings
         loop = asyncio.get_running_loop()
         interval = s.milvus_health_interval_s
-        timeout = max(1.0, min(interval, 5.0))
+        timeout = PROBE_TIMEOUT_S
         lite = bool(getattr(store, "lite_server_alive", lambda: None)() is not None)
         failed_restarts = 0
         gave_up = False
+        slow_probes = 0
 
         async def run(fn: Callable[..., Any], *args: Any) -> Any:
             return await loop.run_in_executor(self._watch_executor, fn, *args)
@@ -377,15 +385,27 @@ class Sidecar:
         while True:
             down = self.milvus_down_since is not None
             delay = interval / 2 if down else interval  # while down, look twice as often: recover sooner
+            if slow_probes:
+                delay = 0.0  # a probe just timed out: ask again at once, so a hung Milvus is found in seconds
             if down and lite and failed_restarts:
                 delay = min(30.0, interval * 2 ** failed_restarts) * random.uniform(0.75, 1.0)
             await asyncio.sleep(delay)
             try:
                 try:
                     await run(store.ping, timeout)
+                    slow_probes = 0
                     if self.milvus_down_since is not None or store.needs_reload:
                         await run(store.reload_collections, timeout)
                 except MilvusEmbedError as exc:
+                    if isinstance(exc, DeadlineExceeded) and self.milvus_down_since is None:
+                        # A busy Milvus (loading a large collection, a 2-core host under load) can miss one
+                        # probe; only a run of them means hung. Refused connections and a dead Lite process
+                        # raise Unavailable and count at once.
+                        slow_probes += 1
+                        if slow_probes < HUNG_AFTER_SLOW_PROBES:
+                            log.warning("Milvus did not answer the health probe within %.0f s (%d of %d before "
+                                        "it counts as lost)", timeout, slow_probes, HUNG_AFTER_SLOW_PROBES)
+                            continue
                     if self.milvus_down_since is None:
                         await self._milvus_lost(str(exc))
                     elif not gave_up:  # after giving up, the metric keeps saying why

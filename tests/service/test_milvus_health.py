@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
 from milvus_embed_ext.config import load_settings
-from milvus_embed_ext.errors import Unavailable
+from milvus_embed_ext.errors import DeadlineExceeded, Unavailable
 from milvus_embed_ext.service.server import DOCUMENTS, EMBEDDER, Sidecar
 from milvus_embed_ext.wire._generated import (
     documents_pb2,
@@ -32,6 +32,7 @@ class ScriptedStore:
 
     def __init__(self, *, lite: bool = False, reconnect_fails: bool = False) -> None:
         self.down = threading.Event()
+        self.slow = 0  # the next probes that time out (a busy or hung Milvus: connections stay open)
         self.lite = lite
         self.reconnect_fails = reconnect_fails
         self.needs_reload = False
@@ -43,6 +44,9 @@ class ScriptedStore:
 
     def ping(self, timeout: float) -> None:
         self.pings += 1
+        if self.slow:
+            self.slow -= 1
+            raise DeadlineExceeded("health probe: Milvus at http://db:19530 did not answer in time")
         if self.down.is_set():
             raise Unavailable("health probe failed on Milvus at http://db:19530: connection refused")
 
@@ -216,6 +220,32 @@ def test_calls_waiting_on_a_hung_milvus_fail_fast_when_it_is_declared_lost(tiny_
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "retry" in err.value.details()
         finally:
             hanging.release.set()
+            await sc.stop(0)
+
+    asyncio.run(main())
+
+
+def test_a_slow_probe_is_not_an_outage_but_a_run_of_them_is(tiny_encoder: Any) -> None:
+    """A busy Milvus (a large collection loading, a loaded 2-core host) may miss a probe: serving goes on. Only
+    HUNG_AFTER_SLOW_PROBES timeouts in a row count as lost, and a success in between starts the count again."""
+    from milvus_embed_ext.service.server import HUNG_AFTER_SLOW_PROBES
+
+    store = ScriptedStore()
+
+    async def main() -> None:
+        sc = await _start(tiny_encoder, store)
+        try:
+            for _ in range(3):
+                store.slow = HUNG_AFTER_SLOW_PROBES - 1
+                target = store.pings + HUNG_AFTER_SLOW_PROBES  # the slow ones, then one that answers
+                await _until(lambda target=target: store.slow == 0 and store.pings > target)
+                assert sc.milvus_down_since is None and store.reconnects == 0
+            assert "mee_milvus_outages_total 0.0" in _metrics(sc)
+            store.slow = HUNG_AFTER_SLOW_PROBES
+            await _until(lambda: store.reconnects == 1)  # counted as lost (hung): reconnected
+            await _until(lambda: sc.milvus_down_since is None)  # and back, by itself
+            assert "mee_milvus_outages_total 1.0" in _metrics(sc)
+        finally:
             await sc.stop(0)
 
     asyncio.run(main())
