@@ -315,6 +315,48 @@ def http_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
                          sources(used)])
 
 
+def rerank_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
+    groups = latest_by_group(runs, lambda g: g in ("rerank-pairs", "rerank-request", "search-rerank"))
+    head = ("## Cross-encoder reranker beside FlagReranker, and search with stage 3\n\n"
+            "bench/test_rerank.py: the same checkpoint in one process. rerank-pairs: one query against passages of "
+            "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
+            "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
+            "reranker call over 50 pairs.")
+    if not groups:
+        return head + "\n\n" + NO_RUN.format(k="rerank")
+    parts, used = [head], []
+    for group in ("rerank-pairs", "rerank-request", "search-rerank"):
+        if group not in groups:
+            continue
+        run, benches = groups[group]
+        used.append(run)
+        rows = []
+        by: dict[str, dict] = {}
+        for b in sorted(benches, key=lambda b: str(b.get("name"))):
+            ex = b.get("extra_info") or {}
+            median_s = float((b.get("stats") or {}).get("median") or 0.0)
+            name = str(ex.get("backend") or ex.get("top_n", b.get("name")))
+            by[name] = {"median_s": median_s, **ex}
+            if group == "rerank-pairs":
+                rows.append([name, str(ex.get("pairs")), fmt(ex.get("pairs", 0) / median_s if median_s else None),
+                             fmt(ex.get("tokens", 0) / median_s if median_s else None)])
+            else:
+                label = (f"stage 3 over N={name}" if group == "search-rerank" and name.isdigit() and name != "0"
+                         else "no stage 3" if name == "0" else name)
+                rows.append([label, fmt(ex.get("p50_ms") or median_s * 1000.0), fmt(ex.get("p99_ms"))])
+        if group == "rerank-pairs":
+            parts.append("### Pairs per second\n\n" + table(["backend", "pairs", "pairs/s", "tokens/s"], rows))
+            if "torch" in by and "flagreranker" in by and by["torch"]["median_s"]:
+                r = by["flagreranker"]["median_s"] / by["torch"]["median_s"]
+                goals["rerank_pairs"] = r
+                parts.append(f"milvus-embed (torch) pairs/s / FlagReranker pairs/s: {_x(r)} (goal >= 2x).")
+        else:
+            title = "### One request" if group == "rerank-request" else "### Search with stage 3"
+            parts.append(title + "\n\n" + table(["case", "p50 ms", "p99 ms"], rows))
+    parts.append(sources(used))
+    return "\n\n".join(parts)
+
+
 def threads_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
     groups = latest_by_group(runs, lambda g: g.startswith("threads-"))
     head = ("## Encoder threads on a busy machine\n\n"
@@ -405,6 +447,9 @@ def goals_section(goals: dict[str, Any]) -> str:
     for docs, fusion_name, r in goals.get("same_fusion") or []:
         rows.append([f"Sidecar {fusion_name} p50 vs the baseline's {fusion_name}, {docs} docs", "<= 0.8x", _x(r),
                      met(r, lambda v: v <= 0.8)])
+    if goals.get("rerank_pairs") is not None:
+        rows.append(["Rerank pairs/s vs FlagReranker (CPU, fp32)", ">= 2x", _x(goals["rerank_pairs"]),
+                     met(goals["rerank_pairs"], lambda v: v >= 2)])
     for transport, r in goals.get("http_p50") or []:
         rows.append([f"One-query p50 over HTTP ({transport}) vs gRPC Embed", "<= 1.2x", _x(r), met(r, lambda v: v <= 1.2)])
     for transport, r in goals.get("http_qps") or []:
@@ -422,6 +467,7 @@ SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
     ("bench-encode", encode_section),
     ("bench-search", search_section),
     ("bench-throughput", throughput_section),
+    ("bench-rerank", rerank_section),
     ("bench-http", http_section),
     ("bench-threads", threads_section),
     ("bench-ingest", ingest_section),
