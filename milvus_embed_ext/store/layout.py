@@ -105,7 +105,9 @@ class CollectionLayout:
     truncated: tuple[TruncatedField, ...] = ()
     store_text: bool = True
     colbert: str = "auto"  # "auto" | "native" | "companion" | "none"
-    colbert_codec: str = "fp16"
+    colbert_codec: str = "int8"
+    """int8 by default: half of fp16's bytes to store and, above all, to read at search time; the planner reads
+    ColBERT rows for the candidates that can reach the page (bench/RESULTS.md: codecs, search)."""
     index_type: str = "auto"
     max_id_length: int = 512
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

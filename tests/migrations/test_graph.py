@@ -179,11 +179,11 @@ def test_scripts_state_their_parameters_and_settings_fill_only_new_scripts(tmp_p
     from milvus_embed_ext.migrations import new_revision
     from milvus_embed_ext.migrations.ops import Operations
 
-    settings = load_settings(env={}, overrides={"colbert_codec": "int8", "index_type": "IVF_FLAT",
+    settings = load_settings(env={}, overrides={"colbert_codec": "bits", "index_type": "IVF_FLAT",
                                                 "migrations_dir": str(tmp_path / "m")})
     op = Operations("c", settings, dense_dim=64)
     layout = op.layout()
-    assert (layout.colbert_codec, layout.index_type) == ("fp16", "auto"), "op.layout() never reads the settings"
+    assert (layout.colbert_codec, layout.index_type) == ("int8", "auto"), "op.layout() never reads the settings"
     assert op.layout(colbert_codec="bits").colbert_codec == "bits"
     op.create_collection(layout)
     later = Operations("c", None, model=op.model)
@@ -191,6 +191,6 @@ def test_scripts_state_their_parameters_and_settings_fill_only_new_scripts(tmp_p
     (tmp_path / "m").mkdir()
     write_scripts(tmp_path / "m", {"r1.py": 'revision = "r1"\ndown_revision = None\ndef upgrade(op): pass\n'})
     path = new_revision(settings, "next", revision_id="r2")
-    assert "LAYOUT = {'colbert_codec': 'int8', 'index_type': 'IVF_FLAT'}" in path.read_text()
+    assert "LAYOUT = {'colbert_codec': 'bits', 'index_type': 'IVF_FLAT'}" in path.read_text()
     scripts = {s.revision: s for s in load_scripts(tmp_path / "m")}
     assert scripts["r2"].down_revisions == ("r1",)
