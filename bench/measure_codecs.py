@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "Regenerate: `.venv/bin/python bench/measure_codecs.py`, then "
         "`.venv/bin/python bench/measure_codecs.py --size full --docs 200 --queries 40 --append` for 1024-d "
         "(the full-size random checkpoint; about 15 minutes of encoding on 2 busy cores).",
-        "Codecs: milvus_embed_ext/store/codecs.py (setting `colbert_codec`, default fp16). They apply to the",
+        "Codecs: milvus_embed_ext/store/codecs.py (setting `colbert_codec`, default int8). They apply to the",
         "portable companion store (Milvus Lite, servers before 2.6.4); native multi-vector fields store float32.",
         "Reading: fp16 halves fp32 with no rank change; int8 halves fp16 again and keeps the top-10 almost",
         "intact; 1-bit signs are 16x smaller than fp16 but reorder the top (worse at low dimension), so use",
