@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32])
     p.add_argument("--depths", type=int, nargs="+", default=[10, 20, 50, 100, 200])
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--codec", default="fp16", help="ColBERT storage codec (the default setting is fp16)")
+    p.add_argument("--codec", default="fp16", help="ColBERT storage codec of the measured collection")
     p.add_argument("--pca-sample", type=float, default=0.25, help="share of the corpus the PCA is fitted on")
     p.add_argument("--milvus-uri", default="", help="empty: a Milvus Lite file in a temporary directory")
     return p.parse_args(argv)
