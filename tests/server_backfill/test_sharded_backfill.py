@@ -42,7 +42,7 @@ SCRIPTS = {
 
         def upgrade(op):
             op.create_collection(op.layout(truncated=(TruncatedField(32, "prefix"),), colbert="companion",
-                                           index_type="FLAT"))
+                                           colbert_codec="fp16", index_type="FLAT"))
         ''',
     "0002_reencode.py": '''
         """Re-encode every document with the configured model."""
