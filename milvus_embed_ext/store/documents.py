@@ -63,6 +63,7 @@ from .layout import (
     SPARSE,
     TEXT,
     CollectionLayout,
+    check_collection_name,
     companion_schema,
     main_index_params,
     main_schema,
@@ -288,6 +289,7 @@ class DocumentStore:
     @classmethod
     def open(cls, store: MilvusBackend, name: str) -> DocumentStore:
         """Bind to an existing collection, reading its layout back from the collection description."""
+        check_collection_name(name)
         if not store.has_collection(name):
             raise NotFound(f"collection {name} does not exist; create it with `milvus-embed migrate upgrade` "
                            "or DocumentStore.create")

@@ -73,6 +73,17 @@ INDEX_BUILD_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_collection_name(name: Any) -> None:
+    """InvalidArgument unless ``name`` is a collection name Milvus accepts (checked before any call: some
+    malformed names make pymilvus retry until the caller's deadline instead of failing)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidArgument(
+            f"collection name {name!r} is invalid: use letters, digits and underscores, "
+            "starting with a letter or underscore")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"collection name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+
+
 def search_params(index_type: str, limit: int) -> dict[str, Any]:
     """Search-time parameters for a dense field indexed with ``index_type``."""
     if index_type == "IVF_FLAT":
@@ -124,12 +135,7 @@ class CollectionLayout:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise InvalidArgument naming the first problem with this layout."""
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise InvalidArgument(
-                f"collection name {self.name!r} is invalid: use letters, digits and underscores, "
-                "starting with a letter or underscore")
-        if len(self.name) > MAX_NAME_LENGTH:
-            raise InvalidArgument(f"collection name is {len(self.name)} characters; the limit is {MAX_NAME_LENGTH}")
+        check_collection_name(self.name)
         if self.name.endswith(RESERVED_SUFFIXES):
             raise InvalidArgument(
                 f"collection name {self.name!r} ends with a reserved suffix ({', '.join(RESERVED_SUFFIXES)})")

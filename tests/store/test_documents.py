@@ -333,3 +333,15 @@ def test_candidates_carry_the_stored_vectors_and_fields(lite_store: MilvusStore,
 
     raw = ds._search("dense", q.dense[0], 4, "", ["id", "dense", "sparse", "metadata"])
     assert _vector_columns(raw, ds.layout.dense_dim) is not None
+
+
+@pytest.mark.parametrize("name", ["O|\u00aec{x\x00", "has space", "", "1starts_with_digit", "x" * 300])
+def test_open_refuses_malformed_names_before_calling_milvus(name: str) -> None:
+    """Some malformed names make pymilvus retry until the caller's deadline; they never reach Milvus."""
+
+    class NoMilvus:
+        def has_collection(self, name: str) -> bool:
+            raise AssertionError("Milvus was called")
+
+    with pytest.raises(InvalidArgument, match="collection name"):
+        DocumentStore.open(NoMilvus(), name)  # type: ignore[arg-type]
