@@ -220,3 +220,31 @@ def test_reranker_loads_from_settings_and_a_broken_one_fails_start_up(tiny_encod
             await bad.stop(0)
 
     asyncio.run(main())
+
+
+def test_http_rerank_goes_through_the_rerank_batcher(tiny_encoder, tiny_reranker):
+    """TEI ``POST /rerank`` scores with the configured reranker through the same batcher (and limits) as gRPC."""
+    import httpx
+
+    from tests._sidecar import free_port
+
+    port = free_port()
+    gated = GatedReranker(tiny_reranker)
+
+    async def main():
+        sc = await _start(tiny_encoder, gated, http_listen=f"127.0.0.1:{port}", reranker_max_pairs=4)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                r = await http.post("/rerank", json={"query": "are probiotics good", "texts": PASSAGES,
+                                                     "raw_scores": True})
+                assert r.status_code == 200, r.text
+                got = {item["index"]: item["score"] for item in r.json()}
+                too_many = await http.post("/rerank", json={"query": "q", "texts": ["p"] * 5})
+            ref = tiny_reranker.compute_score([("are probiotics good", p) for p in PASSAGES])
+            assert [got[i] for i in range(len(PASSAGES))] == pytest.approx(ref, abs=1e-6)
+            assert gated.calls == [len(PASSAGES)]  # one batched call on the reranker's thread
+            assert too_many.status_code in (413, 422) and "reranker_max_pairs" in too_many.text
+        finally:
+            await sc.stop(1)
+
+    asyncio.run(main())

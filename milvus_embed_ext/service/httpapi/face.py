@@ -23,9 +23,23 @@ from .core import HttpCore
 log = logging.getLogger("milvus_embed_ext.service")
 
 
+class _BatchedReranker:
+    """The runtime's reranker as gRPC Rerank uses it: ``Runtime.rerank`` checks the limits and goes through the
+    reranker's own batcher (its queue and thread), never blocking the event loop with a forward pass."""
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    def rerank(self, query: str, passages: Any, normalize: bool) -> Any:
+        return self.rt.rerank(query, list(passages), normalize)  # a coroutine: HttpCore awaits it
+
+
 def _reranker_of(host: Any) -> Any:
-    """The service's reranker once it has one (the rerank issue adds it to the sidecar or its runtime)."""
-    return getattr(host, "reranker", None) or getattr(getattr(host, "rt", None), "reranker", None)
+    """The service's reranker once it has loaded (None: no reranker configured, TEI's 424)."""
+    rt = getattr(host, "rt", None)
+    if rt is not None and getattr(rt, "reranker", None) is not None:
+        return _BatchedReranker(rt)
+    return getattr(host, "reranker", None)
 
 
 def bind(listen: str) -> socket.socket:
