@@ -159,10 +159,30 @@ def test_cuda_requested_without_gpu(tiny_model_dir: Path):
         M3Encoder.from_pretrained(str(tiny_model_dir), device="cuda")
 
 
-def test_auto_dtype_and_device():
+def test_auto_dtype_and_device(monkeypatch: pytest.MonkeyPatch):
+    from milvus_embed_ext.encoder import model
+
+    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == "fp32"
+    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == "bf16"
     assert resolve_dtype("auto", "cuda:0") == "fp16"
     assert resolve_dtype("BF16", "cpu") == "bf16"
+    assert resolve_dtype("fp32", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu avx2 amx_bf16 amx_tile amx_int8", True),
+    ("fpu sse avx2 fma avx512f avx512_vnni", False),  # VNNI speeds int8, not bf16
+    ("", False),
+])
+def test_native_bf16_from_cpu_flags(flags: str, native: bool):
+    from milvus_embed_ext.encoder.model import cpu_has_native_bf16
+
+    cpuinfo = f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert cpu_has_native_bf16(cpuinfo) is native
+    assert cpu_has_native_bf16("no flags line at all") is False
 
 
 def _copy_without(src: Path, dst: Path, *missing: str) -> Path:
