@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InvalidArgument
-from .limits import DEFAULT_MAX_TOP_K
+from .limits import COLBERT_CODECS, DEFAULT_COLBERT_CODEC, DEFAULT_MAX_TOP_K
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,10 +127,11 @@ class Settings:
     sidecar gives up and stays NOT_SERVING, saying why; a successful recovery resets the count."""
     collection: str = "documents"
     """Default collection for Upsert/Search when a request names none."""
-    colbert_codec: str = "int8"
-    """fp32 | fp16 | int8 | bits: how ColBERT token vectors are packed in the portable store. A default that
-    `migrate revision` writes into a new script (which then states it); applied revisions never read it. int8
-    reads and stores half of fp16; its ColBERT top-10 overlap with fp32 is in bench/RESULTS.md (codecs)."""
+    colbert_codec: str = DEFAULT_COLBERT_CODEC
+    """fp32 | fp16 | int8 | int6 | bits: how ColBERT token vectors are packed in the portable store. A default
+    that `migrate revision` writes into a new script (which then states it); applied revisions never read it.
+    int6 (the default) stores and reads 0.38x of fp16's bytes with the ColBERT top-10 overlap of int8 on the
+    measured checkpoints (bench/RESULTS.md, codecs)."""
     index_type: str = "auto"
     """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW. Like colbert_codec, a default for new
     migration scripts."""
@@ -273,8 +274,8 @@ def _validate(s: Settings) -> None:
         raise InvalidArgument("milvus_startup_timeout_s and milvus_lite_restarts must be >= 0 (0: no limit / none)")
     if any(d <= 0 for d in s.truncate_dims):
         raise InvalidArgument(f"truncate_dims must be positive, got {s.truncate_dims}")
-    if s.colbert_codec not in {"fp32", "fp16", "int8", "bits"}:
-        raise InvalidArgument(f"colbert_codec must be fp32, fp16, int8 or bits, got {s.colbert_codec!r}")
+    if s.colbert_codec not in COLBERT_CODECS:
+        raise InvalidArgument(f"colbert_codec must be one of {', '.join(COLBERT_CODECS)}, got {s.colbert_codec!r}")
     if bool(s.tls_cert) != bool(s.tls_key):
         raise InvalidArgument("tls_cert and tls_key must be given together")
     if s.tls_client_ca and not s.tls_cert:

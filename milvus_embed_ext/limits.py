@@ -15,6 +15,10 @@ REPRESENTATIONS = ("dense", "sparse", "colbert")
 """Stage-2 exact scores, in FlagEmbedding's weight order."""
 ROUTES = ("dense_truncated", "sparse", "dense")
 """Stage-1 candidate sources."""
+COLBERT_CODECS = ("fp32", "fp16", "int8", "int6", "bits")
+"""How the portable store packs ColBERT token vectors (milvus_embed_ext.store.codecs)."""
+DEFAULT_COLBERT_CODEC = "int6"
+"""The codec of new collections: 0.38x the bytes of fp16 base64, top-10 as int8 (bench/RESULTS.md, codecs)."""
 
 MILVUS_MAX_TOPK = 16384
 """Milvus rejects a search or query whose limit (offset included) exceeds this."""
@@ -25,5 +29,5 @@ DEFAULT_TOP_K = 10
 IDS_PER_QUERY = 512
 """Ids per ``id in [...]`` expression: longer expressions slow Milvus' parser down."""
 
-__all__ = ["DEFAULT_MAX_TOP_K", "DEFAULT_TOP_K", "FUSIONS", "IDS_PER_QUERY", "MILVUS_MAX_TOPK", "NORMALIZATIONS",
+__all__ = ["COLBERT_CODECS", "DEFAULT_COLBERT_CODEC", "DEFAULT_MAX_TOP_K", "DEFAULT_TOP_K", "FUSIONS", "IDS_PER_QUERY", "MILVUS_MAX_TOPK", "NORMALIZATIONS",
            "REPRESENTATIONS", "ROUTES"]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import FailedPrecondition, InvalidArgument
+from ..limits import DEFAULT_COLBERT_CODEC
 from .capabilities import Capabilities
 from .codecs import CODECS
 
@@ -116,9 +117,10 @@ class CollectionLayout:
     truncated: tuple[TruncatedField, ...] = ()
     store_text: bool = True
     colbert: str = "auto"  # "auto" | "native" | "companion" | "none"
-    colbert_codec: str = "int8"
-    """int8 by default: half of fp16's bytes to store and, above all, to read at search time; the planner reads
-    ColBERT rows for the candidates that can reach the page (bench/RESULTS.md: codecs, search)."""
+    colbert_codec: str = DEFAULT_COLBERT_CODEC
+    """int6 by default: 0.38x of fp16's bytes to store and, above all, to read at search time, and its decoded
+    vectors are never longer than unit, so the planner's MaxSim bounds stay tight (bench/RESULTS.md: codecs,
+    search). Migration scripts state their codec; this default only reaches code that builds layouts itself."""
     index_type: str = "auto"
     max_id_length: int = 512
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

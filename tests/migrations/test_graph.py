@@ -183,7 +183,7 @@ def test_scripts_state_their_parameters_and_settings_fill_only_new_scripts(tmp_p
                                                 "migrations_dir": str(tmp_path / "m")})
     op = Operations("c", settings, dense_dim=64)
     layout = op.layout()
-    assert (layout.colbert_codec, layout.index_type) == ("int8", "auto"), "op.layout() never reads the settings"
+    assert (layout.colbert_codec, layout.index_type) == ("int6", "auto"), "op.layout() never reads the settings"
     assert op.layout(colbert_codec="bits").colbert_codec == "bits"
     op.create_collection(layout)
     later = Operations("c", None, model=op.model)

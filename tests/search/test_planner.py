@@ -514,7 +514,7 @@ def test_reread_documents_score_with_their_new_vectors(store: FakeStore) -> None
     assert hit.scores["colbert"] == pytest.approx(colbert_score(q.colbert[0], store.colbert[k]), abs=1e-6)
 
 
-@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "bits"])
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "int6", "bits"])
 def test_colbert_bound_holds_for_decoded_vectors(codec: str) -> None:
     from milvus_embed_ext.store import codecs
 

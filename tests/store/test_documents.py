@@ -31,7 +31,7 @@ CORPUS = [
 ]
 
 
-@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "bits"])
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "int6", "bits"])
 def test_round_trip_of_every_field(lite_store: MilvusStore, collection_name: str, tiny_encoder: Any,
                                    codec: str) -> None:
     ds = make(lite_store, collection_name, tiny_encoder, colbert_codec=codec)
@@ -56,6 +56,9 @@ def test_round_trip_of_every_field(lite_store: MilvusStore, collection_name: str
             np.testing.assert_allclose(cb, ref, atol=1e-3)
         elif codec == "int8":
             assert np.abs(cb - ref).max() <= np.abs(ref).max() / 127
+        elif codec == "int6":  # within a grid step, and never longer than stored (the planner's bound)
+            assert np.abs(cb - ref).max() <= np.abs(ref).max() / 31
+            assert np.all(np.linalg.norm(cb, axis=1) <= np.linalg.norm(ref, axis=1) * (1 + 1e-5))
         else:
             assert np.array_equal(np.sign(cb), np.where(ref >= 0, 1.0, -1.0))
     assert ds.get(["missing"]) == []
