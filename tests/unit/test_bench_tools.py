@@ -204,7 +204,7 @@ def test_busy_or_quick_runs_are_labelled(tmp_path):
 def test_report_check_mode(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n", encoding="utf-8")
-    args = ["--storage", str(tmp_path / "none"), "--results", str(results)]
+    args = ["--storage", str(tmp_path / "none"), "--results", str(results), "--figures", str(tmp_path / "figures")]
     assert report.main([*args, "--check"]) == 1
     assert report.main(args) == 0
     assert report.main([*args, "--check"]) == 0
