@@ -173,7 +173,7 @@ def start_sidecar(model_dir: Path, db_path: Path, workdir: Path, *, device: str 
     key = os.urandom(12).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEE_")}
     env.update({
-        "MEE_MODEL": str(model_dir), "MEE_DEVICE": device, "MEE_DTYPE": "fp32" if device == "cpu" else "fp16",
+        "MEE_MODEL": str(model_dir), "MEE_DEVICE": device, "MEE_DTYPE": "auto",  # the default: bf16 on CPUs with native bf16
         "MEE_MILVUS_URI": str(db_path), "MEE_LISTEN": f"127.0.0.1:{port}",
         "MEE_METRICS_LISTEN": f"127.0.0.1:{mport}", "MEE_API_KEYS": key, "MEE_ALLOW_DEMO_MODEL": "false",
         "MEE_LOG_LEVEL": "WARNING", "MEE_SHUTDOWN_GRACE_S": "5",
