@@ -12,7 +12,8 @@ RESULTS.md is shared: every section sits between ``<!-- BEGIN name -->`` and ``<
 rewrites only the sections it owns (``bench-*``) and leaves every other section and all text outside sections as
 they are (the measure scripts' ``<!-- name:start -->`` / ``<!-- name:end -->`` sections too). A section takes each
 benchmark group from the newest run that has it, and names the run, the machine, and the load average when
-the run started: figures measured with --quick or on a busy machine say so.
+the run started: figures measured with --quick or on a busy machine say so. A section no saved run has benchmarks
+for keeps its current text (say, figures from another machine's runs), and the script says so on stdout.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plots  # noqa: E402
 from compare import Run, find_runs  # noqa: E402
-from resultsmd import RESULTS, TITLE, begin, end, parse_sections, splice, table  # noqa: E402,F401
+from resultsmd import RESULTS, TITLE, begin, end, parse_sections, section_body, splice, table  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "bench" / "figures"
@@ -38,6 +40,17 @@ BUSY_LOAD_PER_CORE = 0.5
 """Load average per core at the start of a run above which its figures are flagged as measured on a busy machine."""
 
 # ------------------------------------------------------------------------------------------ runs
+
+
+RERANK_GROUPS = ("rerank-pairs", "rerank-request", "search-rerank")
+"""bench/test_rerank.py's groups, in the rerank section's order."""
+
+
+def corpus_search_group(group: str) -> bool:
+    """bench/test_search.py's ``search-<docs>`` groups (``search-live`` against a live sidecar): the search
+    section's tables, one per corpus size. bench/test_rerank.py's ``search-rerank`` is the rerank section's."""
+    tail = group.removeprefix("search-")
+    return tail != group and (tail.isdigit() or tail == "live")
 
 
 def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> dict[str, tuple[Run, list[dict]]]:
@@ -145,8 +158,23 @@ def _x(r: float | None) -> str:
     return "—" if r is None else f"{r:.2f}x"
 
 
-NO_RUN = "No saved run has these benchmarks yet: `make bench` (or `pytest bench -k {k} --benchmark-autosave " \
-         "--benchmark-storage=.benchmarks`), then `make bench-report`."
+class NoRunYet(str):
+    """A section body that only says no saved run has the section's benchmarks: it fills a section the file does
+    not have yet, and never replaces what an existing section holds (figures kept from an earlier machine's runs)."""
+
+
+NO_RUN = "No saved run has these benchmarks yet"
+
+
+def no_run(head: str, k: str) -> NoRunYet:
+    return NoRunYet(f"{head}\n\n{NO_RUN}: `make bench` (or `pytest bench -k {k} --benchmark-autosave "
+                    "--benchmark-storage=.benchmarks`), then `make bench-report`.")
+
+
+def _keeps_figures(text: str, name: str) -> bool:
+    """Whether section ``name`` of ``text`` holds more than the "no saved run" placeholder."""
+    body = section_body(text, name)
+    return body is not None and NO_RUN not in body
 
 
 # ------------------------------------------------------------------------------------------ section bodies
@@ -158,7 +186,7 @@ def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
            "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 " \
            "tokens in one call; single short queries, one call each."
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="encode")
+        return no_run(head, "encode")
     rows = []
     if "passages" in groups:
         _, benches = groups["passages"]
@@ -189,7 +217,7 @@ def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
 
 
 def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g.startswith("search-"))
+    groups = latest_by_group(runs, corpus_search_group)
     head = ("## Hybrid search: the sidecar over gRPC beside FlagEmbedding + MilvusClient.hybrid_search\n\n"
             "bench/test_search.py: same Milvus Lite data and checkpoint. recall@10: share of the exact BGE-M3 "
             "`compute_score` top-10 over the whole corpus (dense 0.4, sparse 0.2, ColBERT 0.4) that a search "
@@ -197,7 +225,7 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
             "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="hybrid_search")
+        return no_run(head, "hybrid_search")
     parts = [head]
     used = []
     for group in sorted(groups, key=lambda g: (len(g), g)):
@@ -263,7 +291,7 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
             "sidecar's `mee_batch_texts` metric), the batching at work.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="throughput")
+        return no_run(head, "throughput")
     parts = [head]
     used = []
     for group in sorted(groups):
@@ -297,7 +325,7 @@ def http_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
             "clients (calls/s). The ratios are what the HTTP layer costs.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="http")
+        return no_run(head, "http")
     rows, used = [], []
     for group in sorted(groups):
         run, benches = groups[group]
@@ -316,16 +344,16 @@ def http_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
 
 
 def rerank_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g in ("rerank-pairs", "rerank-request", "search-rerank"))
+    groups = latest_by_group(runs, lambda g: g in RERANK_GROUPS)
     head = ("## Cross-encoder reranker beside FlagReranker, and search with stage 3\n\n"
             "bench/test_rerank.py: the same checkpoint in one process. rerank-pairs: one query against passages of "
             "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
             "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
             "reranker call over 50 pairs.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="rerank")
+        return no_run(head, "rerank")
     parts, used = [head], []
-    for group in ("rerank-pairs", "rerank-request", "search-rerank"):
+    for group in RERANK_GROUPS:
         if group not in groups:
             continue
         run, benches = groups[group]
@@ -364,7 +392,7 @@ def threads_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa:
             "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
             "spinning process (as Lite answering searches would), and on an idle machine.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="threads")
+        return no_run(head, "threads")
     rows, used = [], []
     for group in sorted(groups):
         run, benches = groups[group]
@@ -384,7 +412,7 @@ def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
             "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="ingest")
+        return no_run(head, "ingest")
     run, benches = groups["ingest"]
     per = {_impl(b): (b.get("extra_info") or {}) for b in benches}
     ref = per.get("flagembedding", {}).get("docs_per_s")
@@ -404,7 +432,7 @@ def storage_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa:
             "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
             "collection of the pymilvus tutorial.")
     if not groups:
-        return head + "\n\n" + NO_RUN.format(k="storage")
+        return no_run(head, "storage")
     run, benches = groups["storage"]
     dims: list[int] = []
     for b in benches:
@@ -477,7 +505,7 @@ SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
 
 def figure_set(runs: Sequence[Run], data_dir: Path = RESULTS_DATA) -> dict[str, plots.Figure]:
     """The figures' data: the newest run of each search/throughput group, and bench/results/*.json."""
-    return plots.figures(latest_by_group(runs, lambda g: g.startswith("search-")),
+    return plots.figures(latest_by_group(runs, corpus_search_group),
                          latest_by_group(runs, lambda g: g.startswith("throughput-")),
                          plots.load_results(data_dir))
 
@@ -496,19 +524,36 @@ FIGURE_SECTIONS = (("bench-figure-recall", "hybrid-search-recall", "recall_depth
                    ("bench-figure-codecs", "colbert-codecs", "codecs_overlap", "measure_codecs.py", "codecs"))
 
 
-def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
-               results: Path = RESULTS, figures_dir: Path = FIGURES) -> str:
+@dataclass
+class Rendered:
+    """RESULTS.md's new text, and the bench-* sections left as they were because no saved run has their benchmarks."""
+
+    text: str
+    kept: list[str]
+
+
+def render(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
+           results: Path = RESULTS, figures_dir: Path = FIGURES) -> Rendered:
     """RESULTS.md text with every bench-* section regenerated from ``runs`` (oldest first) and figure links
-    (relative to ``results``) to the PNGs ``draw_figures`` writes into ``figures_dir``."""
+    (relative to ``results``) to the PNGs ``draw_figures`` writes into ``figures_dir``.
+
+    A section none of ``runs`` has benchmarks for keeps its current text (its figures may come from another
+    machine's runs); only a section the file lacks gets the "no saved run" placeholder.
+    """
     figs = figure_set(runs) if figs is None else figs
     goals: dict[str, Any] = {}
-    bodies = [(name, _with_figures(name, fn(runs, goals), figs, results, figures_dir)) for name, fn in SECTIONS]
+    bodies = [(name, fn(runs, goals)) for name, fn in SECTIONS]
+    kept = [name for name, body in bodies if isinstance(body, NoRunYet) and _keeps_figures(text, name)]
     note = ("_Sections `bench-*` are generated by `make bench-report` (bench/report.py) from the runs saved under "
             ".benchmarks/; edit the generator, not the text._")
+    if kept:
+        note += (" _Kept as they were, since no saved run here has their benchmarks (their goals read — above): "
+                 + ", ".join(f"`{name}`" for name in kept) + "._")
     text = splice(text or TITLE, "bench-goals", goals_section(goals) + "\n\n" + note, top=True)
     prev = "bench-goals"
     for name, body in bodies:
-        text = splice(text, name, body, after=prev)
+        if name not in kept:
+            text = splice(text, name, _with_figures(name, body, figs, results, figures_dir), after=prev)
         prev = name
     gpu = gpu_section()
     if gpu is not None:
@@ -518,7 +563,13 @@ def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] 
         note = (f"_Drawn by `make bench-report` from bench/results/{kind}*.json, which bench/{script} writes._"
                 if fig.available else "")
         text = splice(text, name, f"{fig.markdown(results, figures_dir)}\n\n{note}".strip(), after=after)
-    return text
+    return Rendered(text, kept)
+
+
+def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
+               results: Path = RESULTS, figures_dir: Path = FIGURES) -> str:
+    """``render``'s text."""
+    return render(text, runs, figs=figs, results=results, figures_dir=figures_dir).text
 
 
 def draw_figures(figs: dict[str, plots.Figure], figures_dir: Path) -> list[Path]:
@@ -597,10 +648,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     before = path.read_text(encoding="utf-8") if path.exists() else ""
     figs = figure_set(runs, Path(args.data))
     try:
-        after = render_all(before, runs, figs=figs, results=path, figures_dir=Path(args.figures))
+        rendered = render(before, runs, figs=figs, results=path, figures_dir=Path(args.figures))
     except ValueError as exc:
         print(f"error: {path}: {exc}; fix the markers by hand, nothing was written", file=sys.stderr)
         return 2
+    after = rendered.text
+    for name in rendered.kept:
+        print(f"{path}: section {name} kept as it was: no saved run under {storage} has its benchmarks")
     if args.check:
         if after != before:
             print(f"{path} is out of date: run `make bench-report`", file=sys.stderr)
@@ -609,8 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if after != before:
         path.write_text(after, encoding="utf-8")
     drawn = draw_figures(figs, Path(args.figures))
-    print(f"{path}: {len(SECTIONS) + 1} sections from {len(runs)} saved run(s); {len(drawn)} figure(s) in "
-          f"{args.figures}", file=sys.stderr)
+    print(f"{path}: {len(SECTIONS) + 1 - len(rendered.kept)} sections from {len(runs)} saved run(s); "
+          f"{len(drawn)} figure(s) in {args.figures}", file=sys.stderr)
     for fig in figs.values():
         if not fig.available:
             print(f"  not drawn: {fig.title}: {fig.missing}", file=sys.stderr)

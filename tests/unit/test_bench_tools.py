@@ -201,10 +201,72 @@ def test_busy_or_quick_runs_are_labelled(tmp_path):
     assert "**Not final figures**: measured with --quick sizes and a busy machine (load 7.5 on 2 cores" in out
 
 
+KEPT_ENCODE = ("<!-- BEGIN bench-encode -->\n_Not re-measured: kept from another machine's runs._\n\n"
+               "## Encode\n\n| passages | tokens/s | 140 |\n<!-- END bench-encode -->")
+KEPT_STORAGE = "<!-- BEGIN bench-storage -->\n## Storage\n\n| fp32 | 38,209 |\n<!-- END bench-storage -->"
+
+
+def _search_only(store: Path) -> list:
+    run_file(store / "m", 1, [b for b in _encode_and_search(False, 0.1) if b["group"].startswith("search-")],
+             "2026-01-01T00:00:00", load_avg_start=[0.1, 0.1, 0.1])
+    return compare.find_runs(store)
+
+
+def test_sections_without_a_saved_run_keep_their_text(tmp_path):
+    runs = _search_only(tmp_path / "runs")
+    text = f"# Benchmark results\n\n{KEPT_ENCODE}\n\nby hand\n\n{KEPT_STORAGE}\n"
+    rendered = report.render(text, runs)
+    assert rendered.kept == ["bench-encode", "bench-storage"]
+    out = rendered.text
+    assert KEPT_ENCODE in out and KEPT_STORAGE in out and "by hand" in out
+    sections = report.parse_sections(out)
+    assert "| milvus-embed | m3 |" in out[slice(*sections["bench-search"])]
+    assert "No saved run" in out[slice(*sections["bench-ingest"])], "a section the file lacks gets the placeholder"
+    goals = out[slice(*sections["bench-goals"])]
+    assert "| Encoder tokens/s vs FlagEmbedding (CPU, fp32) | >= 2x | — | — |" in goals
+    assert "Kept as they were" in goals and "`bench-encode`, `bench-storage`" in goals
+    assert report.render(out, runs) == rendered
+
+
+def test_report_says_on_stdout_which_sections_it_kept(tmp_path, capsys):
+    store = tmp_path / "runs"
+    _search_only(store)
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Benchmark results\n\n{KEPT_ENCODE}\n\n{KEPT_STORAGE}\n", encoding="utf-8")
+    args = ["--storage", str(store), "--results", str(results), "--figures", str(tmp_path / "figures"),
+            "--data", str(tmp_path / "data")]
+    assert report.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"section bench-encode kept as it was: no saved run under {store}" in out
+    assert "section bench-storage kept as it was" in out and "bench-search" not in out
+    text = results.read_text(encoding="utf-8")
+    assert KEPT_ENCODE in text and KEPT_STORAGE in text
+    assert report.main([*args, "--check"]) == 0
+
+
+def test_rerank_stage_searches_go_to_the_rerank_section_only(tmp_path):
+    store = tmp_path / "runs"
+    rerank = [bench(f"test_search_with_rerank[{n}]", 0.05, group="search-rerank", top_n=n) for n in (0, 10)]
+    rerank.append(bench("test_one_reranker_call_over_50_pairs", 0.02, group="search-rerank"))
+    run_file(store / "m", 1, _encode_and_search(False, 0.1), "2026-01-01T00:00:00")
+    run_file(store / "m", 2, rerank, "2026-01-02T00:00:00")
+    runs = compare.find_runs(store)
+    out = report.render_all("", runs)
+    sections = report.parse_sections(out)
+    search, rerank_text = out[slice(*sections["bench-search"])], out[slice(*sections["bench-rerank"])]
+    assert "### 1000 documents" in search and "rerank" not in search.replace("bench-search", "")
+    assert "0002_run.json" not in search, "the search section names only the runs it shows"
+    assert "| no stage 3 | 50 | — |" in rerank_text and "| stage 3 over N=10 | 50 | — |" in rerank_text
+    assert "| test_one_reranker_call_over_50_pairs | 20 | — |" in rerank_text
+    assert set(report.latest_by_group(runs, report.corpus_search_group)) == {"search-1000"}
+    assert report.corpus_search_group("search-live") and not report.corpus_search_group("searching-1000")
+
+
 def test_report_check_mode(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n", encoding="utf-8")
-    args = ["--storage", str(tmp_path / "none"), "--results", str(results)]
+    args = ["--storage", str(tmp_path / "none"), "--results", str(results),  # figures: never the checkout's
+            "--figures", str(tmp_path / "figures"), "--data", str(tmp_path / "data")]
     assert report.main([*args, "--check"]) == 1
     assert report.main(args) == 0
     assert report.main([*args, "--check"]) == 0
