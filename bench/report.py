@@ -23,7 +23,7 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,9 @@ BUSY_LOAD_PER_CORE = 0.5
 # ------------------------------------------------------------------------------------------ runs
 
 
+Groups = dict[str, tuple[Run, list[dict]]]
+"""group -> (the newest run that has it, that run's benchmarks of the group)."""
+
 RERANK_GROUPS = ("rerank-pairs", "rerank-request", "search-rerank")
 """bench/test_rerank.py's groups, in the rerank section's order."""
 
@@ -53,9 +56,9 @@ def corpus_search_group(group: str) -> bool:
     return tail != group and (tail.isdigit() or tail == "live")
 
 
-def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> dict[str, tuple[Run, list[dict]]]:
-    """group -> (newest run that has it, that run's benchmarks of the group)."""
-    out: dict[str, tuple[Run, list[dict]]] = {}
+def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> Groups:
+    """The groups ``match`` accepts, each from the newest run that has it."""
+    out: Groups = {}
     for run in reversed(runs):
         for group in {str(b.get("group")) for b in run.benchmarks if match(str(b.get("group")))}:
             if group not in out:
@@ -180,13 +183,48 @@ def _keeps_figures(text: str, name: str) -> bool:
 # ------------------------------------------------------------------------------------------ section bodies
 
 
-def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g in ("passages", "query"))
-    head = "## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n" \
-           "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 " \
-           "tokens in one call; single short queries, one call each."
-    if not groups:
-        return no_run(head, "encode")
+def extras_by_group(groups: Groups, order: str) -> Iterator[tuple[str, dict]]:
+    """(group, a benchmark's extra_info) over the groups by name, each group's benchmarks by ``extra_info[order]``."""
+    for group in sorted(groups):
+        for ex in sorted(((b.get("extra_info") or {}) for b in groups[group][1]), key=lambda ex: str(ex.get(order))):
+            yield group, ex
+
+
+def one_table(groups: Groups, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """One table over all the section's groups, then the runs they came from."""
+    return "\n\n".join([table(header, rows), sources([groups[g][0] for g in sorted(groups)])])
+
+
+@dataclass(frozen=True)
+class Section:
+    """A bench-* section: the benchmark groups it reports (``match``), its heading and intro (``head``), and
+    ``build(groups, goals)``, the text under the head from the newest run of each group (it may add to ``goals``).
+    Without any of its groups in the runs the body is the "no saved run" placeholder (``k``: pytest's -k)."""
+
+    name: str
+    match: Callable[[str], bool]
+    k: str
+    head: str
+    build: Callable[[Groups, dict[str, Any]], str]
+
+    def body(self, runs: Sequence[Run], goals: dict[str, Any]) -> str:
+        groups = latest_by_group(runs, self.match)
+        if not groups:
+            return no_run(self.head, self.k)
+        return f"{self.head}\n\n{self.build(groups, goals)}"
+
+
+def section(name: str, match: Callable[[str], bool], k: str, head: str
+            ) -> Callable[[Callable[[Groups, dict[str, Any]], str]], Section]:
+    """Decorator: the builder below becomes the Section ``name``."""
+    return lambda build: Section(name, match, k, head, build)
+
+
+@section("bench-encode", lambda g: g in ("passages", "query"), "encode",
+         ("## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n"
+          "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 "
+          "tokens in one call; single short queries, one call each."))
+def encode_section(groups: Groups, goals: dict[str, Any]) -> str:
     rows = []
     if "passages" in groups:
         _, benches = groups["passages"]
@@ -213,20 +251,18 @@ def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             rows.append(["one query", pct.replace("_ms", " ms"), fmt(ours.get(pct)), fmt(ref.get(pct)), _x(r),
                          "<= 0.5x" if pct == "p50_ms" else ""])
     body = table(["workload", "figure", "milvus-embed", "FlagEmbedding", "ratio", "goal"], rows)
-    return f"{head}\n\n{body}\n\n{sources([r for r, _ in groups.values()])}"
+    return f"{body}\n\n{sources([r for r, _ in groups.values()])}"
 
 
-def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, corpus_search_group)
-    head = ("## Hybrid search: the sidecar over gRPC beside FlagEmbedding + MilvusClient.hybrid_search\n\n"
-            "bench/test_search.py: same Milvus Lite data and checkpoint. recall@10: share of the exact BGE-M3 "
-            "`compute_score` top-10 over the whole corpus (dense 0.4, sparse 0.2, ColBERT 0.4) that a search "
-            "returns. overlap@10: share of the other implementation's top-10 for the same fusion. milvus-embed m3 "
-            "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
-            "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`.")
-    if not groups:
-        return no_run(head, "hybrid_search")
-    parts = [head]
+@section("bench-search", corpus_search_group, "hybrid_search",
+         ("## Hybrid search: the sidecar over gRPC beside FlagEmbedding + MilvusClient.hybrid_search\n\n"
+          "bench/test_search.py: same Milvus Lite data and checkpoint. recall@10: share of the exact BGE-M3 "
+          "`compute_score` top-10 over the whole corpus (dense 0.4, sparse 0.2, ColBERT 0.4) that a search "
+          "returns. overlap@10: share of the other implementation's top-10 for the same fusion. milvus-embed m3 "
+          "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
+          "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`."))
+def search_section(groups: Groups, goals: dict[str, Any]) -> str:
+    parts = []
     used = []
     for group in sorted(groups, key=lambda g: (len(g), g)):
         run, benches = groups[group]
@@ -284,15 +320,13 @@ def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
     return table(["implementation", "fusion", *names, "ColBERT read"], rows)
 
 
-def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g.startswith("throughput-"))
-    head = ("## Throughput under concurrent clients (dynamic batching)\n\n"
-            "bench/test_search.py::test_throughput: N clients on loopback, each on its own channel, calling back to "
-            "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
-            "sidecar's `mee_batch_texts` metric), the batching at work.")
-    if not groups:
-        return no_run(head, "throughput")
-    parts = [head]
+@section("bench-throughput", lambda g: g.startswith("throughput-"), "throughput",
+         ("## Throughput under concurrent clients (dynamic batching)\n\n"
+          "bench/test_search.py::test_throughput: N clients on loopback, each on its own channel, calling back to "
+          "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
+          "sidecar's `mee_batch_texts` metric), the batching at work."))
+def throughput_section(groups: Groups, goals: dict[str, Any]) -> str:
+    parts = []
     used = []
     for group in sorted(groups):
         run, benches = groups[group]
@@ -318,41 +352,32 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def http_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g.startswith("http-"))
-    head = ("## HTTP face (TEI and OpenAI dialects) beside gRPC Embed\n\n"
-            "bench/test_http.py: the same sidecar answers gRPC `Embed`, TEI `POST /embed` and OpenAI "
-            "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
-            "clients (calls/s). The ratios are what the HTTP layer costs.")
-    if not groups:
-        return no_run(head, "http")
-    rows, used = [], []
-    for group in sorted(groups):
-        run, benches = groups[group]
-        used.append(run)
-        for b in sorted(benches, key=lambda b: str((b.get("extra_info") or {}).get("transport"))):
-            ex = b.get("extra_info") or {}
-            rows.append([group.removeprefix("http-"), str(ex.get("transport")), fmt(ex.get("p50_ms")),
-                         fmt(ex.get("p99_ms")), fmt(ex.get("qps")),
-                         _x(ex.get("p50_vs_grpc") if ex.get("p50_vs_grpc") is not None else ex.get("qps_vs_grpc"))])
-            if ex.get("p50_vs_grpc") is not None and ex.get("transport") != "grpc":
-                goals.setdefault("http_p50", []).append((ex.get("transport"), ex["p50_vs_grpc"]))
-            if ex.get("qps_vs_grpc") is not None and ex.get("transport") != "grpc":
-                goals.setdefault("http_qps", []).append((ex.get("transport"), ex["qps_vs_grpc"]))
-    return "\n\n".join([head, table(["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows),
-                         sources(used)])
+@section("bench-http", lambda g: g.startswith("http-"), "http",
+         ("## HTTP face (TEI and OpenAI dialects) beside gRPC Embed\n\n"
+          "bench/test_http.py: the same sidecar answers gRPC `Embed`, TEI `POST /embed` and OpenAI "
+          "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
+          "clients (calls/s). The ratios are what the HTTP layer costs."))
+def http_section(groups: Groups, goals: dict[str, Any]) -> str:
+    rows = []
+    for group, ex in extras_by_group(groups, "transport"):
+        rows.append([group.removeprefix("http-"), str(ex.get("transport")), fmt(ex.get("p50_ms")),
+                     fmt(ex.get("p99_ms")), fmt(ex.get("qps")),
+                     _x(ex.get("p50_vs_grpc") if ex.get("p50_vs_grpc") is not None else ex.get("qps_vs_grpc"))])
+        if ex.get("p50_vs_grpc") is not None and ex.get("transport") != "grpc":
+            goals.setdefault("http_p50", []).append((ex.get("transport"), ex["p50_vs_grpc"]))
+        if ex.get("qps_vs_grpc") is not None and ex.get("transport") != "grpc":
+            goals.setdefault("http_qps", []).append((ex.get("transport"), ex["qps_vs_grpc"]))
+    return one_table(groups, ["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows)
 
 
-def rerank_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g in RERANK_GROUPS)
-    head = ("## Cross-encoder reranker beside FlagReranker, and search with stage 3\n\n"
-            "bench/test_rerank.py: the same checkpoint in one process. rerank-pairs: one query against passages of "
-            "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
-            "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
-            "reranker call over 50 pairs.")
-    if not groups:
-        return no_run(head, "rerank")
-    parts, used = [head], []
+@section("bench-rerank", lambda g: g in RERANK_GROUPS, "rerank",
+         ("## Cross-encoder reranker beside FlagReranker, and search with stage 3\n\n"
+          "bench/test_rerank.py: the same checkpoint in one process. rerank-pairs: one query against passages of "
+          "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
+          "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
+          "reranker call over 50 pairs."))
+def rerank_section(groups: Groups, goals: dict[str, Any]) -> str:
+    parts, used = [], []
     for group in RERANK_GROUPS:
         if group not in groups:
             continue
@@ -385,34 +410,23 @@ def rerank_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def threads_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
-    groups = latest_by_group(runs, lambda g: g.startswith("threads-"))
-    head = ("## Encoder threads on a busy machine\n\n"
-            "bench/test_threads.py: one-query Embed p50 over gRPC with `encoder_threads` auto (default: one core "
-            "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
-            "spinning process (as Lite answering searches would), and on an idle machine.")
-    if not groups:
-        return no_run(head, "threads")
-    rows, used = [], []
-    for group in sorted(groups):
-        run, benches = groups[group]
-        used.append(run)
-        for b in sorted(benches, key=lambda b: str((b.get("extra_info") or {}).get("setting"))):
-            ex = b.get("extra_info") or {}
-            rows.append([str(ex.get("load")), str(ex.get("setting")), " ".join(f"{k}={v}" for k, v in
-                                                                          (ex.get("env") or {}).items()) or "—",
-                         fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms"))])
-    return "\n\n".join([head, table(["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows),
-                         sources(used)])
+@section("bench-threads", lambda g: g.startswith("threads-"), "threads",
+         ("## Encoder threads on a busy machine\n\n"
+          "bench/test_threads.py: one-query Embed p50 over gRPC with `encoder_threads` auto (default: one core "
+          "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
+          "spinning process (as Lite answering searches would), and on an idle machine."))
+def threads_section(groups: Groups, goals: dict[str, Any]) -> str:  # noqa: ARG001
+    rows = [[str(ex.get("load")), str(ex.get("setting")),
+             " ".join(f"{k}={v}" for k, v in (ex.get("env") or {}).items()) or "—",
+             fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms"))] for _, ex in extras_by_group(groups, "setting")]
+    return one_table(groups, ["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows)
 
 
-def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g == "ingest")
-    head = ("## Ingestion: documents per second, text to every representation stored\n\n"
-            "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
-            "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64.")
-    if not groups:
-        return no_run(head, "ingest")
+@section("bench-ingest", lambda g: g == "ingest", "ingest",
+         ("## Ingestion: documents per second, text to every representation stored\n\n"
+          "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
+          "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64."))
+def ingest_section(groups: Groups, goals: dict[str, Any]) -> str:
     run, benches = groups["ingest"]
     per = {_impl(b): (b.get("extra_info") or {}) for b in benches}
     ref = per.get("flagembedding", {}).get("docs_per_s")
@@ -420,19 +434,17 @@ def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
              _x(ratio(ex.get("docs_per_s"), ref)) if impl != "flagembedding" else ""]
             for impl, ex in sorted(per.items())[::-1]]
     goals["ingest"] = ratio(per.get("milvus-embed", {}).get("docs_per_s"), ref)
-    return "\n\n".join([head, table(["implementation", "docs/s", "tokens/s", "docs per round", "stored",
-                                     "x baseline"], rows), sources([run])])
+    return "\n\n".join([table(["implementation", "docs/s", "tokens/s", "docs per round", "stored", "x baseline"],
+                               rows), sources([run])])
 
 
-def storage_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
-    groups = latest_by_group(runs, lambda g: g == "storage")
-    head = ("## Storage: bytes per document in Milvus\n\n"
-            "bench/test_storage.py: raw bytes of every stored field value read back from Milvus (before Milvus' "
-            "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
-            "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
-            "collection of the pymilvus tutorial.")
-    if not groups:
-        return no_run(head, "storage")
+@section("bench-storage", lambda g: g == "storage", "storage",
+         ("## Storage: bytes per document in Milvus\n\n"
+          "bench/test_storage.py: raw bytes of every stored field value read back from Milvus (before Milvus' "
+          "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
+          "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
+          "collection of the pymilvus tutorial."))
+def storage_section(groups: Groups, goals: dict[str, Any]) -> str:  # noqa: ARG001
     run, benches = groups["storage"]
     dims: list[int] = []
     for b in benches:
@@ -456,7 +468,7 @@ def storage_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa:
               + ["sparse", "id, text, metadata, bookkeeping", "ColBERT (companion)", "total", "Lite file", "write docs/s"])
     context = (f"{first.get('docs')} synthetic documents, dense dim {first.get('dense_dim')}, "
                f"{fmt(first.get('colbert_tokens_per_doc'))} ColBERT vectors per document; bytes per document.")
-    return "\n\n".join([head, context, table(header, rows), sources([run])])
+    return "\n\n".join([context, table(header, rows), sources([run])])
 
 
 def goals_section(goals: dict[str, Any]) -> str:
@@ -491,16 +503,8 @@ def goals_section(goals: dict[str, Any]) -> str:
             "carries its run's caveats.\n\n" + table(["goal", "target", "measured", ""], rows))
 
 
-SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
-    ("bench-encode", encode_section),
-    ("bench-search", search_section),
-    ("bench-throughput", throughput_section),
-    ("bench-rerank", rerank_section),
-    ("bench-http", http_section),
-    ("bench-threads", threads_section),
-    ("bench-ingest", ingest_section),
-    ("bench-storage", storage_section),
-]
+SECTIONS: list[Section] = [encode_section, search_section, throughput_section, rerank_section, http_section,
+                           threads_section, ingest_section, storage_section]
 
 
 def figure_set(runs: Sequence[Run], data_dir: Path = RESULTS_DATA) -> dict[str, plots.Figure]:
@@ -542,7 +546,7 @@ def render(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | No
     """
     figs = figure_set(runs) if figs is None else figs
     goals: dict[str, Any] = {}
-    bodies = [(name, fn(runs, goals)) for name, fn in SECTIONS]
+    bodies = [(sec.name, sec.body(runs, goals)) for sec in SECTIONS]
     kept = [name for name, body in bodies if isinstance(body, NoRunYet) and _keeps_figures(text, name)]
     note = ("_Sections `bench-*` are generated by `make bench-report` (bench/report.py) from the runs saved under "
             ".benchmarks/; edit the generator, not the text._")

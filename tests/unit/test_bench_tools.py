@@ -262,6 +262,33 @@ def test_rerank_stage_searches_go_to_the_rerank_section_only(tmp_path):
     assert report.corpus_search_group("search-live") and not report.corpus_search_group("searching-1000")
 
 
+def test_http_and_threads_sections_list_every_group_in_one_table(tmp_path):
+    store = tmp_path / "runs"
+    run_file(store / "m", 1, [
+        bench("h-tei", group="http-one-query", transport="tei-embed", p50_ms=11.0, p50_vs_grpc=1.1),
+        bench("h-grpc", group="http-one-query", transport="grpc", p50_ms=10.0),
+        bench("q-openai", group="http-throughput-16", transport="openai", qps=90.0, qps_vs_grpc=0.9),
+        bench("t-idle", group="threads-idle", load="idle", setting="auto", p50_ms=8.0),
+        bench("t-busy-pc", group="threads-busy", load="busy", setting="per-core", env={"MEE_ENCODER_THREADS": "2"},
+              p50_ms=13.0),
+        bench("t-busy", group="threads-busy", load="busy", setting="auto", p50_ms=10.0),
+    ], "2026-01-01T00:00:00")
+    out = report.render_all("", compare.find_runs(store))
+    sections = report.parse_sections(out)
+    http = out[slice(*sections["bench-http"])].splitlines()
+    rows = [line for line in http if line.startswith("| one-query") or line.startswith("| throughput-16")]
+    assert rows == ["| one-query | grpc | 10 | — | — | — |", "| one-query | tei-embed | 11 | — | — | 1.10x |",
+                    "| throughput-16 | openai | — | — | 90 | 0.90x |"]
+    threads = out[slice(*sections["bench-threads"])].splitlines()
+    assert [line for line in threads if line.startswith(("| busy", "| idle"))] == [
+        "| busy | auto | — | 10 | — |", "| busy | per-core | MEE_ENCODER_THREADS=2 | 13 | — |",
+        "| idle | auto | — | 8 | — |"]
+    assert sum("Run `0001_run.json`" in line for line in http) == 1
+    goals = out[slice(*sections["bench-goals"])]
+    assert "| One-query p50 over HTTP (tei-embed) vs gRPC Embed | <= 1.2x | 1.10x | met |" in goals
+    assert "| 16-client throughput over HTTP (openai) vs gRPC | >= 0.8x | 0.90x | met |" in goals
+
+
 def test_report_check_mode(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n", encoding="utf-8")
