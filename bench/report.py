@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plots  # noqa: E402
@@ -190,32 +190,41 @@ def extras_by_group(groups: Groups, order: str) -> Iterator[tuple[str, dict]]:
             yield group, ex
 
 
-def one_table(groups: Groups, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """One table over all the section's groups, then the runs they came from."""
-    return "\n\n".join([table(header, rows), sources([groups[g][0] for g in sorted(groups)])])
+def runs_of(groups: Groups) -> list[Run]:
+    """The runs the groups came from, in the groups' name order."""
+    return [groups[g][0] for g in sorted(groups)]
+
+
+class Built(NamedTuple):
+    """What a section builder makes: the paragraphs and tables under the section's head, and the runs they show."""
+
+    parts: list[str]
+    runs: list[Run]
 
 
 @dataclass(frozen=True)
 class Section:
     """A bench-* section: the benchmark groups it reports (``match``), its heading and intro (``head``), and
-    ``build(groups, goals)``, the text under the head from the newest run of each group (it may add to ``goals``).
-    Without any of its groups in the runs the body is the "no saved run" placeholder (``k``: pytest's -k)."""
+    ``build(groups, goals)``, what goes under the head from the newest run of each group (it may add to ``goals``),
+    followed by the runs it names. Without any of its groups in the runs the body is the "no saved run"
+    placeholder (``k``: pytest's -k)."""
 
     name: str
     match: Callable[[str], bool]
     k: str
     head: str
-    build: Callable[[Groups, dict[str, Any]], str]
+    build: Callable[[Groups, dict[str, Any]], Built]
 
     def body(self, runs: Sequence[Run], goals: dict[str, Any]) -> str:
         groups = latest_by_group(runs, self.match)
         if not groups:
             return no_run(self.head, self.k)
-        return f"{self.head}\n\n{self.build(groups, goals)}"
+        parts, used = self.build(groups, goals)
+        return "\n\n".join([self.head, *parts, sources(used)])
 
 
 def section(name: str, match: Callable[[str], bool], k: str, head: str
-            ) -> Callable[[Callable[[Groups, dict[str, Any]], str]], Section]:
+            ) -> Callable[[Callable[[Groups, dict[str, Any]], Built]], Section]:
     """Decorator: the builder below becomes the Section ``name``."""
     return lambda build: Section(name, match, k, head, build)
 
@@ -224,7 +233,7 @@ def section(name: str, match: Callable[[str], bool], k: str, head: str
          ("## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n"
           "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 "
           "tokens in one call; single short queries, one call each."))
-def encode_section(groups: Groups, goals: dict[str, Any]) -> str:
+def encode_section(groups: Groups, goals: dict[str, Any]) -> Built:
     rows = []
     if "passages" in groups:
         _, benches = groups["passages"]
@@ -251,7 +260,7 @@ def encode_section(groups: Groups, goals: dict[str, Any]) -> str:
             rows.append(["one query", pct.replace("_ms", " ms"), fmt(ours.get(pct)), fmt(ref.get(pct)), _x(r),
                          "<= 0.5x" if pct == "p50_ms" else ""])
     body = table(["workload", "figure", "milvus-embed", "FlagEmbedding", "ratio", "goal"], rows)
-    return f"{body}\n\n{sources([r for r, _ in groups.values()])}"
+    return Built([body], [r for r, _ in groups.values()])
 
 
 @section("bench-search", corpus_search_group, "hybrid_search",
@@ -261,7 +270,7 @@ def encode_section(groups: Groups, goals: dict[str, Any]) -> str:
           "returns. overlap@10: share of the other implementation's top-10 for the same fusion. milvus-embed m3 "
           "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
           "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`."))
-def search_section(groups: Groups, goals: dict[str, Any]) -> str:
+def search_section(groups: Groups, goals: dict[str, Any]) -> Built:
     parts = []
     used = []
     for group in sorted(groups, key=lambda g: (len(g), g)):
@@ -298,8 +307,7 @@ def search_section(groups: Groups, goals: dict[str, Any]) -> str:
             if mine and theirs:
                 goals.setdefault("same_fusion", []).append(
                     (docs, fusion_name, ratio(mine.get("p50_ms"), theirs.get("p50_ms"))))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+    return Built(parts, used)
 
 
 def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
@@ -325,7 +333,7 @@ def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
           "bench/test_search.py::test_throughput: N clients on loopback, each on its own channel, calling back to "
           "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
           "sidecar's `mee_batch_texts` metric), the batching at work."))
-def throughput_section(groups: Groups, goals: dict[str, Any]) -> str:
+def throughput_section(groups: Groups, goals: dict[str, Any]) -> Built:
     parts = []
     used = []
     for group in sorted(groups):
@@ -348,8 +356,7 @@ def throughput_section(groups: Groups, goals: dict[str, Any]) -> str:
         name = "HybridSearch" if rpc == "search" else "Embed (one query per call)" if rpc == "embed" else rpc
         parts.append(f"### {name}\n\n" + table(["clients", "calls/s", "p50 ms", "p99 ms", "texts/pass",
                                                 "x sequential"], rows))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+    return Built(parts, used)
 
 
 @section("bench-http", lambda g: g.startswith("http-"), "http",
@@ -357,7 +364,7 @@ def throughput_section(groups: Groups, goals: dict[str, Any]) -> str:
           "bench/test_http.py: the same sidecar answers gRPC `Embed`, TEI `POST /embed` and OpenAI "
           "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
           "clients (calls/s). The ratios are what the HTTP layer costs."))
-def http_section(groups: Groups, goals: dict[str, Any]) -> str:
+def http_section(groups: Groups, goals: dict[str, Any]) -> Built:
     rows = []
     for group, ex in extras_by_group(groups, "transport"):
         rows.append([group.removeprefix("http-"), str(ex.get("transport")), fmt(ex.get("p50_ms")),
@@ -367,7 +374,7 @@ def http_section(groups: Groups, goals: dict[str, Any]) -> str:
             goals.setdefault("http_p50", []).append((ex.get("transport"), ex["p50_vs_grpc"]))
         if ex.get("qps_vs_grpc") is not None and ex.get("transport") != "grpc":
             goals.setdefault("http_qps", []).append((ex.get("transport"), ex["qps_vs_grpc"]))
-    return one_table(groups, ["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows)
+    return Built([table(["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows)], runs_of(groups))
 
 
 @section("bench-rerank", lambda g: g in RERANK_GROUPS, "rerank",
@@ -376,7 +383,7 @@ def http_section(groups: Groups, goals: dict[str, Any]) -> str:
           "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
           "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
           "reranker call over 50 pairs."))
-def rerank_section(groups: Groups, goals: dict[str, Any]) -> str:
+def rerank_section(groups: Groups, goals: dict[str, Any]) -> Built:
     parts, used = [], []
     for group in RERANK_GROUPS:
         if group not in groups:
@@ -406,8 +413,7 @@ def rerank_section(groups: Groups, goals: dict[str, Any]) -> str:
         else:
             title = "### One request" if group == "rerank-request" else "### Search with stage 3"
             parts.append(title + "\n\n" + table(["case", "p50 ms", "p99 ms"], rows))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+    return Built(parts, used)
 
 
 @section("bench-threads", lambda g: g.startswith("threads-"), "threads",
@@ -415,18 +421,18 @@ def rerank_section(groups: Groups, goals: dict[str, Any]) -> str:
           "bench/test_threads.py: one-query Embed p50 over gRPC with `encoder_threads` auto (default: one core "
           "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
           "spinning process (as Lite answering searches would), and on an idle machine."))
-def threads_section(groups: Groups, goals: dict[str, Any]) -> str:  # noqa: ARG001
+def threads_section(groups: Groups, goals: dict[str, Any]) -> Built:  # noqa: ARG001
     rows = [[str(ex.get("load")), str(ex.get("setting")),
              " ".join(f"{k}={v}" for k, v in (ex.get("env") or {}).items()) or "—",
              fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms"))] for _, ex in extras_by_group(groups, "setting")]
-    return one_table(groups, ["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows)
+    return Built([table(["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows)], runs_of(groups))
 
 
 @section("bench-ingest", lambda g: g == "ingest", "ingest",
          ("## Ingestion: documents per second, text to every representation stored\n\n"
           "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
           "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64."))
-def ingest_section(groups: Groups, goals: dict[str, Any]) -> str:
+def ingest_section(groups: Groups, goals: dict[str, Any]) -> Built:
     run, benches = groups["ingest"]
     per = {_impl(b): (b.get("extra_info") or {}) for b in benches}
     ref = per.get("flagembedding", {}).get("docs_per_s")
@@ -434,8 +440,8 @@ def ingest_section(groups: Groups, goals: dict[str, Any]) -> str:
              _x(ratio(ex.get("docs_per_s"), ref)) if impl != "flagembedding" else ""]
             for impl, ex in sorted(per.items())[::-1]]
     goals["ingest"] = ratio(per.get("milvus-embed", {}).get("docs_per_s"), ref)
-    return "\n\n".join([table(["implementation", "docs/s", "tokens/s", "docs per round", "stored", "x baseline"],
-                               rows), sources([run])])
+    return Built([table(["implementation", "docs/s", "tokens/s", "docs per round", "stored", "x baseline"], rows)],
+                 [run])
 
 
 @section("bench-storage", lambda g: g == "storage", "storage",
@@ -444,7 +450,7 @@ def ingest_section(groups: Groups, goals: dict[str, Any]) -> str:
           "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
           "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
           "collection of the pymilvus tutorial."))
-def storage_section(groups: Groups, goals: dict[str, Any]) -> str:  # noqa: ARG001
+def storage_section(groups: Groups, goals: dict[str, Any]) -> Built:  # noqa: ARG001
     run, benches = groups["storage"]
     dims: list[int] = []
     for b in benches:
@@ -468,7 +474,7 @@ def storage_section(groups: Groups, goals: dict[str, Any]) -> str:  # noqa: ARG0
               + ["sparse", "id, text, metadata, bookkeeping", "ColBERT (companion)", "total", "Lite file", "write docs/s"])
     context = (f"{first.get('docs')} synthetic documents, dense dim {first.get('dense_dim')}, "
                f"{fmt(first.get('colbert_tokens_per_doc'))} ColBERT vectors per document; bytes per document.")
-    return "\n\n".join([context, table(header, rows), sources([run])])
+    return Built([context, table(header, rows)], [run])
 
 
 def goals_section(goals: dict[str, Any]) -> str:
