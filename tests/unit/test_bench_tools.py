@@ -323,6 +323,55 @@ def test_overlap_percentiles_env():
         benchlib.parse_env(["nokey"])
 
 
+class _Config:
+    def __init__(self, **options):
+        self.options = options
+
+    def getoption(self, name):
+        return self.options.get(name)
+
+
+def test_sized_option_prefers_the_option_then_quick():
+    assert benchlib.sized_option(_Config(**{"--docs": 7, "--quick": True}), "--docs", 100, 10) == 7
+    assert benchlib.sized_option(_Config(**{"--quick": True}), "--docs", 100, 10) == 10
+    assert benchlib.sized_option(_Config(**{"--quick": False}), "--docs", 100, 10) == 100
+
+
+def test_per_backend_loads_once_and_skips_onnx_off_the_cpu():
+    loads = []
+    get = benchlib.per_backend(lambda name: loads.append(name) or f"model-{name}", "cuda")
+    assert get("torch") == "model-torch" and get("torch") == "model-torch" and loads == ["torch"]
+    with pytest.raises(pytest.skip.Exception):
+        get("onnx")
+    assert loads == ["torch"]
+
+
+def test_drive_clients_counts_calls_and_errors_and_closes_every_connection():
+    import asyncio
+
+    class Conn:
+        def __init__(self, fail: bool) -> None:
+            self.fail, self.queries, self.closed = fail, [], False
+
+        async def call(self, q: str) -> None:
+            self.queries.append(q)
+            await asyncio.sleep(0.001)
+            if self.fail and len(self.queries) > 1:  # the warm-up call succeeds
+                raise RuntimeError("refused")
+
+        async def close(self) -> None:
+            self.closed = True
+
+    conns = [Conn(False), Conn(True)]
+    calls, latencies, errors, elapsed = asyncio.run(
+        benchlib.drive_clients(conns, lambda c, q: c.call(q), ["a", "b", "c"], 0.2))
+    assert [c.queries[0] for c in conns] == ["a", "b"], "one warm-up call per connection, queries in turn"
+    assert conns[0].queries[1:3] == ["a", "c"] and conns[1].queries[1:3] == ["b", "a"]
+    assert calls == len(latencies) == len(conns[0].queries) - 1 >= 1
+    assert errors == len(conns[1].queries) - 1 >= 1 and elapsed > 0
+    assert all(c.closed for c in conns)
+
+
 def test_exact_m3_scores_match_the_evaluation_helpers(tiny_encoder):
     from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.search.evaluation import brute_force_m3
