@@ -423,6 +423,30 @@ def test_write_section_replaces_or_appends_only_its_own_section(tmp_path: Path) 
     assert resultsmd.table(["a", "b"], [["1", "2"]], align="---:").splitlines()[1] == "| ---: | ---: |"
 
 
+def test_publish_prints_and_writes_only_when_asked(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    results = tmp_path / "R.md"
+    results.write_text(f"# T\n\n{FOREIGN}\n", encoding="utf-8")
+    resultsmd.publish(argparse.Namespace(results=str(results), no_write=True), "mine", "body one")
+    assert capsys.readouterr().out == "body one\n" and resultsmd.section_body(results.read_text(), "mine") is None
+    resultsmd.publish(argparse.Namespace(results=str(results), no_write=False), "mine", "body one")
+    resultsmd.publish(argparse.Namespace(results=str(results), write=True), "mine", "body two", append=True)
+    captured = capsys.readouterr()
+    assert captured.out == "body one\nbody two\n" and f"wrote section mine of {results}" in captured.err
+    text = results.read_text(encoding="utf-8")
+    assert resultsmd.section_body(text, "mine") == "body one\n\nbody two" and FOREIGN in text
+    assert resultsmd.data_path(argparse.Namespace(results=str(results)), "x.json") == tmp_path / "results" / "x.json"
+
+
+def test_cpu_encoder_loads_the_named_checkpoint_in_fp32(tiny_model_dir: Path) -> None:
+    import argparse
+
+    encoder, label = resultsmd.cpu_encoder(argparse.Namespace(model=str(tiny_model_dir), size="tiny"))
+    assert label == f"checkpoint {tiny_model_dir.name}"
+    assert (encoder.device, encoder.dtype, encoder.max_length) == ("cpu", "fp32", 512)
+
+
 def test_measure_scripts_share_the_results_options() -> None:
     import argparse
 
