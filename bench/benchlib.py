@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,10 +23,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -63,6 +64,73 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def sized_option(config: Any, name: str, default: Any, quick_default: Any) -> Any:
+    """pytest option ``name`` when given, else ``quick_default`` under --quick, else ``default``."""
+    value = config.getoption(name)
+    if value is not None:
+        return value
+    return quick_default if config.getoption("--quick") else default
+
+
+T = TypeVar("T")
+
+
+def per_backend(load: Callable[[str], T], device: str) -> Callable[[str], T]:
+    """``get(backend)``: ``load(backend)``, loaded on first use and kept; an ONNX backend (anything but torch)
+    skips the test without onnxruntime or off the CPU."""
+    import pytest
+
+    cache: dict[str, T] = {}
+
+    def get(name: str) -> T:
+        if name not in cache:
+            if name != "torch":
+                pytest.importorskip("onnxruntime")
+                if device != "cpu":
+                    pytest.skip("the onnx backends run on the CPU")
+            cache[name] = load(name)
+        return cache[name]
+
+    return get
+
+
+async def drive_clients(conns: Sequence[Any], call: Callable[[Any, str], Awaitable[Any]], queries: Sequence[str],
+                        duration: float) -> tuple[int, list[float], int, float]:
+    """Closed-loop load: one client per connection, each awaiting ``call(conn, query)`` back to back for
+    ``duration`` seconds after one warm-up call per connection (connection set-up is not throughput); closes
+    the connections. Returns (calls, latencies in seconds, errors, seconds from the start to the last answer)."""
+    clients = len(conns)
+    latencies: list[float] = []
+    errors = 0
+    stop = 0.0
+
+    async def worker(i: int, c: Any) -> None:
+        nonlocal errors
+        n = i
+        while time.perf_counter() < stop:
+            q = queries[n % len(queries)]
+            n += clients
+            t = time.perf_counter()
+            try:
+                await call(c, q)
+            except Exception:  # counted; the suites fail a run with errors
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t)
+
+    try:
+        for i, c in enumerate(conns):
+            await call(c, queries[i % len(queries)])
+        started = time.perf_counter()
+        stop = started + duration
+        await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
+        elapsed = time.perf_counter() - started
+    finally:
+        for c in conns:
+            await (c.aclose() if hasattr(c, "aclose") else c.close())
+    return len(latencies), latencies, errors, elapsed
 
 
 def load_1m() -> float:

@@ -122,16 +122,28 @@ def m3_encoder(bench_model_dir: Path, bench_device: str):
     return M3Encoder.from_pretrained(str(bench_model_dir), device=bench_device, dtype=dtype, max_length=8192)
 
 
-@pytest.fixture(scope="session")
-def flag_model(request: pytest.FixtureRequest, bench_model_dir: Path, bench_device: str):
-    """FlagEmbedding's BGEM3FlagModel on the same checkpoint and device, in-process (one device, no pool)."""
+def _flag_baseline(request: pytest.FixtureRequest, model_class: str, model_dir: Path, device: str):
+    """FlagEmbedding's ``model_class`` on the same checkpoint and device, in-process (one device, no pool), for
+    the fixture to yield from; skips without FlagEmbedding or with --no-baseline."""
     if request.config.getoption("--no-baseline"):
         pytest.skip("--no-baseline")
     flag = pytest.importorskip("FlagEmbedding")
-    model = flag.BGEM3FlagModel(str(bench_model_dir), use_fp16=bench_device != "cpu", devices=bench_device)
+    model = getattr(flag, model_class)(str(model_dir), use_fp16=device != "cpu", devices=device)
     assert len(model.target_devices) == 1
     yield model
     model.stop_self_pool()
+
+
+@pytest.fixture(scope="session")
+def flag_model(request: pytest.FixtureRequest, bench_model_dir: Path, bench_device: str):
+    """FlagEmbedding's BGEM3FlagModel on the same checkpoint and device, in-process (one device, no pool)."""
+    yield from _flag_baseline(request, "BGEM3FlagModel", bench_model_dir, bench_device)
+
+
+@pytest.fixture(scope="module")
+def flag_reranker(request: pytest.FixtureRequest, bench_reranker_dir: Path, bench_device: str):
+    """FlagEmbedding's FlagReranker on the same reranker checkpoint and device (bench/test_rerank.py)."""
+    yield from _flag_baseline(request, "FlagReranker", bench_reranker_dir, bench_device)
 
 
 @pytest.fixture(scope="session")

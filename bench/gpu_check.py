@@ -20,6 +20,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,24 +108,10 @@ def rerank_check(model_dir: Path, reranker_dir: Path, device: str, seconds: floa
     for dt, r in rerankers.items():
         r.compute_score(bench_pairs[:64])  # warm-up
         _sync()
-        runs, started = 0, time.perf_counter()
-        while True:
-            r.compute_score(bench_pairs)
-            _sync()
-            runs += 1
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
-                break
-        samples = []
-        for i in range(50):
-            t = time.perf_counter()
-            r.compute_score(requests[i % len(requests)])
-            _sync()
-            samples.append((time.perf_counter() - t) * 1000)
-        samples.sort()
+        runs, elapsed = repeat_for(seconds, lambda r=r: r.compute_score(bench_pairs))
         out["throughput"][dt] = {"pairs_per_s": len(bench_pairs) * runs / elapsed,
                                  "tokens_per_s": out["bench_tokens"] * runs / elapsed}
-        out["request_latency"][dt] = {"p50_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * 49)]}
+        out["request_latency"][dt] = latency_ms(lambda i, r=r: r.compute_score(requests[i % len(requests)]), 50)
         print(json.dumps({f"reranker {dt}": [out["throughput"][dt], out["request_latency"][dt]]}), flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -210,32 +197,42 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def throughput(encoder, passages: list[str], seconds: float) -> dict[str, float]:
-    tokens = sum(encoder.count_tokens(passages))
-    encoder.encode(passages[:64])  # warm-up (kernels, allocator)
-    _sync()
+def repeat_for(seconds: float, call: Callable[[], object]) -> tuple[int, float]:
+    """``call`` back to back, each synced with the device, until ``seconds`` have passed: (calls, seconds taken)."""
     runs, started = 0, time.perf_counter()
     while True:
-        encoder.encode(passages)
+        call()
         _sync()
         runs += 1
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
-            break
+            return runs, elapsed
+
+
+def latency_ms(call: Callable[[int], object], repeats: int) -> dict[str, float]:
+    """p50 / p99 in ms of ``call(i)`` for i in range(repeats), each synced with the device."""
+    samples = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        call(i)
+        _sync()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return {"p50_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * (len(samples) - 1))]}
+
+
+def throughput(encoder, passages: list[str], seconds: float) -> dict[str, float]:
+    tokens = sum(encoder.count_tokens(passages))
+    encoder.encode(passages[:64])  # warm-up (kernels, allocator)
+    _sync()
+    runs, elapsed = repeat_for(seconds, lambda: encoder.encode(passages))
     return {"tokens_per_s": tokens * runs / elapsed, "texts_per_s": len(passages) * runs / elapsed}
 
 
 def query_latency(encoder, queries: list[str], repeats: int) -> dict[str, float]:
     for q in queries[:5]:
         encoder.encode([q])
-    samples = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        encoder.encode([queries[i % len(queries)]])
-        _sync()
-        samples.append((time.perf_counter() - t0) * 1000)
-    samples.sort()
-    return {"p50_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * (len(samples) - 1))]}
+    return latency_ms(lambda i: encoder.encode([queries[i % len(queries)]]), repeats)
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from resultsmd import model_dir, script_parser, should_write, write_section  # noqa: E402
+from resultsmd import model_dir, publish, script_parser  # noqa: E402
 
 SECTION = "cpu-backends"
 PEAK_GFLOPS = 190.0  # fp32, 2 AMD EPYC cores with AVX2 FMA (DESIGN.md)
@@ -261,10 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(args, {"times": times, "texts": passages, "tokens": tokens, "gflop": gflop,
                          "gflop_per_token": gflop / tokens, "threads": torch.get_num_threads()},
                   lat, fid, (load_start, load_end))
-    print(body)
-    if should_write(args):
-        write_section(args.results, SECTION, body)
-        print(f"wrote section {SECTION} of {args.results}")
+    publish(args, SECTION, body)
     return 0
 
 

@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import CACHE_DIR, free_port  # noqa: E402
+
 SHIM_DIR = REPO / "tests" / "server_backfill"  # milvus-lite 3.2.2 drops collection descriptions: see there
 REV = "0002_reencode"
 SCRIPTS = {
@@ -88,16 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(binary: str, root: Path) -> tuple[subprocess.Popen, str]:
     if not Path(binary).is_file():
         sys.exit(f"no Milvus server binary at {binary}: pass --uri or --server-bin (pip install milvus-lite==3.2.2)")
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([binary, "server", "--data-dir", str(root / "data"), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
@@ -235,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if not model:
         from milvus_embed_ext.encoder.testmodel import ensure_test_model
 
-        cache = Path(os.environ.get("MEE_TEST_CACHE", REPO / ".cache"))
-        model = str(ensure_test_model(cache / "test-model-tiny", size="tiny", seed=0))
+        model = str(ensure_test_model(CACHE_DIR / "test-model-tiny", size="tiny", seed=0))
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
     root = Path(tempfile.mkdtemp(prefix="mee-bench-backfill-"))
     server = None

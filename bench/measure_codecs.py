@@ -27,7 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from resultsmd import model_dir, script_parser, should_write, table, write_section  # noqa: E402
+from resultsmd import cpu_encoder, data_path, publish, script_parser, table  # noqa: E402
 
 SECTION = "colbert-codecs"
 
@@ -72,13 +72,11 @@ def maxsim_all(queries: list[np.ndarray], docs: list[np.ndarray]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
-    from milvus_embed_ext.encoder import M3Encoder
     from milvus_embed_ext.store import codecs
     from milvus_embed_ext.store.documents import new_version_prefix
     from milvus_embed_ext.store.layout import PLACEHOLDER_DIM
 
-    checkpoint, label = model_dir(args)
-    encoder = M3Encoder.from_pretrained(str(checkpoint), device="cpu", dtype="fp32", max_length=512)
+    encoder, label = cpu_encoder(args)
     corpus = generate_corpus(args.docs, seed=args.seed)
     queries = generate_queries(corpus, args.queries, seed=args.seed + 1)
     t0 = time.perf_counter()
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             r["bytes_per_doc"] = (r.pop("payload_bytes") + r.pop("rows") * overhead) / len(docs)
         save_results("codecs", {"label": label, "dim": dim, "docs": len(corpus), "queries": len(queries),
                                 "tokens_per_doc": mean_doc_tokens, "codecs": records},
-                     Path(args.results).parent / "results" / f"codecs_{dim}d.json")
+                     data_path(args, f"codecs_{dim}d.json"))
     body = "\n".join([
         f"### {label}: {dim}-d ColBERT vectors",
         "",
@@ -160,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "intact; 1-bit signs are 16x smaller than fp16 but reorder the top (worse at low dimension), so use",
         "them only with a deeper candidate set or as a pre-filter before an exact re-score.",
     ])
-    if not should_write(args):
-        print(f"{header}\n\n{body}")
-        return 0
-    write_section(args.results, SECTION, body if args.append else f"{header}\n\n{body}", append=args.append)
-    print(body)
+    publish(args, SECTION, body if args.append else f"{header}\n\n{body}", append=args.append)
     return 0
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from resultsmd import model_dir, script_parser, should_write, table, write_section  # noqa: E402
+from resultsmd import cpu_encoder, data_path, publish, script_parser, table  # noqa: E402
 
 SECTION = "hybrid-search-recall"
 
@@ -49,14 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from milvus_embed_ext.config import load_settings
     from milvus_embed_ext.devtools.synthetic import generate_corpus, generate_queries
-    from milvus_embed_ext.encoder import M3Encoder
     from milvus_embed_ext.search import HybridSearcher
     from milvus_embed_ext.search.evaluation import brute_force_m3, pipeline_recall, prefetch_recall
     from milvus_embed_ext.store import CollectionLayout, Document, DocumentStore, MilvusStore, TruncatedField
 
     started = time.perf_counter()
-    checkpoint, model_label = model_dir(args)
-    encoder = M3Encoder.from_pretrained(str(checkpoint), device="cpu", dtype="fp32", max_length=512)
+    encoder, model_label = cpu_encoder(args)
     docs = generate_corpus(args.docs, seed=args.seed, min_words=6, max_words=24)
     queries = generate_queries(docs, args.queries, seed=args.seed + 1)
     ids = [d.id for d in docs]
@@ -148,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "prefetch": as_rows(prefetch, cols_f),
             "stage_depth": stage_row.depth, "stage_route": cols_p[0],
             "stages_ms": {s: float(statistics.median(v)) for s, v in stage_row.stage_ms.items() if v},
-        }, Path(args.results).parent / "results" / "recall.json")
+        }, data_path(args, "recall.json"))
 
     section = f"""## Hybrid search recall
 
@@ -186,10 +184,7 @@ rise with depth. With this checkpoint the lexical scores are large next to dense
 and a dense route alone finds little of it; the prefetch table isolates truncation. BGE-M3 was not trained for truncation; compare prefix and PCA on your own corpus and
 model with `--model` before picking a truncated field. Figures from the tiny random-weight checkpoint
 show the method and the trends, not BGE-M3's quality."""
-    print(section)
-    if should_write(args):
-        write_section(args.results, SECTION, section)
-        print(f"updated {args.results}", file=sys.stderr)
+    publish(args, SECTION, section)
     return 0
 
 

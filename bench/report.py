@@ -12,7 +12,8 @@ RESULTS.md is shared: every section sits between ``<!-- BEGIN name -->`` and ``<
 rewrites only the sections it owns (``bench-*``) and leaves every other section and all text outside sections as
 they are (the measure scripts' ``<!-- name:start -->`` / ``<!-- name:end -->`` sections too). A section takes each
 benchmark group from the newest run that has it, and names the run, the machine, and the load average when
-the run started: figures measured with --quick or on a busy machine say so.
+the run started: figures measured with --quick or on a busy machine say so. A section no saved run has benchmarks
+for keeps its current text (say, figures from another machine's runs), and the script says so on stdout.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plots  # noqa: E402
 from compare import Run, find_runs  # noqa: E402
-from resultsmd import RESULTS, TITLE, begin, end, parse_sections, splice, table  # noqa: E402,F401
+from resultsmd import RESULTS, TITLE, begin, end, parse_sections, section_body, splice, table  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "bench" / "figures"
@@ -40,9 +42,23 @@ BUSY_LOAD_PER_CORE = 0.5
 # ------------------------------------------------------------------------------------------ runs
 
 
-def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> dict[str, tuple[Run, list[dict]]]:
-    """group -> (newest run that has it, that run's benchmarks of the group)."""
-    out: dict[str, tuple[Run, list[dict]]] = {}
+Groups = dict[str, tuple[Run, list[dict]]]
+"""group -> (the newest run that has it, that run's benchmarks of the group)."""
+
+RERANK_GROUPS = ("rerank-pairs", "rerank-request", "search-rerank")
+"""bench/test_rerank.py's groups, in the rerank section's order."""
+
+
+def corpus_search_group(group: str) -> bool:
+    """bench/test_search.py's ``search-<docs>`` groups (``search-live`` against a live sidecar): the search
+    section's tables, one per corpus size. bench/test_rerank.py's ``search-rerank`` is the rerank section's."""
+    tail = group.removeprefix("search-")
+    return tail != group and (tail.isdigit() or tail == "live")
+
+
+def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> Groups:
+    """The groups ``match`` accepts, each from the newest run that has it."""
+    out: Groups = {}
     for run in reversed(runs):
         for group in {str(b.get("group")) for b in run.benchmarks if match(str(b.get("group")))}:
             if group not in out:
@@ -145,20 +161,79 @@ def _x(r: float | None) -> str:
     return "—" if r is None else f"{r:.2f}x"
 
 
-NO_RUN = "No saved run has these benchmarks yet: `make bench` (or `pytest bench -k {k} --benchmark-autosave " \
-         "--benchmark-storage=.benchmarks`), then `make bench-report`."
+class NoRunYet(str):
+    """A section body that only says no saved run has the section's benchmarks: it fills a section the file does
+    not have yet, and never replaces what an existing section holds (figures kept from an earlier machine's runs)."""
+
+
+NO_RUN = "No saved run has these benchmarks yet"
+
+
+def no_run(head: str, k: str) -> NoRunYet:
+    return NoRunYet(f"{head}\n\n{NO_RUN}: `make bench` (or `pytest bench -k {k} --benchmark-autosave "
+                    "--benchmark-storage=.benchmarks`), then `make bench-report`.")
+
+
+def _keeps_figures(text: str, name: str) -> bool:
+    """Whether section ``name`` of ``text`` holds more than the "no saved run" placeholder."""
+    body = section_body(text, name)
+    return body is not None and NO_RUN not in body
 
 
 # ------------------------------------------------------------------------------------------ section bodies
 
 
-def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g in ("passages", "query"))
-    head = "## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n" \
-           "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 " \
-           "tokens in one call; single short queries, one call each."
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="encode")
+def extras_by_group(groups: Groups, order: str) -> Iterator[tuple[str, dict]]:
+    """(group, a benchmark's extra_info) over the groups by name, each group's benchmarks by ``extra_info[order]``."""
+    for group in sorted(groups):
+        for ex in sorted(((b.get("extra_info") or {}) for b in groups[group][1]), key=lambda ex: str(ex.get(order))):
+            yield group, ex
+
+
+def runs_of(groups: Groups) -> list[Run]:
+    """The runs the groups came from, in the groups' name order."""
+    return [groups[g][0] for g in sorted(groups)]
+
+
+class Built(NamedTuple):
+    """What a section builder makes: the paragraphs and tables under the section's head, and the runs they show."""
+
+    parts: list[str]
+    runs: list[Run]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A bench-* section: the benchmark groups it reports (``match``), its heading and intro (``head``), and
+    ``build(groups, goals)``, what goes under the head from the newest run of each group (it may add to ``goals``),
+    followed by the runs it names. Without any of its groups in the runs the body is the "no saved run"
+    placeholder (``k``: pytest's -k)."""
+
+    name: str
+    match: Callable[[str], bool]
+    k: str
+    head: str
+    build: Callable[[Groups, dict[str, Any]], Built]
+
+    def body(self, runs: Sequence[Run], goals: dict[str, Any]) -> str:
+        groups = latest_by_group(runs, self.match)
+        if not groups:
+            return no_run(self.head, self.k)
+        parts, used = self.build(groups, goals)
+        return "\n\n".join([self.head, *parts, sources(used)])
+
+
+def section(name: str, match: Callable[[str], bool], k: str, head: str
+            ) -> Callable[[Callable[[Groups, dict[str, Any]], Built]], Section]:
+    """Decorator: the builder below becomes the Section ``name``."""
+    return lambda build: Section(name, match, k, head, build)
+
+
+@section("bench-encode", lambda g: g in ("passages", "query"), "encode",
+         ("## Encode: M3Encoder beside FlagEmbedding BGEM3FlagModel.encode\n\n"
+          "bench/test_encode.py: same checkpoint, same process, dense + sparse + ColBERT. Passages of 50-500 "
+          "tokens in one call; single short queries, one call each."))
+def encode_section(groups: Groups, goals: dict[str, Any]) -> Built:
     rows = []
     if "passages" in groups:
         _, benches = groups["passages"]
@@ -185,20 +260,18 @@ def encode_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             rows.append(["one query", pct.replace("_ms", " ms"), fmt(ours.get(pct)), fmt(ref.get(pct)), _x(r),
                          "<= 0.5x" if pct == "p50_ms" else ""])
     body = table(["workload", "figure", "milvus-embed", "FlagEmbedding", "ratio", "goal"], rows)
-    return f"{head}\n\n{body}\n\n{sources([r for r, _ in groups.values()])}"
+    return Built([body], [r for r, _ in groups.values()])
 
 
-def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g.startswith("search-"))
-    head = ("## Hybrid search: the sidecar over gRPC beside FlagEmbedding + MilvusClient.hybrid_search\n\n"
-            "bench/test_search.py: same Milvus Lite data and checkpoint. recall@10: share of the exact BGE-M3 "
-            "`compute_score` top-10 over the whole corpus (dense 0.4, sparse 0.2, ColBERT 0.4) that a search "
-            "returns. overlap@10: share of the other implementation's top-10 for the same fusion. milvus-embed m3 "
-            "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
-            "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="hybrid_search")
-    parts = [head]
+@section("bench-search", corpus_search_group, "hybrid_search",
+         ("## Hybrid search: the sidecar over gRPC beside FlagEmbedding + MilvusClient.hybrid_search\n\n"
+          "bench/test_search.py: same Milvus Lite data and checkpoint. recall@10: share of the exact BGE-M3 "
+          "`compute_score` top-10 over the whole corpus (dense 0.4, sparse 0.2, ColBERT 0.4) that a search "
+          "returns. overlap@10: share of the other implementation's top-10 for the same fusion. milvus-embed m3 "
+          "is the default plan (exact dense, lexical and ColBERT re-scoring of the candidates); rrf and weighted "
+          "fuse dense + sparse, like the baseline's `RRFRanker(60)` and `WeightedRanker(0.4, 0.2)`."))
+def search_section(groups: Groups, goals: dict[str, Any]) -> Built:
+    parts = []
     used = []
     for group in sorted(groups, key=lambda g: (len(g), g)):
         run, benches = groups[group]
@@ -234,8 +307,7 @@ def search_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
             if mine and theirs:
                 goals.setdefault("same_fusion", []).append(
                     (docs, fusion_name, ratio(mine.get("p50_ms"), theirs.get("p50_ms"))))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+    return Built(parts, used)
 
 
 def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
@@ -256,15 +328,13 @@ def _stages_table(by: dict[tuple[str, Any], dict]) -> str:
     return table(["implementation", "fusion", *names, "ColBERT read"], rows)
 
 
-def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g.startswith("throughput-"))
-    head = ("## Throughput under concurrent clients (dynamic batching)\n\n"
-            "bench/test_search.py::test_throughput: N clients on loopback, each on its own channel, calling back to "
-            "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
-            "sidecar's `mee_batch_texts` metric), the batching at work.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="throughput")
-    parts = [head]
+@section("bench-throughput", lambda g: g.startswith("throughput-"), "throughput",
+         ("## Throughput under concurrent clients (dynamic batching)\n\n"
+          "bench/test_search.py::test_throughput: N clients on loopback, each on its own channel, calling back to "
+          "back for a fixed time. texts/pass: mean texts per encoder forward pass over the level (from the "
+          "sidecar's `mee_batch_texts` metric), the batching at work."))
+def throughput_section(groups: Groups, goals: dict[str, Any]) -> Built:
+    parts = []
     used = []
     for group in sorted(groups):
         run, benches = groups[group]
@@ -286,46 +356,36 @@ def throughput_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
         name = "HybridSearch" if rpc == "search" else "Embed (one query per call)" if rpc == "embed" else rpc
         parts.append(f"### {name}\n\n" + table(["clients", "calls/s", "p50 ms", "p99 ms", "texts/pass",
                                                 "x sequential"], rows))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+    return Built(parts, used)
 
 
-def http_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g.startswith("http-"))
-    head = ("## HTTP face (TEI and OpenAI dialects) beside gRPC Embed\n\n"
-            "bench/test_http.py: the same sidecar answers gRPC `Embed`, TEI `POST /embed` and OpenAI "
-            "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
-            "clients (calls/s). The ratios are what the HTTP layer costs.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="http")
-    rows, used = [], []
-    for group in sorted(groups):
-        run, benches = groups[group]
-        used.append(run)
-        for b in sorted(benches, key=lambda b: str((b.get("extra_info") or {}).get("transport"))):
-            ex = b.get("extra_info") or {}
-            rows.append([group.removeprefix("http-"), str(ex.get("transport")), fmt(ex.get("p50_ms")),
-                         fmt(ex.get("p99_ms")), fmt(ex.get("qps")),
-                         _x(ex.get("p50_vs_grpc") if ex.get("p50_vs_grpc") is not None else ex.get("qps_vs_grpc"))])
-            if ex.get("p50_vs_grpc") is not None and ex.get("transport") != "grpc":
-                goals.setdefault("http_p50", []).append((ex.get("transport"), ex["p50_vs_grpc"]))
-            if ex.get("qps_vs_grpc") is not None and ex.get("transport") != "grpc":
-                goals.setdefault("http_qps", []).append((ex.get("transport"), ex["qps_vs_grpc"]))
-    return "\n\n".join([head, table(["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows),
-                         sources(used)])
+@section("bench-http", lambda g: g.startswith("http-"), "http",
+         ("## HTTP face (TEI and OpenAI dialects) beside gRPC Embed\n\n"
+          "bench/test_http.py: the same sidecar answers gRPC `Embed`, TEI `POST /embed` and OpenAI "
+          "`POST /v1/embeddings` for one query per call (p50 over sequential calls), and with 16 concurrent "
+          "clients (calls/s). The ratios are what the HTTP layer costs."))
+def http_section(groups: Groups, goals: dict[str, Any]) -> Built:
+    rows = []
+    for group, ex in extras_by_group(groups, "transport"):
+        rows.append([group.removeprefix("http-"), str(ex.get("transport")), fmt(ex.get("p50_ms")),
+                     fmt(ex.get("p99_ms")), fmt(ex.get("qps")),
+                     _x(ex.get("p50_vs_grpc") if ex.get("p50_vs_grpc") is not None else ex.get("qps_vs_grpc"))])
+        if ex.get("p50_vs_grpc") is not None and ex.get("transport") != "grpc":
+            goals.setdefault("http_p50", []).append((ex.get("transport"), ex["p50_vs_grpc"]))
+        if ex.get("qps_vs_grpc") is not None and ex.get("transport") != "grpc":
+            goals.setdefault("http_qps", []).append((ex.get("transport"), ex["qps_vs_grpc"]))
+    return Built([table(["measure", "transport", "p50 ms", "p99 ms", "calls/s", "vs gRPC"], rows)], runs_of(groups))
 
 
-def rerank_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g in ("rerank-pairs", "rerank-request", "search-rerank"))
-    head = ("## Cross-encoder reranker beside FlagReranker, and search with stage 3\n\n"
-            "bench/test_rerank.py: the same checkpoint in one process. rerank-pairs: one query against passages of "
-            "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
-            "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
-            "reranker call over 50 pairs.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="rerank")
-    parts, used = [head], []
-    for group in ("rerank-pairs", "rerank-request", "search-rerank"):
+@section("bench-rerank", lambda g: g in RERANK_GROUPS, "rerank",
+         ("## Cross-encoder reranker beside FlagReranker, and search with stage 3\n\n"
+          "bench/test_rerank.py: the same checkpoint in one process. rerank-pairs: one query against passages of "
+          "50-400 tokens (pairs/s); rerank-request: a query and 10 passages of 40-80 tokens (p50 per request); "
+          "search-rerank: HybridSearcher over the sample corpus with stage 3 over the fused top N, beside one "
+          "reranker call over 50 pairs."))
+def rerank_section(groups: Groups, goals: dict[str, Any]) -> Built:
+    parts, used = [], []
+    for group in RERANK_GROUPS:
         if group not in groups:
             continue
         run, benches = groups[group]
@@ -353,38 +413,26 @@ def rerank_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
         else:
             title = "### One request" if group == "rerank-request" else "### Search with stage 3"
             parts.append(title + "\n\n" + table(["case", "p50 ms", "p99 ms"], rows))
-    parts.append(sources(used))
-    return "\n\n".join(parts)
+    return Built(parts, used)
 
 
-def threads_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
-    groups = latest_by_group(runs, lambda g: g.startswith("threads-"))
-    head = ("## Encoder threads on a busy machine\n\n"
-            "bench/test_threads.py: one-query Embed p50 over gRPC with `encoder_threads` auto (default: one core "
-            "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
-            "spinning process (as Lite answering searches would), and on an idle machine.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="threads")
-    rows, used = [], []
-    for group in sorted(groups):
-        run, benches = groups[group]
-        used.append(run)
-        for b in sorted(benches, key=lambda b: str((b.get("extra_info") or {}).get("setting"))):
-            ex = b.get("extra_info") or {}
-            rows.append([str(ex.get("load")), str(ex.get("setting")), " ".join(f"{k}={v}" for k, v in
-                                                                          (ex.get("env") or {}).items()) or "—",
-                         fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms"))])
-    return "\n\n".join([head, table(["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows),
-                         sources(used)])
+@section("bench-threads", lambda g: g.startswith("threads-"), "threads",
+         ("## Encoder threads on a busy machine\n\n"
+          "bench/test_threads.py: one-query Embed p50 over gRPC with `encoder_threads` auto (default: one core "
+          "left to embedded Milvus Lite) and with one thread per core, while every core is kept busy by a "
+          "spinning process (as Lite answering searches would), and on an idle machine."))
+def threads_section(groups: Groups, goals: dict[str, Any]) -> Built:  # noqa: ARG001
+    rows = [[str(ex.get("load")), str(ex.get("setting")),
+             " ".join(f"{k}={v}" for k, v in (ex.get("env") or {}).items()) or "—",
+             fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms"))] for _, ex in extras_by_group(groups, "setting")]
+    return Built([table(["machine", "encoder_threads", "sidecar env", "p50 ms", "p99 ms"], rows)], runs_of(groups))
 
 
-def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
-    groups = latest_by_group(runs, lambda g: g == "ingest")
-    head = ("## Ingestion: documents per second, text to every representation stored\n\n"
-            "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
-            "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="ingest")
+@section("bench-ingest", lambda g: g == "ingest", "ingest",
+         ("## Ingestion: documents per second, text to every representation stored\n\n"
+          "bench/test_ingest.py: milvus-embed streams documents to the sidecar (Upsert stream, chunks of 64); the "
+          "baseline loops FlagEmbedding encode (dense + sparse, batch 16) and `MilvusClient.insert` per chunk of 64."))
+def ingest_section(groups: Groups, goals: dict[str, Any]) -> Built:
     run, benches = groups["ingest"]
     per = {_impl(b): (b.get("extra_info") or {}) for b in benches}
     ref = per.get("flagembedding", {}).get("docs_per_s")
@@ -392,19 +440,17 @@ def ingest_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:
              _x(ratio(ex.get("docs_per_s"), ref)) if impl != "flagembedding" else ""]
             for impl, ex in sorted(per.items())[::-1]]
     goals["ingest"] = ratio(per.get("milvus-embed", {}).get("docs_per_s"), ref)
-    return "\n\n".join([head, table(["implementation", "docs/s", "tokens/s", "docs per round", "stored",
-                                     "x baseline"], rows), sources([run])])
+    return Built([table(["implementation", "docs/s", "tokens/s", "docs per round", "stored", "x baseline"], rows)],
+                 [run])
 
 
-def storage_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa: ARG001
-    groups = latest_by_group(runs, lambda g: g == "storage")
-    head = ("## Storage: bytes per document in Milvus\n\n"
-            "bench/test_storage.py: raw bytes of every stored field value read back from Milvus (before Milvus' "
-            "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
-            "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
-            "collection of the pymilvus tutorial.")
-    if not groups:
-        return head + "\n\n" + NO_RUN.format(k="storage")
+@section("bench-storage", lambda g: g == "storage", "storage",
+         ("## Storage: bytes per document in Milvus\n\n"
+          "bench/test_storage.py: raw bytes of every stored field value read back from Milvus (before Milvus' "
+          "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
+          "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
+          "collection of the pymilvus tutorial."))
+def storage_section(groups: Groups, goals: dict[str, Any]) -> Built:  # noqa: ARG001
     run, benches = groups["storage"]
     dims: list[int] = []
     for b in benches:
@@ -428,7 +474,7 @@ def storage_section(runs: Sequence[Run], goals: dict[str, Any]) -> str:  # noqa:
               + ["sparse", "id, text, metadata, bookkeeping", "ColBERT (companion)", "total", "Lite file", "write docs/s"])
     context = (f"{first.get('docs')} synthetic documents, dense dim {first.get('dense_dim')}, "
                f"{fmt(first.get('colbert_tokens_per_doc'))} ColBERT vectors per document; bytes per document.")
-    return "\n\n".join([head, context, table(header, rows), sources([run])])
+    return Built([context, table(header, rows)], [run])
 
 
 def goals_section(goals: dict[str, Any]) -> str:
@@ -463,21 +509,13 @@ def goals_section(goals: dict[str, Any]) -> str:
             "carries its run's caveats.\n\n" + table(["goal", "target", "measured", ""], rows))
 
 
-SECTIONS: list[tuple[str, Callable[[Sequence[Run], dict[str, Any]], str]]] = [
-    ("bench-encode", encode_section),
-    ("bench-search", search_section),
-    ("bench-throughput", throughput_section),
-    ("bench-rerank", rerank_section),
-    ("bench-http", http_section),
-    ("bench-threads", threads_section),
-    ("bench-ingest", ingest_section),
-    ("bench-storage", storage_section),
-]
+SECTIONS: list[Section] = [encode_section, search_section, throughput_section, rerank_section, http_section,
+                           threads_section, ingest_section, storage_section]
 
 
 def figure_set(runs: Sequence[Run], data_dir: Path = RESULTS_DATA) -> dict[str, plots.Figure]:
     """The figures' data: the newest run of each search/throughput group, and bench/results/*.json."""
-    return plots.figures(latest_by_group(runs, lambda g: g.startswith("search-")),
+    return plots.figures(latest_by_group(runs, corpus_search_group),
                          latest_by_group(runs, lambda g: g.startswith("throughput-")),
                          plots.load_results(data_dir))
 
@@ -496,19 +534,36 @@ FIGURE_SECTIONS = (("bench-figure-recall", "hybrid-search-recall", "recall_depth
                    ("bench-figure-codecs", "colbert-codecs", "codecs_overlap", "measure_codecs.py", "codecs"))
 
 
-def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
-               results: Path = RESULTS, figures_dir: Path = FIGURES) -> str:
+@dataclass
+class Rendered:
+    """RESULTS.md's new text, and the bench-* sections left as they were because no saved run has their benchmarks."""
+
+    text: str
+    kept: list[str]
+
+
+def render(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
+           results: Path = RESULTS, figures_dir: Path = FIGURES) -> Rendered:
     """RESULTS.md text with every bench-* section regenerated from ``runs`` (oldest first) and figure links
-    (relative to ``results``) to the PNGs ``draw_figures`` writes into ``figures_dir``."""
+    (relative to ``results``) to the PNGs ``draw_figures`` writes into ``figures_dir``.
+
+    A section none of ``runs`` has benchmarks for keeps its current text (its figures may come from another
+    machine's runs); only a section the file lacks gets the "no saved run" placeholder.
+    """
     figs = figure_set(runs) if figs is None else figs
     goals: dict[str, Any] = {}
-    bodies = [(name, _with_figures(name, fn(runs, goals), figs, results, figures_dir)) for name, fn in SECTIONS]
+    bodies = [(sec.name, sec.body(runs, goals)) for sec in SECTIONS]
+    kept = [name for name, body in bodies if isinstance(body, NoRunYet) and _keeps_figures(text, name)]
     note = ("_Sections `bench-*` are generated by `make bench-report` (bench/report.py) from the runs saved under "
             ".benchmarks/; edit the generator, not the text._")
+    if kept:
+        note += (" _Kept as they were, since no saved run here has their benchmarks (their goals read — above): "
+                 + ", ".join(f"`{name}`" for name in kept) + "._")
     text = splice(text or TITLE, "bench-goals", goals_section(goals) + "\n\n" + note, top=True)
     prev = "bench-goals"
     for name, body in bodies:
-        text = splice(text, name, body, after=prev)
+        if name not in kept:
+            text = splice(text, name, _with_figures(name, body, figs, results, figures_dir), after=prev)
         prev = name
     gpu = gpu_section()
     if gpu is not None:
@@ -518,7 +573,13 @@ def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] 
         note = (f"_Drawn by `make bench-report` from bench/results/{kind}*.json, which bench/{script} writes._"
                 if fig.available else "")
         text = splice(text, name, f"{fig.markdown(results, figures_dir)}\n\n{note}".strip(), after=after)
-    return text
+    return Rendered(text, kept)
+
+
+def render_all(text: str, runs: Sequence[Run], *, figs: dict[str, plots.Figure] | None = None,
+               results: Path = RESULTS, figures_dir: Path = FIGURES) -> str:
+    """``render``'s text."""
+    return render(text, runs, figs=figs, results=results, figures_dir=figures_dir).text
 
 
 def draw_figures(figs: dict[str, plots.Figure], figures_dir: Path) -> list[Path]:
@@ -597,10 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     before = path.read_text(encoding="utf-8") if path.exists() else ""
     figs = figure_set(runs, Path(args.data))
     try:
-        after = render_all(before, runs, figs=figs, results=path, figures_dir=Path(args.figures))
+        rendered = render(before, runs, figs=figs, results=path, figures_dir=Path(args.figures))
     except ValueError as exc:
         print(f"error: {path}: {exc}; fix the markers by hand, nothing was written", file=sys.stderr)
         return 2
+    after = rendered.text
+    for name in rendered.kept:
+        print(f"{path}: section {name} kept as it was: no saved run under {storage} has its benchmarks")
     if args.check:
         if after != before:
             print(f"{path} is out of date: run `make bench-report`", file=sys.stderr)
@@ -609,8 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if after != before:
         path.write_text(after, encoding="utf-8")
     drawn = draw_figures(figs, Path(args.figures))
-    print(f"{path}: {len(SECTIONS) + 1} sections from {len(runs)} saved run(s); {len(drawn)} figure(s) in "
-          f"{args.figures}", file=sys.stderr)
+    print(f"{path}: {len(SECTIONS) + 1 - len(rendered.kept)} sections from {len(runs)} saved run(s); "
+          f"{len(drawn)} figure(s) in {args.figures}", file=sys.stderr)
     for fig in figs.values():
         if not fig.available:
             print(f"  not drawn: {fig.title}: {fig.missing}", file=sys.stderr)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -127,6 +129,14 @@ def model_dir(args: argparse.Namespace) -> tuple[Path, str]:
     return path, f"{args.size} test checkpoint (random weights)"
 
 
+def cpu_encoder(args: argparse.Namespace) -> tuple[Any, str]:
+    """The options' checkpoint as an fp32 M3Encoder on the CPU (max length 512), and its label for reports."""
+    from milvus_embed_ext.encoder import M3Encoder
+
+    path, label = model_dir(args)
+    return M3Encoder.from_pretrained(str(path), device="cpu", dtype="fp32", max_length=512), label
+
+
 def add_results_args(p: argparse.ArgumentParser, section: str, *, opt_in: bool = False) -> None:
     """``--results FILE`` and either ``--write`` (``opt_in``: print only unless asked) or ``--no-write``."""
     p.add_argument("--results", default=str(RESULTS), help="the results file whose section is rewritten")
@@ -155,5 +165,20 @@ def should_write(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "write", False)) or (hasattr(args, "no_write") and not args.no_write)
 
 
-__all__ = ["RESULTS", "add_model_args", "add_results_args", "begin", "end", "model_dir", "parse_sections",
-           "script_parser", "section_body", "should_write", "splice", "table", "write_section"]
+def data_path(args: argparse.Namespace, name: str) -> Path:
+    """Where a script keeps its figures as JSON for the plots: ``results/name`` beside ``--results``."""
+    return Path(args.results).parent / "results" / name
+
+
+def publish(args: argparse.Namespace, section: str, text: str, *, append: bool = False) -> None:
+    """Print a script's section, and put it into section ``section`` of ``--results`` (after what it holds,
+    with ``append``) unless the options say not to write."""
+    print(text)
+    if should_write(args):
+        write_section(args.results, section, text, append=append)
+        print(f"wrote section {section} of {args.results}", file=sys.stderr)
+
+
+__all__ = ["RESULTS", "add_model_args", "add_results_args", "begin", "cpu_encoder", "data_path", "end", "model_dir",
+           "parse_sections", "publish", "script_parser", "section_body", "should_write", "splice", "table",
+           "write_section"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 
+import benchlib
 import numpy as np
 import pytest
 
@@ -23,18 +24,8 @@ def backend_encoders(bench_model_dir, bench_device):
     """One encoder per backend, loaded lazily (an ONNX backend needs onnxruntime and a CPU)."""
     from milvus_embed_ext.encoder import M3Encoder
 
-    cache: dict[str, M3Encoder] = {}
-
-    def get(name: str) -> M3Encoder:
-        if name not in cache:
-            if name != "torch":
-                pytest.importorskip("onnxruntime")
-                if bench_device != "cpu":
-                    pytest.skip("the onnx backends run on the CPU")
-            cache[name] = M3Encoder.from_pretrained(str(bench_model_dir), device=bench_device, backend=name)
-        return cache[name]
-
-    return get
+    return benchlib.per_backend(
+        lambda name: M3Encoder.from_pretrained(str(bench_model_dir), device=bench_device, backend=name), bench_device)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 
 import benchlib
 import numpy as np
@@ -26,13 +25,6 @@ TRANSPORTS = ["grpc", "tei-embed", "openai"]
 CLIENTS = 16
 _P50: dict[str, float] = {}
 _QPS: dict[str, float] = {}
-
-
-def _opt(request: pytest.FixtureRequest, name: str, default, quick_default):
-    value = request.config.getoption(name)
-    if value is not None:
-        return value
-    return quick_default if request.config.getoption("--quick") else default
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +97,6 @@ async def _drive(sidecar, transport: str, clients: int, duration: float,
     """``clients`` clients, each on its own connection, back to back for ``duration`` seconds after a warm-up call."""
     import httpx
 
-    latencies: list[float] = []
-    errors = 0
-    stop = 0.0
     if transport == "grpc":
         conns = [sidecar.async_client(timeout=60.0) for _ in range(clients)]
 
@@ -124,36 +113,12 @@ async def _drive(sidecar, transport: str, clients: int, duration: float,
             if r.status_code != 200:
                 raise RuntimeError(r.text)
 
-    async def worker(i: int, c) -> None:
-        nonlocal errors
-        n = i
-        while time.perf_counter() < stop:
-            q = queries[n % len(queries)]
-            n += clients
-            t = time.perf_counter()
-            try:
-                await one(c, q)
-            except Exception:  # counted; a run with errors fails below
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t)
-
-    try:
-        for i, c in enumerate(conns):
-            await one(c, queries[i % len(queries)])
-        started = time.perf_counter()
-        stop = started + duration
-        await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
-        elapsed = time.perf_counter() - started
-    finally:
-        for c in conns:
-            await (c.aclose() if hasattr(c, "aclose") else c.close())
-    return len(latencies), latencies, errors, elapsed
+    return await benchlib.drive_clients(conns, one, queries, duration)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_throughput_16_clients(benchmark, request, transport, sidecar, queries, bench_record):
-    duration = float(_opt(request, "--duration", 10.0, 2.0))
+    duration = float(benchlib.sized_option(request.config, "--duration", 10.0, 2.0))
     box: dict = {}
 
     def run() -> None:

@@ -24,8 +24,7 @@ IMPLS = ["milvus-embed", "flagembedding"]
 
 @pytest.fixture(scope="module")
 def n_docs(request) -> int:
-    value = request.config.getoption("--ingest-docs")
-    return int(value if value is not None else (64 if request.config.getoption("--quick") else 512))
+    return int(benchlib.sized_option(request.config, "--ingest-docs", 512, 64))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import benchlib
 import numpy as np
 import pytest
 
@@ -32,31 +33,10 @@ def rerankers(bench_reranker_dir, bench_device):
     """One Reranker per backend, loaded lazily (an ONNX backend needs onnxruntime and a CPU)."""
     from milvus_embed_ext.encoder import Reranker
 
-    cache: dict[str, Reranker] = {}
-
-    def get(name: str) -> Reranker:
-        if name not in cache:
-            if name != "torch":
-                pytest.importorskip("onnxruntime")
-                if bench_device != "cpu":
-                    pytest.skip("the onnx backends run on the CPU")
-            dtype = "fp32" if bench_device == "cpu" else "fp16"
-            cache[name] = Reranker.from_pretrained(str(bench_reranker_dir), device=bench_device,
-                                                   dtype=dtype if name == "torch" else "fp32", backend=name)
-        return cache[name]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def flag_reranker(request, bench_reranker_dir, bench_device):
-    if request.config.getoption("--no-baseline"):
-        pytest.skip("--no-baseline")
-    flag = pytest.importorskip("FlagEmbedding")
-    model = flag.FlagReranker(str(bench_reranker_dir), use_fp16=bench_device != "cpu", devices=bench_device)
-    assert len(model.target_devices) == 1
-    yield model
-    model.stop_self_pool()
+    dtype = "fp32" if bench_device == "cpu" else "fp16"
+    return benchlib.per_backend(
+        lambda name: Reranker.from_pretrained(str(bench_reranker_dir), device=bench_device,
+                                              dtype=dtype if name == "torch" else "fp32", backend=name), bench_device)
 
 
 def _passages(n: int, lo: int, hi: int, seed: int = 3) -> list[str]:

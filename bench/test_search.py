@@ -40,13 +40,6 @@ CASES = [("milvus-embed", "m3"), ("milvus-embed", "rrf"), ("milvus-embed", "weig
 MAX_CLIENTS = 64
 
 
-def _opt(request: pytest.FixtureRequest, name: str, default, quick_default):
-    value = request.config.getoption(name)
-    if value is not None:
-        return value
-    return quick_default if request.config.getoption("--quick") else default
-
-
 @pytest.fixture(scope="module")
 def live(request) -> str | None:
     return request.config.getoption("--sidecar-address")
@@ -55,8 +48,8 @@ def live(request) -> str | None:
 @pytest.fixture(scope="module")
 def search_data(request, live):
     """The cached corpus (local runs) or just the query set (a live sidecar holds its own data)."""
-    n_docs = int(_opt(request, "--search-docs", 10000, 1000))
-    n_queries = int(_opt(request, "--search-queries", 50, 20))
+    n_docs = int(benchlib.sized_option(request.config, "--search-docs", 10000, 1000))
+    n_queries = int(benchlib.sized_option(request.config, "--search-queries", 50, 20))
     if live:
         from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
 
@@ -213,7 +206,7 @@ def test_hybrid_search(benchmark, request, impl, fusion, search_data, impls, liv
 
 
 def _levels(request) -> list[int]:
-    raw = _opt(request, "--concurrency", "1,4,16", "1,8")
+    raw = benchlib.sized_option(request.config, "--concurrency", "1,4,16", "1,8")
     levels = sorted({int(x) for x in str(raw).split(",") if x.strip()} | {1})
     if levels[-1] > MAX_CLIENTS or levels[0] < 1:
         raise pytest.UsageError(f"--concurrency: client counts must be between 1 and {MAX_CLIENTS}, got {raw}")
@@ -233,44 +226,19 @@ async def _drive(sidecar, rpc: str, clients: int, duration: float,
     """``clients`` clients, each on its own channel, calling back to back for ``duration`` seconds (after one
     warm-up call each); returns (calls, latencies, errors, seconds from the start to the last answer)."""
     conns = [sidecar.async_client(timeout=30.0) for _ in range(clients)]
-    latencies: list[float] = []
-    errors = 0
-    stop = 0.0
 
-    async def worker(i: int, c) -> None:
-        nonlocal errors
-        n = i
-        while time.perf_counter() < stop:
-            q = queries[n % len(queries)]
-            n += clients
-            t = time.perf_counter()
-            try:
-                if rpc == "search":
-                    await c.hybrid_search(q, collection=sidecar.collection, top_k=K)
-                else:
-                    await c.embed([q])
-            except Exception:  # counted; a run with errors fails below
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t)
+    async def one(c, q: str) -> None:
+        if rpc == "search":
+            await c.hybrid_search(q, collection=sidecar.collection, top_k=K)
+        else:
+            await c.embed([q])
 
-    try:
-        for i, c in enumerate(conns):  # warm each channel up (connection set-up is not throughput)
-            await (c.hybrid_search(queries[i % len(queries)], collection=sidecar.collection, top_k=K)
-                   if rpc == "search" else c.embed([queries[i % len(queries)]]))
-        started = time.perf_counter()
-        stop = started + duration
-        await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
-        elapsed = time.perf_counter() - started
-    finally:
-        for c in conns:
-            await c.close()
-    return len(latencies), latencies, errors, elapsed
+    return await benchlib.drive_clients(conns, one, queries, duration)
 
 
 @pytest.mark.parametrize("rpc", ["search", "embed"])
 def test_throughput(benchmark, request, rpc, clients, sidecar, search_data, bench_record):
-    duration = float(_opt(request, "--duration", 10.0, 2.0))
+    duration = float(benchlib.sized_option(request.config, "--duration", 10.0, 2.0))
     before = sidecar.metric_sum_count("mee_batch_texts")
     box: dict = {}
 

@@ -30,8 +30,7 @@ def storage_corpus(request):
 
     m3_encoder = request.getfixturevalue("m3_encoder")
 
-    n = request.config.getoption("--storage-docs")
-    n = int(n if n is not None else (60 if request.config.getoption("--quick") else 300))
+    n = int(benchlib.sized_option(request.config, "--storage-docs", 300, 60))
     docs = [Document(d.id, d.text, d.metadata) for d in generate_corpus(n, seed=31, min_words=8, max_words=60)]
     dims = _dims(m3_encoder.hidden_size)
     return docs, m3_encoder.encode([d.text for d in docs], truncate_dims=dims), dims

@@ -201,10 +201,99 @@ def test_busy_or_quick_runs_are_labelled(tmp_path):
     assert "**Not final figures**: measured with --quick sizes and a busy machine (load 7.5 on 2 cores" in out
 
 
+KEPT_ENCODE = ("<!-- BEGIN bench-encode -->\n_Not re-measured: kept from another machine's runs._\n\n"
+               "## Encode\n\n| passages | tokens/s | 140 |\n<!-- END bench-encode -->")
+KEPT_STORAGE = "<!-- BEGIN bench-storage -->\n## Storage\n\n| fp32 | 38,209 |\n<!-- END bench-storage -->"
+
+
+def _search_only(store: Path) -> list:
+    run_file(store / "m", 1, [b for b in _encode_and_search(False, 0.1) if b["group"].startswith("search-")],
+             "2026-01-01T00:00:00", load_avg_start=[0.1, 0.1, 0.1])
+    return compare.find_runs(store)
+
+
+def test_sections_without_a_saved_run_keep_their_text(tmp_path):
+    runs = _search_only(tmp_path / "runs")
+    text = f"# Benchmark results\n\n{KEPT_ENCODE}\n\nby hand\n\n{KEPT_STORAGE}\n"
+    rendered = report.render(text, runs)
+    assert rendered.kept == ["bench-encode", "bench-storage"]
+    out = rendered.text
+    assert KEPT_ENCODE in out and KEPT_STORAGE in out and "by hand" in out
+    sections = report.parse_sections(out)
+    assert "| milvus-embed | m3 |" in out[slice(*sections["bench-search"])]
+    assert "No saved run" in out[slice(*sections["bench-ingest"])], "a section the file lacks gets the placeholder"
+    goals = out[slice(*sections["bench-goals"])]
+    assert "| Encoder tokens/s vs FlagEmbedding (CPU, fp32) | >= 2x | — | — |" in goals
+    assert "Kept as they were" in goals and "`bench-encode`, `bench-storage`" in goals
+    assert report.render(out, runs) == rendered
+
+
+def test_report_says_on_stdout_which_sections_it_kept(tmp_path, capsys):
+    store = tmp_path / "runs"
+    _search_only(store)
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Benchmark results\n\n{KEPT_ENCODE}\n\n{KEPT_STORAGE}\n", encoding="utf-8")
+    args = ["--storage", str(store), "--results", str(results), "--figures", str(tmp_path / "figures"),
+            "--data", str(tmp_path / "data")]
+    assert report.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"section bench-encode kept as it was: no saved run under {store}" in out
+    assert "section bench-storage kept as it was" in out and "bench-search" not in out
+    text = results.read_text(encoding="utf-8")
+    assert KEPT_ENCODE in text and KEPT_STORAGE in text
+    assert report.main([*args, "--check"]) == 0
+
+
+def test_rerank_stage_searches_go_to_the_rerank_section_only(tmp_path):
+    store = tmp_path / "runs"
+    rerank = [bench(f"test_search_with_rerank[{n}]", 0.05, group="search-rerank", top_n=n) for n in (0, 10)]
+    rerank.append(bench("test_one_reranker_call_over_50_pairs", 0.02, group="search-rerank"))
+    run_file(store / "m", 1, _encode_and_search(False, 0.1), "2026-01-01T00:00:00")
+    run_file(store / "m", 2, rerank, "2026-01-02T00:00:00")
+    runs = compare.find_runs(store)
+    out = report.render_all("", runs)
+    sections = report.parse_sections(out)
+    search, rerank_text = out[slice(*sections["bench-search"])], out[slice(*sections["bench-rerank"])]
+    assert "### 1000 documents" in search and "rerank" not in search.replace("bench-search", "")
+    assert "0002_run.json" not in search, "the search section names only the runs it shows"
+    assert "| no stage 3 | 50 | — |" in rerank_text and "| stage 3 over N=10 | 50 | — |" in rerank_text
+    assert "| test_one_reranker_call_over_50_pairs | 20 | — |" in rerank_text
+    assert set(report.latest_by_group(runs, report.corpus_search_group)) == {"search-1000"}
+    assert report.corpus_search_group("search-live") and not report.corpus_search_group("searching-1000")
+
+
+def test_http_and_threads_sections_list_every_group_in_one_table(tmp_path):
+    store = tmp_path / "runs"
+    run_file(store / "m", 1, [
+        bench("h-tei", group="http-one-query", transport="tei-embed", p50_ms=11.0, p50_vs_grpc=1.1),
+        bench("h-grpc", group="http-one-query", transport="grpc", p50_ms=10.0),
+        bench("q-openai", group="http-throughput-16", transport="openai", qps=90.0, qps_vs_grpc=0.9),
+        bench("t-idle", group="threads-idle", load="idle", setting="auto", p50_ms=8.0),
+        bench("t-busy-pc", group="threads-busy", load="busy", setting="per-core", env={"MEE_ENCODER_THREADS": "2"},
+              p50_ms=13.0),
+        bench("t-busy", group="threads-busy", load="busy", setting="auto", p50_ms=10.0),
+    ], "2026-01-01T00:00:00")
+    out = report.render_all("", compare.find_runs(store))
+    sections = report.parse_sections(out)
+    http = out[slice(*sections["bench-http"])].splitlines()
+    rows = [line for line in http if line.startswith("| one-query") or line.startswith("| throughput-16")]
+    assert rows == ["| one-query | grpc | 10 | — | — | — |", "| one-query | tei-embed | 11 | — | — | 1.10x |",
+                    "| throughput-16 | openai | — | — | 90 | 0.90x |"]
+    threads = out[slice(*sections["bench-threads"])].splitlines()
+    assert [line for line in threads if line.startswith(("| busy", "| idle"))] == [
+        "| busy | auto | — | 10 | — |", "| busy | per-core | MEE_ENCODER_THREADS=2 | 13 | — |",
+        "| idle | auto | — | 8 | — |"]
+    assert sum("Run `0001_run.json`" in line for line in http) == 1
+    goals = out[slice(*sections["bench-goals"])]
+    assert "| One-query p50 over HTTP (tei-embed) vs gRPC Embed | <= 1.2x | 1.10x | met |" in goals
+    assert "| 16-client throughput over HTTP (openai) vs gRPC | >= 0.8x | 0.90x | met |" in goals
+
+
 def test_report_check_mode(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n", encoding="utf-8")
-    args = ["--storage", str(tmp_path / "none"), "--results", str(results), "--figures", str(tmp_path / "figures")]
+    args = ["--storage", str(tmp_path / "none"), "--results", str(results),  # figures: never the checkout's
+            "--figures", str(tmp_path / "figures"), "--data", str(tmp_path / "data")]
     assert report.main([*args, "--check"]) == 1
     assert report.main(args) == 0
     assert report.main([*args, "--check"]) == 0
@@ -232,6 +321,55 @@ def test_overlap_percentiles_env():
     assert benchlib.parse_env(["OMP_NUM_THREADS=1", "A=b=c"]) == {"OMP_NUM_THREADS": "1", "A": "b=c"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         benchlib.parse_env(["nokey"])
+
+
+class _Config:
+    def __init__(self, **options):
+        self.options = options
+
+    def getoption(self, name):
+        return self.options.get(name)
+
+
+def test_sized_option_prefers_the_option_then_quick():
+    assert benchlib.sized_option(_Config(**{"--docs": 7, "--quick": True}), "--docs", 100, 10) == 7
+    assert benchlib.sized_option(_Config(**{"--quick": True}), "--docs", 100, 10) == 10
+    assert benchlib.sized_option(_Config(**{"--quick": False}), "--docs", 100, 10) == 100
+
+
+def test_per_backend_loads_once_and_skips_onnx_off_the_cpu():
+    loads = []
+    get = benchlib.per_backend(lambda name: loads.append(name) or f"model-{name}", "cuda")
+    assert get("torch") == "model-torch" and get("torch") == "model-torch" and loads == ["torch"]
+    with pytest.raises(pytest.skip.Exception):
+        get("onnx")
+    assert loads == ["torch"]
+
+
+def test_drive_clients_counts_calls_and_errors_and_closes_every_connection():
+    import asyncio
+
+    class Conn:
+        def __init__(self, fail: bool) -> None:
+            self.fail, self.queries, self.closed = fail, [], False
+
+        async def call(self, q: str) -> None:
+            self.queries.append(q)
+            await asyncio.sleep(0.001)
+            if self.fail and len(self.queries) > 1:  # the warm-up call succeeds
+                raise RuntimeError("refused")
+
+        async def close(self) -> None:
+            self.closed = True
+
+    conns = [Conn(False), Conn(True)]
+    calls, latencies, errors, elapsed = asyncio.run(
+        benchlib.drive_clients(conns, lambda c, q: c.call(q), ["a", "b", "c"], 0.2))
+    assert [c.queries[0] for c in conns] == ["a", "b"], "one warm-up call per connection, queries in turn"
+    assert conns[0].queries[1:3] == ["a", "c"] and conns[1].queries[1:3] == ["b", "a"]
+    assert calls == len(latencies) == len(conns[0].queries) - 1 >= 1
+    assert errors == len(conns[1].queries) - 1 >= 1 and elapsed > 0
+    assert all(c.closed for c in conns)
 
 
 def test_exact_m3_scores_match_the_evaluation_helpers(tiny_encoder):
@@ -283,6 +421,30 @@ def test_write_section_replaces_or_appends_only_its_own_section(tmp_path: Path) 
     text = path.read_text(encoding="utf-8")
     assert resultsmd.section_body(text, "colbert-codecs") == "new" and text.index("colbert-codecs") < text.index("mine")
     assert resultsmd.table(["a", "b"], [["1", "2"]], align="---:").splitlines()[1] == "| ---: | ---: |"
+
+
+def test_publish_prints_and_writes_only_when_asked(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    results = tmp_path / "R.md"
+    results.write_text(f"# T\n\n{FOREIGN}\n", encoding="utf-8")
+    resultsmd.publish(argparse.Namespace(results=str(results), no_write=True), "mine", "body one")
+    assert capsys.readouterr().out == "body one\n" and resultsmd.section_body(results.read_text(), "mine") is None
+    resultsmd.publish(argparse.Namespace(results=str(results), no_write=False), "mine", "body one")
+    resultsmd.publish(argparse.Namespace(results=str(results), write=True), "mine", "body two", append=True)
+    captured = capsys.readouterr()
+    assert captured.out == "body one\nbody two\n" and f"wrote section mine of {results}" in captured.err
+    text = results.read_text(encoding="utf-8")
+    assert resultsmd.section_body(text, "mine") == "body one\n\nbody two" and FOREIGN in text
+    assert resultsmd.data_path(argparse.Namespace(results=str(results)), "x.json") == tmp_path / "results" / "x.json"
+
+
+def test_cpu_encoder_loads_the_named_checkpoint_in_fp32(tiny_model_dir: Path) -> None:
+    import argparse
+
+    encoder, label = resultsmd.cpu_encoder(argparse.Namespace(model=str(tiny_model_dir), size="tiny"))
+    assert label == f"checkpoint {tiny_model_dir.name}"
+    assert (encoder.device, encoder.dtype, encoder.max_length) == ("cpu", "fp32", 512)
 
 
 def test_measure_scripts_share_the_results_options() -> None:
