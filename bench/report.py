@@ -456,7 +456,7 @@ def storage_section(groups: Groups, goals: dict[str, Any]) -> Built:  # noqa: AR
     for b in benches:
         dims = sorted(set(dims) | set((b.get("extra_info") or {}).get("truncated") or []))
     rows = []
-    order = {"fp32": 0, "fp16": 1, "int8": 2, "bits": 3, "baseline": 9}
+    order = {"fp32": 0, "fp16": 1, "int8": 2, "int6": 3, "bits": 4, "baseline": 9}
     first = {}
     for b in sorted(benches, key=lambda b: order.get((b.get("extra_info") or {}).get("codec"), 5)):
         ex = b.get("extra_info") or {}

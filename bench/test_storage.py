@@ -1,6 +1,6 @@
 """Storage: bytes per document in Milvus for each ColBERT codec and truncated dense field.
 
-One collection per codec (fp32, fp16, int8, bits) with the same documents and truncated fields, each in its
+One collection per codec (fp32, fp16, int8, int6, bits) with the same documents and truncated fields, each in its
 own Milvus Lite file, written through ``DocumentStore.write`` (the timed part). Then every row of the main
 and companion collections is read back and the raw size of each stored field value is summed (what Milvus
 keeps in its binlogs before compression: 4 bytes per float32 component, 8 per sparse non-zero, UTF-8 bytes
@@ -13,7 +13,7 @@ from __future__ import annotations
 import benchlib
 import pytest
 
-CASES = ["fp32", "fp16", "int8", "bits", "baseline"]
+CASES = ["fp32", "fp16", "int8", "int6", "bits", "baseline"]
 
 
 def _dims(hidden: int) -> tuple[int, ...]:
