@@ -29,6 +29,16 @@ def encoder_threads(settings: Settings, cores: int | None = None) -> int:
         return max(1, (cores if cores is not None else os.cpu_count() or 1) - 1)
     return 0
 
+
+def _bound_torch_threads(settings: Settings) -> None:
+    """Applies :func:`encoder_threads` to torch (process-wide; an ONNX session reads it when created)."""
+    threads = encoder_threads(settings)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -40,11 +50,7 @@ def encoder_from_settings(settings: Settings, path: str | None = None, **overrid
     """
     from .model import M3Encoder
 
-    threads = encoder_threads(settings)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _bound_torch_threads(settings)
     kwargs: dict[str, Any] = dict(device=settings.device, dtype=settings.dtype, max_length=settings.max_length,
                                   token_budget=settings.token_budget, max_batch=settings.max_batch,
                                   backend=settings.backend, onnx_cache_dir=settings.onnx_cache_dir or None)
@@ -62,11 +68,7 @@ def reranker_from_settings(settings: Settings, **overrides: Any) -> Reranker | N
         return None
     from .reranker import Reranker
 
-    threads = encoder_threads(settings)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _bound_torch_threads(settings)
     kwargs: dict[str, Any] = dict(device=settings.reranker_device or settings.device,
                                   dtype=settings.reranker_dtype or settings.dtype,
                                   backend=settings.reranker_backend or settings.backend,
