@@ -13,14 +13,13 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument, ModelLoadError
-from .batching import plan_batches
+from .batching import pad_batch, plan_batches
 from .hub import check_checkpoint, fingerprint
 from .loading import (
     LoadTarget,
@@ -263,12 +262,7 @@ class M3Encoder:
         import torch
         import torch.nn.functional as F  # noqa: N812
 
-        rows = len(batch_ids)
-        lens = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=rows)
-        width = int(lens.max())
-        input_ids = np.full((rows, width), self.pad_token_id, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lens[:, None]
-        input_ids[mask] = np.fromiter(chain.from_iterable(batch_ids), dtype=np.int64, count=int(lens.sum()))
+        input_ids, mask, lens = pad_batch(batch_ids, self.pad_token_id)
         result: dict[str, Any] = {}
         with torch.inference_mode():
             t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument, ModelLoadError
-from .batching import plan_batches
+from .batching import pad_batch, plan_batches
 from .hub import fingerprint, missing_body_files
 from .loading import check_positive_int, load_fast_tokenizer, load_onnx_body, resolve_load, torch_dtype
 
@@ -224,12 +223,7 @@ class Reranker:
     def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
         import torch
 
-        rows = len(batch_ids)
-        lens = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=rows)
-        width = int(lens.max())
-        input_ids = np.full((rows, width), self.pad_token_id, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lens[:, None]
-        input_ids[mask] = np.fromiter(chain.from_iterable(batch_ids), dtype=np.int64, count=int(lens.sum()))
+        input_ids, mask, _ = pad_batch(batch_ids, self.pad_token_id)
         with torch.inference_mode():
             t_ids = torch.from_numpy(input_ids).to(self.device)
             t_mask = torch.from_numpy(mask.astype(np.int64)).to(self.device)
