@@ -109,24 +109,10 @@ class RevisionGraph:
         return [r for r in self._topo if r in wanted]
 
     def ancestors(self, rev: str, inclusive: bool = True) -> set[str]:
-        out: set[str] = set()
-        stack = [rev] if inclusive else list(self.parents[rev])
-        while stack:
-            r = stack.pop()
-            if r not in out:
-                out.add(r)
-                stack.extend(self.parents[r])
-        return out
+        return _reachable(rev, self.parents, inclusive)
 
     def descendants(self, rev: str, inclusive: bool = True) -> set[str]:
-        out: set[str] = set()
-        stack = [rev] if inclusive else list(self.children[rev])
-        while stack:
-            r = stack.pop()
-            if r not in out:
-                out.add(r)
-                stack.extend(self.children[r])
-        return out
+        return _reachable(rev, self.children, inclusive)
 
     def all_revisions(self) -> set[str]:
         """Every revision the scripts define: what upgrading to ``heads`` ends with applied (every
@@ -223,6 +209,18 @@ class RevisionGraph:
                 "`milvus-embed migrate current` shows where the database is"
             )
         return list(reversed(self.topo(self.descendants(rev, inclusive=False) & applied)))
+
+
+def _reachable(rev: str, edges: Mapping[str, Sequence[str]], inclusive: bool) -> set[str]:
+    """Every revision reachable from ``rev`` along ``edges`` (parents: ancestors; children: descendants)."""
+    out: set[str] = set()
+    stack = [rev] if inclusive else list(edges[rev])
+    while stack:
+        r = stack.pop()
+        if r not in out:
+            out.add(r)
+            stack.extend(edges[r])
+    return out
 
 
 def graph_from_mapping(parents: Mapping[str, Sequence[str] | str | None]) -> RevisionGraph:
