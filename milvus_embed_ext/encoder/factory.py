@@ -111,7 +111,7 @@ def is_demo_checkpoint(path: str | Path) -> bool:
     return resolved in {demo_model_dir().expanduser().resolve(), FALLBACK_DEMO_DIR.resolve()}
 
 
-def load_encoder(settings: Settings) -> tuple[Any, Path]:
+def load_encoder(settings: Settings) -> tuple[M3Encoder, Path]:
     """The M3Encoder for ``settings.model`` and its local directory; the demo checkpoint when allowed and the
     hub is out of reach (a loud banner on stderr says so)."""
     from .hub import looks_like_hub_id, resolve_model_path

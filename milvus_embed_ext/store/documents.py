@@ -44,6 +44,7 @@ from ..errors import (
     InvalidArgument,
     MilvusEmbedError,
     NotFound,
+    VectorsUnreadable,
 )
 from ..limits import IDS_PER_QUERY, MILVUS_MAX_TOPK
 from . import codecs
@@ -687,8 +688,8 @@ class DocumentStore:
         never written to ("Growing segment loss raw data"); an empty collection has no vectors."""
         try:
             return list(self._call(what, self.client.query, self.name, **kwargs))
-        except MilvusEmbedError as exc:
-            if "raw data" in str(exc) and self.count() == 0:
+        except VectorsUnreadable:
+            if self.count() == 0:
                 return []
             raise
 
