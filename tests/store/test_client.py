@@ -54,6 +54,7 @@ class _Exc(Exception):
 
 @pytest.mark.parametrize(("exc", "kind"), [
     (_Exc(1100, "Invalid expr: foo =="), InvalidArgument),
+    (_Exc(2000, " => unsupported expr proto node:  at PlanProto.cpp:543\n: segcore error"), InvalidArgument),
     (_Exc(100, "collection not found[collection=x]"), NotFound),
     (_Exc(2, "Fail connecting to server on db:19530, illegal connection params or server unavailable"), Unavailable),
     (_Exc(1800, "auth check failure, please check username and password"), Unauthenticated),
