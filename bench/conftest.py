@@ -210,7 +210,7 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
     machine_info["load_avg_start"] = _LOAD_AT_START
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["bench_options"] = _bench_options(config)
-    from milvus_embed_ext.encoder.model import resolve_dtype
+    from milvus_embed_ext.encoder import resolve_dtype
 
     device = str(config.getoption("--bench-device"))
     machine_info["sidecar_dtype"] = resolve_dtype("auto", "cuda" if device.startswith("cuda") else "cpu")

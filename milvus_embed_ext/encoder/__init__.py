@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .batching import plan_batches
 from .hub import resolve_model_path
-from .model import M3Encoder, resolve_device, resolve_dtype
+from .loading import resolve_device, resolve_dtype
+from .model import M3Encoder
 from .output import M3Output
 from .reranker import Reranker
 from .scoring import DEFAULT_WEIGHTS, colbert_score, dense_score, lexical_score, m3_score, m3_scores

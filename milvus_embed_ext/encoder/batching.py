@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -55,3 +56,14 @@ def padded_tokens(lengths: Sequence[int] | np.ndarray, batches: Sequence[np.ndar
     """Tokens the forward passes will process, padding included (for metrics and tests)."""
     lens = np.asarray(lengths, dtype=np.int64)
     return int(sum(len(b) * int(lens[b].max()) for b in batches if len(b)))
+
+
+def pad_batch(batch_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One forward pass's rows right-padded to the longest: ``(input_ids, attention mask, row lengths)``."""
+    rows = len(batch_ids)
+    lens = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=rows)
+    width = int(lens.max())
+    input_ids = np.full((rows, width), pad_token_id, dtype=np.int64)
+    mask = np.arange(width)[None, :] < lens[:, None]
+    input_ids[mask] = np.fromiter(chain.from_iterable(batch_ids), dtype=np.int64, count=int(lens.sum()))
+    return input_ids, mask, lens

@@ -29,6 +29,16 @@ def encoder_threads(settings: Settings, cores: int | None = None) -> int:
         return max(1, (cores if cores is not None else os.cpu_count() or 1) - 1)
     return 0
 
+
+def _bound_torch_threads(settings: Settings) -> None:
+    """Applies :func:`encoder_threads` to torch (process-wide; an ONNX session reads it when created)."""
+    threads = encoder_threads(settings)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -40,11 +50,7 @@ def encoder_from_settings(settings: Settings, path: str | None = None, **overrid
     """
     from .model import M3Encoder
 
-    threads = encoder_threads(settings)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _bound_torch_threads(settings)
     kwargs: dict[str, Any] = dict(device=settings.device, dtype=settings.dtype, max_length=settings.max_length,
                                   token_budget=settings.token_budget, max_batch=settings.max_batch,
                                   backend=settings.backend, onnx_cache_dir=settings.onnx_cache_dir or None)
@@ -62,11 +68,7 @@ def reranker_from_settings(settings: Settings, **overrides: Any) -> Reranker | N
         return None
     from .reranker import Reranker
 
-    threads = encoder_threads(settings)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _bound_torch_threads(settings)
     kwargs: dict[str, Any] = dict(device=settings.reranker_device or settings.device,
                                   dtype=settings.reranker_dtype or settings.dtype,
                                   backend=settings.reranker_backend or settings.backend,
@@ -109,7 +111,7 @@ def is_demo_checkpoint(path: str | Path) -> bool:
     return resolved in {demo_model_dir().expanduser().resolve(), FALLBACK_DEMO_DIR.resolve()}
 
 
-def load_encoder(settings: Settings) -> tuple[Any, Path]:
+def load_encoder(settings: Settings) -> tuple[M3Encoder, Path]:
     """The M3Encoder for ``settings.model`` and its local directory; the demo checkpoint when allowed and the
     hub is out of reach (a loud banner on stderr says so)."""
     from .hub import looks_like_hub_id, resolve_model_path

@@ -75,12 +75,9 @@ def resolve_model_path(path_or_hub_id: str, *, allow_download: bool = True, cach
         ) from exc
 
 
-def check_checkpoint(path: Path) -> None:
-    """Fail with the names of the missing files unless ``path`` holds a complete BGE-M3 checkpoint.
-
-    FlagEmbedding silently replaces missing heads with random ones, which yields plausible-looking but
-    meaningless sparse and ColBERT vectors; we refuse instead.
-    """
+def missing_body_files(path: Path) -> list[str]:
+    """What an XLM-RoBERTa checkpoint directory lacks (config, weights, tokenizer): the encoder's and the
+    reranker's common part."""
     missing: list[str] = []
     if not (path / "config.json").is_file():
         missing.append("config.json")
@@ -88,7 +85,16 @@ def check_checkpoint(path: Path) -> None:
         missing.append("model.safetensors (or pytorch_model.bin)")
     if not ((path / "tokenizer.json").is_file() or (path / "sentencepiece.bpe.model").is_file()):
         missing.append("tokenizer.json (or sentencepiece.bpe.model)")
-    missing += [name for name in HEAD_FILES if not (path / name).is_file()]
+    return missing
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail with the names of the missing files unless ``path`` holds a complete BGE-M3 checkpoint.
+
+    FlagEmbedding silently replaces missing heads with random ones, which yields plausible-looking but
+    meaningless sparse and ColBERT vectors; we refuse instead.
+    """
+    missing = missing_body_files(path) + [name for name in HEAD_FILES if not (path / name).is_file()]
     if missing:
         raise ModelLoadError(
             f"checkpoint {path} is incomplete: missing {', '.join(missing)}. A BGE-M3 checkpoint is an "

@@ -13,86 +13,27 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument, ModelLoadError
-from .batching import plan_batches
-from .hub import check_checkpoint, fingerprint, resolve_model_path
+from .batching import pad_batch, plan_batches
+from .hub import check_checkpoint, fingerprint
+from .loading import (
+    LoadTarget,
+    check_positive_int,
+    load_fast_tokenizer,
+    load_onnx_body,
+    resolve_load,
+    torch_dtype,
+)
 from .output import M3Output
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 MIN_LENGTH = 2  # room for <s> and </s>
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validates the others."""
-    import torch
-
-    if not isinstance(device, str):
-        raise InvalidArgument(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    dev = device.strip().lower()
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if dev == "cpu":
-        return "cpu"
-    if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r} requested but CUDA is not available here; use device=cpu or auto")
-        if dev != "cuda" and int(dev[5:]) >= torch.cuda.device_count():
-            raise ModelLoadError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
-        return dev
-    raise InvalidArgument(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-"""CPU flags (Linux /proc/cpuinfo names) whose instructions multiply bf16 natively. Elsewhere torch emulates
-bf16 and it is slower than fp32, so ``auto`` keeps fp32 there."""
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU runs bf16 matrix work natively (AMX or AVX-512 BF16); False when it cannot tell."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> fp16 on CUDA; on CPU bf16 where the CPU multiplies bf16 natively, else fp32.
-
-    A one-query forward pass on CPU is bound by reading the weights: bf16 halves those bytes and AMX /
-    AVX-512 BF16 run the products natively, so a query encodes 2-3x faster (bench/RESULTS.md, search
-    stages) at a dense cosine of about 0.9999 to fp32. Pin ``fp32`` where bit-level parity with fp32 matters.
-    """
-    if not isinstance(dtype, str) or dtype.strip().lower() not in DTYPES:
-        raise InvalidArgument(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    d = dtype.strip().lower()
-    if d == "auto":
-        if device.startswith("cuda"):
-            return "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return d
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -167,34 +108,17 @@ class M3Encoder:
         """
         import torch
 
-        max_length = _check_positive_int("max_length", max_length, MIN_LENGTH)
-        token_budget = _check_positive_int("token_budget", token_budget)
-        max_batch = _check_positive_int("max_batch", max_batch)
-        from .onnx_backend import check_backend
-
-        backend = check_backend(backend)
-        if backend != "torch":
-            if not isinstance(device, str) or device.strip().lower() not in ("auto", "cpu"):
-                raise InvalidArgument(f"backend {backend} runs on the CPU; use device=cpu (or auto), or backend=torch")
-            if not isinstance(dtype, str) or dtype.strip().lower() not in ("auto", "fp32"):
-                raise InvalidArgument(f"backend {backend} computes in fp32 (int8 weights for onnx-int8); "
-                                      f"use dtype=fp32 (or auto), got {dtype!r}")
-            device = "cpu"
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        path = resolve_model_path(path_or_hub_id, allow_download=allow_download, cache_dir=cache_dir)
+        target = resolve_load(path_or_hub_id, device=device, dtype=dtype, backend=backend, max_length=max_length,
+                              min_length=MIN_LENGTH, token_budget=token_budget, max_batch=max_batch,
+                              allow_download=allow_download, cache_dir=cache_dir)
+        path, dev, dt = target.path, target.device, target.dtype
         check_checkpoint(path)
-        if backend != "torch":
-            return cls._from_onnx(path_or_hub_id, path, backend, max_length, token_budget, max_batch, onnx_cache_dir)
+        if target.backend != "torch":
+            return cls._from_onnx(path_or_hub_id, target, onnx_cache_dir)
 
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        except Exception as exc:  # noqa: BLE001 - report any tokenizer failure as a load error
-            raise ModelLoadError(f"cannot load the tokenizer from {path}: {exc}") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizer.json) version; install `tokenizers`")
+        tokenizer = load_fast_tokenizer(path)
         try:
             model = AutoModel.from_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001
@@ -202,42 +126,37 @@ class M3Encoder:
         hidden = int(model.config.hidden_size)
         colbert = _load_head(path / "colbert_linear.pt", hidden, None)
         sparse = _load_head(path / "sparse_linear.pt", hidden, 1)
-        torch_dtype = _torch_dtype(dt)
         try:
-            model = model.to(device=dev, dtype=torch_dtype).eval()
+            model = model.to(device=dev, dtype=torch_dtype(dt)).eval()
             # Heads run in fp32 whatever the body's dtype: they are tiny and it keeps the outputs exact.
             colbert = colbert.to(device=dev, dtype=torch.float32).eval()
             sparse = sparse.to(device=dev, dtype=torch.float32).eval()
         except (RuntimeError, TypeError) as exc:
             raise ModelLoadError(f"cannot move the model to {dev} as {dt}: {exc}") from exc
         return cls(model=model, tokenizer=tokenizer, colbert_linear=colbert, sparse_linear=sparse,
-                   model_id=str(path_or_hub_id), path=path, device=dev, dtype=dt, max_length=max_length,
-                   token_budget=token_budget, max_batch=max_batch, fingerprint=fingerprint(path))
+                   model_id=str(path_or_hub_id), path=path, device=dev, dtype=dt, max_length=target.max_length,
+                   token_budget=target.token_budget, max_batch=target.max_batch, fingerprint=fingerprint(path))
 
     @classmethod
-    def _from_onnx(cls, model_id: str, path: Path, backend: str, max_length: int, token_budget: int,
-                   max_batch: int, onnx_cache_dir: str | None) -> M3Encoder:
+    def _from_onnx(cls, model_id: str, target: LoadTarget, onnx_cache_dir: str | None) -> M3Encoder:
         """The ONNX Runtime body (exported once, cached by fingerprint) with the same tokenizer and heads."""
-        import torch
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
-        from .onnx_backend import OnnxBody, ensure_onnx_model
-
+        path = target.path
+        tokenizer = load_fast_tokenizer(path)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
             config = AutoConfig.from_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"cannot load the tokenizer or config from {path}: {exc}") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizer.json) version; install `tokenizers`")
+            raise ModelLoadError(f"cannot load the config from {path}: {exc}") from exc
         fp = fingerprint(path)
-        body = OnnxBody(ensure_onnx_model(path, fp, backend, onnx_cache_dir), threads=torch.get_num_threads())
+        body = load_onnx_body(path, fp, target.backend, onnx_cache_dir)
         hidden = int(config.hidden_size)
         colbert = _load_head(path / "colbert_linear.pt", hidden, None).eval()
         sparse = _load_head(path / "sparse_linear.pt", hidden, 1).eval()
         return cls(model=None, tokenizer=tokenizer, colbert_linear=colbert, sparse_linear=sparse, model_id=str(model_id),
-                   path=path, device="cpu", dtype="fp32", max_length=max_length, token_budget=token_budget,
-                   max_batch=max_batch, fingerprint=fp, backend=backend, body=body, config=config)
+                   path=path, device="cpu", dtype="fp32", max_length=target.max_length,
+                   token_budget=target.token_budget, max_batch=target.max_batch, fingerprint=fp,
+                   backend=target.backend, body=body, config=config)
 
     # ------------------------------------------------------------------ tokenisation
     def _tokenizer(self, max_length: int) -> Any:
@@ -260,7 +179,7 @@ class M3Encoder:
     def _resolve_max_length(self, max_length: int | None) -> int:
         if max_length is None:
             return self.max_length
-        value = _check_positive_int("max_length", max_length, MIN_LENGTH)
+        value = check_positive_int("max_length", max_length, MIN_LENGTH)
         if value > self.model_max_length:
             raise InvalidArgument(f"max_length {value} exceeds what the model supports ({self.model_max_length} tokens)")
         return value
@@ -343,12 +262,7 @@ class M3Encoder:
         import torch
         import torch.nn.functional as F  # noqa: N812
 
-        rows = len(batch_ids)
-        lens = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=rows)
-        width = int(lens.max())
-        input_ids = np.full((rows, width), self.pad_token_id, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lens[:, None]
-        input_ids[mask] = np.fromiter(chain.from_iterable(batch_ids), dtype=np.int64, count=int(lens.sum()))
+        input_ids, mask, lens = pad_batch(batch_ids, self.pad_token_id)
         result: dict[str, Any] = {}
         with torch.inference_mode():
             t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)

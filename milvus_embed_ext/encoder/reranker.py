@@ -16,16 +16,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgument, ModelLoadError
-from .batching import plan_batches
-from .hub import WEIGHT_GLOBS, fingerprint, resolve_model_path
-from .model import _check_positive_int, _torch_dtype, resolve_device, resolve_dtype
+from .batching import pad_batch, plan_batches
+from .hub import fingerprint, missing_body_files
+from .loading import check_positive_int, load_fast_tokenizer, load_onnx_body, resolve_load, torch_dtype
 
 MIN_LENGTH = 8  # <s> q </s></s> p </s>: four special tokens plus room for text
 DEFAULT_MAX_LENGTH = 512
@@ -56,13 +55,7 @@ def check_pairs(pairs: Any) -> list[tuple[str, str]]:
 
 def check_reranker_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's config, or the names of what is missing; refuses a model with more than one label."""
-    missing: list[str] = []
-    if not (path / "config.json").is_file():
-        missing.append("config.json")
-    if not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
-        missing.append("model.safetensors (or pytorch_model.bin)")
-    if not ((path / "tokenizer.json").is_file() or (path / "sentencepiece.bpe.model").is_file()):
-        missing.append("tokenizer.json (or sentencepiece.bpe.model)")
+    missing = missing_body_files(path)
     if missing:
         raise ModelLoadError(f"reranker checkpoint {path} is incomplete: missing {', '.join(missing)}")
     try:
@@ -101,7 +94,7 @@ class Reranker:
         self.model_max_length = int(config.max_position_embeddings) - self.pad_token_id - 1
         self.max_length = self._check_max_length(max_length)
         self.query_max_length = (None if query_max_length is None
-                                 else _check_positive_int("query_max_length", query_max_length))
+                                 else check_positive_int("query_max_length", query_max_length))
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -110,7 +103,7 @@ class Reranker:
         self._tok_lock = threading.Lock()
 
     def _check_max_length(self, value: Any) -> int:
-        value = _check_positive_int("max_length", value, MIN_LENGTH)
+        value = check_positive_int("max_length", value, MIN_LENGTH)
         if value > self.model_max_length:
             raise InvalidArgument(f"max_length {value} exceeds what the reranker supports ({self.model_max_length} tokens)")
         return value
@@ -129,32 +122,15 @@ class Reranker:
         Raises :class:`InvalidArgument` for bad arguments and :class:`ModelLoadError` for a missing,
         incomplete or wrong (not one-logit) checkpoint.
         """
-        max_length = _check_positive_int("max_length", max_length, MIN_LENGTH)
-        token_budget = _check_positive_int("token_budget", token_budget)
-        max_batch = _check_positive_int("max_batch", max_batch)
-        from .onnx_backend import check_backend
-
-        backend = check_backend(backend)
-        if backend != "torch":
-            if not isinstance(device, str) or device.strip().lower() not in ("auto", "cpu"):
-                raise InvalidArgument(f"backend {backend} runs on the CPU; use device=cpu (or auto), or backend=torch")
-            if not isinstance(dtype, str) or dtype.strip().lower() not in ("auto", "fp32"):
-                raise InvalidArgument(f"backend {backend} computes in fp32 (int8 weights for onnx-int8); "
-                                      f"use dtype=fp32 (or auto), got {dtype!r}")
-            device = "cpu"
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        path = resolve_model_path(path_or_hub_id, allow_download=allow_download, cache_dir=cache_dir)
+        target = resolve_load(path_or_hub_id, device=device, dtype=dtype, backend=backend, max_length=max_length,
+                              min_length=MIN_LENGTH, token_budget=token_budget, max_batch=max_batch,
+                              allow_download=allow_download, cache_dir=cache_dir)
+        path, dev, dt, backend = target.path, target.device, target.dtype, target.backend
         check_reranker_checkpoint(path)
 
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"cannot load the tokenizer from {path}: {exc}") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizer.json) version; install `tokenizers`")
+        tokenizer = load_fast_tokenizer(path)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001
@@ -162,14 +138,10 @@ class Reranker:
         config = model.config
         fp = fingerprint(path)
         common = dict(tokenizer=tokenizer, config=config, model_id=str(path_or_hub_id), path=path,
-                      max_length=max_length, query_max_length=query_max_length, token_budget=token_budget,
-                      max_batch=max_batch, fingerprint=fp)
+                      max_length=target.max_length, query_max_length=query_max_length,
+                      token_budget=target.token_budget, max_batch=target.max_batch, fingerprint=fp)
         if backend != "torch":
-            import torch
-
-            from .onnx_backend import OnnxBody, ensure_onnx_model
-
-            body = OnnxBody(ensure_onnx_model(path, fp, backend, onnx_cache_dir), threads=torch.get_num_threads())
+            body = load_onnx_body(path, fp, backend, onnx_cache_dir)
             head = model.classifier.float().eval()  # keep only the head; the body runs in ONNX Runtime
             del model
 
@@ -179,7 +151,7 @@ class Reranker:
 
             return cls(logits_fn=onnx_logits, device="cpu", dtype="fp32", backend=backend, **common)
         try:
-            model = model.to(device=dev, dtype=_torch_dtype(dt)).eval()
+            model = model.to(device=dev, dtype=torch_dtype(dt)).eval()
         except (RuntimeError, TypeError) as exc:
             raise ModelLoadError(f"cannot move the reranker to {dev} as {dt}: {exc}") from exc
 
@@ -251,12 +223,7 @@ class Reranker:
     def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
         import torch
 
-        rows = len(batch_ids)
-        lens = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=rows)
-        width = int(lens.max())
-        input_ids = np.full((rows, width), self.pad_token_id, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lens[:, None]
-        input_ids[mask] = np.fromiter(chain.from_iterable(batch_ids), dtype=np.int64, count=int(lens.sum()))
+        input_ids, mask, _ = pad_batch(batch_ids, self.pad_token_id)
         with torch.inference_mode():
             t_ids = torch.from_numpy(input_ids).to(self.device)
             t_mask = torch.from_numpy(mask.astype(np.int64)).to(self.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..progress import ProgressBoard, add_quiet_arg
@@ -49,10 +50,15 @@ def _board(args: argparse.Namespace) -> ProgressBoard:
     return ProgressBoard(unit="rows", quiet=args.quiet)
 
 
-def _upgrade(args: argparse.Namespace) -> int:
+def _migrate(args: argparse.Namespace, move: Callable[..., list[str]]) -> list[str]:
+    """Runs ``runner.upgrade`` or ``runner.downgrade`` to ``args.target`` with the progress board."""
     cfg = _config(args)
     with _board(args) as board:
-        done = runner.upgrade(cfg, args.target, hooks=RunHooks(progress=board))
+        return move(cfg, args.target, hooks=RunHooks(progress=board))
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    done = _migrate(args, runner.upgrade)
     print(f"applied {len(done)} revision(s): {', '.join(done)}" if done else "already at the target; nothing applied")
     return 0
 
@@ -67,9 +73,7 @@ def _work(args: argparse.Namespace) -> int:
 
 
 def _downgrade(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    with _board(args) as board:
-        done = runner.downgrade(cfg, args.target, hooks=RunHooks(progress=board))
+    done = _migrate(args, runner.downgrade)
     print(f"unapplied {len(done)} revision(s): {', '.join(done)}" if done else "already at the target")
     return 0
 

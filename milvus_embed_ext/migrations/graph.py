@@ -109,24 +109,10 @@ class RevisionGraph:
         return [r for r in self._topo if r in wanted]
 
     def ancestors(self, rev: str, inclusive: bool = True) -> set[str]:
-        out: set[str] = set()
-        stack = [rev] if inclusive else list(self.parents[rev])
-        while stack:
-            r = stack.pop()
-            if r not in out:
-                out.add(r)
-                stack.extend(self.parents[r])
-        return out
+        return _reachable(rev, self.parents, inclusive)
 
     def descendants(self, rev: str, inclusive: bool = True) -> set[str]:
-        out: set[str] = set()
-        stack = [rev] if inclusive else list(self.children[rev])
-        while stack:
-            r = stack.pop()
-            if r not in out:
-                out.add(r)
-                stack.extend(self.children[r])
-        return out
+        return _reachable(rev, self.children, inclusive)
 
     def all_revisions(self) -> set[str]:
         """Every revision the scripts define: what upgrading to ``heads`` ends with applied (every
@@ -188,12 +174,9 @@ class RevisionGraph:
         """Revisions to apply, parents first, to reach ``target`` (id, prefix, head, heads or +N)."""
         applied = set(applied)
         self.check_applied(applied)
-        rel = _RELATIVE.match(target)
-        if rel:
-            if rel.group(1) != "+":
-                raise InvalidArgument(f"upgrade target {target!r} goes down; use `downgrade {target}`")
+        n = _relative_steps(target, "upgrade")
+        if n is not None:
             pending = [r for r in self._topo if r not in applied]
-            n = int(rel.group(2))
             # Only revisions whose parents are applied or in the chosen prefix are reachable in order.
             return pending[:n]
         if target == "heads":
@@ -205,11 +188,8 @@ class RevisionGraph:
         """Revisions to unapply, children first, to reach ``target`` (id, prefix, base or -N)."""
         applied = set(applied)
         self.check_applied(applied)
-        rel = _RELATIVE.match(target)
-        if rel:
-            if rel.group(1) != "-":
-                raise InvalidArgument(f"downgrade target {target!r} goes up; use `upgrade {target}`")
-            n = int(rel.group(2))
+        n = _relative_steps(target, "downgrade")
+        if n is not None:
             ordered = list(reversed(self.topo(applied)))
             if n > len(ordered):
                 raise InvalidArgument(f"cannot go down {n} revision(s): only {len(ordered)} applied")
@@ -223,6 +203,31 @@ class RevisionGraph:
                 "`milvus-embed migrate current` shows where the database is"
             )
         return list(reversed(self.topo(self.descendants(rev, inclusive=False) & applied)))
+
+
+def _relative_steps(target: str, command: str) -> int | None:
+    """N of a relative target (``+N`` for upgrade, ``-N`` for downgrade), None for an absolute one; a relative
+    target that goes the other way is refused with the command that takes it."""
+    rel = _RELATIVE.match(target)
+    if rel is None:
+        return None
+    up = command == "upgrade"
+    if (rel.group(1) == "+") != up:
+        other, way = ("downgrade", "down") if up else ("upgrade", "up")
+        raise InvalidArgument(f"{command} target {target!r} goes {way}; use `{other} {target}`")
+    return int(rel.group(2))
+
+
+def _reachable(rev: str, edges: Mapping[str, Sequence[str]], inclusive: bool) -> set[str]:
+    """Every revision reachable from ``rev`` along ``edges`` (parents: ancestors; children: descendants)."""
+    out: set[str] = set()
+    stack = [rev] if inclusive else list(edges[rev])
+    while stack:
+        r = stack.pop()
+        if r not in out:
+            out.add(r)
+            stack.extend(edges[r])
+    return out
 
 
 def graph_from_mapping(parents: Mapping[str, Sequence[str] | str | None]) -> RevisionGraph:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ from ..errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    InvalidFilter,
     MilvusEmbedError,
     Unavailable,
 )
@@ -703,16 +703,14 @@ class HybridSearcher:
 
     @staticmethod
     def _classify(exc: Exception, route: Route, filter_expr: str) -> Exception:
-        """Turn a stage-1 failure into a domain error that says which stage failed and why."""
-        message = _milvus_message(exc)
-        code = getattr(exc, "code", None)
-        looks_like_filter = bool(filter_expr) and (code == 1100 or "expr" in message.lower())
-        if looks_like_filter:
-            reason = re.sub(r"^invalid filter expression:\s*", "", message, flags=re.IGNORECASE)
-            return InvalidArgument(f"invalid filter expression {filter_expr!r}; Milvus says: {reason}")
+        """A stage-1 failure as a domain error that says which stage failed and why. The store has already
+        typed Milvus' answers (a refused filter is :class:`InvalidFilter`); anything untyped is this route's."""
+        if isinstance(exc, InvalidFilter):
+            return InvalidFilter(f"invalid filter expression {filter_expr!r}; Milvus says: {exc.reason}",
+                                 reason=exc.reason)
         if isinstance(exc, MilvusEmbedError):
             return exc
-        return Unavailable(f"candidate search on field {route.field} failed: {message}")
+        return Unavailable(f"candidate search on field {route.field} failed: {_milvus_message(exc)}")
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         try:

@@ -9,6 +9,8 @@ The encoder itself splits a call into length-sorted token-budget forward passes.
 * Full queue (``max_queue`` texts waiting): :class:`ResourceExhausted` at once, nothing queued.
 * Cancelled or timed-out requests leave the queue immediately; a request whose deadline passed while
   waiting is dropped at dispatch, so dead work never reaches the model.
+
+The reranker has its own queue and thread under the same rules: both are a :class:`MicroBatcher`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import collections
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..contracts import TextEncoder
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
@@ -44,49 +47,90 @@ class EncodeResult:
     batch_texts: int
 
 
-@dataclass(eq=False)
-class _Item:
-    texts: tuple[str, ...]
-    dense: bool
-    sparse: bool
-    colbert: bool
-    truncate_dims: tuple[int, ...]
-    max_length: int | None
-    est_tokens: int
-    deadline: float | None  # loop.time()
-    future: asyncio.Future[EncodeResult]
-    enqueued: float = field(default_factory=time.perf_counter)
-
-
 def estimate_tokens(text: str, max_length: int) -> int:
     """Cheap token estimate for batch sizing (~4 chars per token + CLS/EOS), capped at max_length."""
     return min(max_length, len(text) // 4 + 2)
 
 
-class Batcher:
-    """Owns the encoder thread. Use ``await start()``, ``await encode(...)``, ``await stop()``."""
+# ---------------------------------------------------------------------------- shared queue
 
-    def __init__(self, encoder: TextEncoder, *, token_budget: int, max_batch: int, max_wait_ms: float,
-                 max_queue: int, max_length: int, metrics: _BatchMetrics | None = None,
-                 executor: ThreadPoolExecutor | None = None) -> None:
-        self.encoder = encoder
+Result = TypeVar("Result")
+Raw = TypeVar("Raw")
+
+
+@dataclass(eq=False, kw_only=True)
+class QueuedJob(Generic[Result]):
+    """What every queued request carries, whatever the model: its size in tokens, deadline and answer."""
+
+    est_tokens: int
+    deadline: float | None  # loop.time()
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+Job = TypeVar("Job", bound=QueuedJob[Any])
+
+
+class MicroBatcher(Generic[Job, Result, Raw], ABC):
+    """One bounded queue, one dispatcher task and one model thread; subclasses say what a job is and how to run it.
+
+    The queue's rules are shared: a full queue refuses at once (ResourceExhausted); cancelled or expired
+    jobs leave it; the oldest live job plus every later compatible one that fits ``max_batch`` units /
+    ``token_budget`` estimated tokens form a batch (a larger job runs alone), after waiting up to
+    ``max_wait_ms`` for company.
+    """
+
+    what: str
+    """The model in messages: "encoder", "reranker"."""
+
+    def __init__(self, *, token_budget: int, max_batch: int, max_wait_ms: float, max_queue: int,
+                 max_length: int, executor: ThreadPoolExecutor | None, thread_name: str, task_name: str) -> None:
         self.token_budget = token_budget
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
         self.max_queue = max_queue
         self.max_length = max_length
-        self.metrics = metrics
+        self._task_name = task_name
         self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
-        self._pending: collections.deque[_Item] = collections.deque()
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._pending: collections.deque[Job] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def _size(self, job: Job) -> int:
+        """The job's units against ``max_batch`` and ``max_queue`` (texts, pairs)."""
+
+    def _compatible(self, job: Job, head: Job) -> bool:
+        """Whether ``job`` may share a model call with the batch's first job ``head``."""
+        return True
+
+    @abstractmethod
+    def _infer(self, batch: list[Job]) -> Raw:
+        """The model call for the whole batch; runs on the model thread."""
+
+    @abstractmethod
+    def _deliver(self, batch: list[Job], raw: Raw, started: float, seconds: float) -> None:
+        """Hands each live job its share of ``raw`` and records metrics; runs on the event loop."""
+
+    @abstractmethod
+    def _depth_gauge(self) -> Any | None:
+        """The metrics gauge that shows the queued units, if metrics are on."""
+
+    @abstractmethod
+    def _queue_full(self, queued: int) -> str:
+        """ResourceExhausted's message when ``queued`` units wait and a job does not fit."""
+
+    @abstractmethod
+    def _too_late(self, size: int) -> str:
+        """DeadlineExceeded's message when a job of ``size`` units ran out of time."""
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="mee-batcher")
+        self._task = asyncio.create_task(self._run(), name=self._task_name)
 
     async def stop(self) -> None:
         """Fail whatever is still queued (the server drains requests before calling this)."""
@@ -96,100 +140,89 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while self._pending:
-            item = self._pending.popleft()
-            if not item.future.done():
-                item.future.set_exception(Unavailable("the server is shutting down; retry on another replica"))
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(Unavailable("the server is shutting down; retry on another replica"))
         self._set_depth()
         if self._own_executor:
             self._executor.shutdown(wait=True)
 
     @property
-    def queued_texts(self) -> int:
-        """Texts waiting for the encoder (the queue holds at most max_queue texts, so summing is cheap)."""
-        return sum(len(i.texts) for i in self._pending)
+    def _queued(self) -> int:
+        """Units waiting (the queue holds at most max_queue of them, so summing is cheap)."""
+        return sum(self._size(j) for j in self._pending)
 
-    # ------------------------------------------------------------------ API
-    async def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
-                     truncate_dims: Sequence[int] = (), max_length: int | None = None,
-                     timeout: float | None = None) -> EncodeResult:
-        """Encode ``texts`` in a shared forward pass; ``timeout`` (seconds) bounds queue + inference."""
+    # ------------------------------------------------------------------ queueing
+    def _admit(self, size: int) -> asyncio.AbstractEventLoop:
+        """Refuses a job of ``size`` units when not running or when it would overflow the queue."""
         if self._closed or self._wakeup is None:
-            raise Unavailable("the encoder is not running (server starting or shutting down); retry shortly")
-        n = len(texts)
-        queued = self.queued_texts
-        if queued + n > self.max_queue:
-            raise ResourceExhausted(
-                f"encoder queue is full ({queued} texts waiting, max_queue={self.max_queue}); "
-                "retry with backoff, send fewer texts per request, or raise MEE_MAX_QUEUE"
-            )
-        loop = asyncio.get_running_loop()
-        limit = max_length or self.max_length
-        item = _Item(
-            texts=tuple(texts), dense=dense, sparse=sparse, colbert=colbert,
-            truncate_dims=tuple(truncate_dims), max_length=max_length,
-            est_tokens=sum(estimate_tokens(t, limit) for t in texts),
-            deadline=None if timeout is None else loop.time() + timeout,
-            future=loop.create_future(),
-        )
-        self._pending.append(item)
+            raise Unavailable(f"the {self.what} is not running (server starting or shutting down); retry shortly")
+        queued = self._queued
+        if queued + size > self.max_queue:
+            raise ResourceExhausted(self._queue_full(queued))
+        return asyncio.get_running_loop()
+
+    async def _submit(self, job: Job, timeout: float | None) -> Result:
+        """Queues ``job`` and waits for its answer; a timeout or a cancelled caller takes it off the queue."""
+        assert self._wakeup is not None
+        self._pending.append(job)
         self._set_depth()
         self._wakeup.set()
         try:
             if timeout is None:
-                return await asyncio.shield(item.future)
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
+                return await asyncio.shield(job.future)
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except asyncio.TimeoutError:
-            self._forget(item)
-            raise DeadlineExceeded(
-                f"deadline passed while encoding {n} text(s) ({self.queued_texts} texts queued); "
-                "raise the client timeout or send fewer texts"
-            ) from None
+            self._forget(job)
+            raise DeadlineExceeded(self._too_late(self._size(job))) from None
         except asyncio.CancelledError:
-            self._forget(item)  # client went away: leave the queue now
+            self._forget(job)  # client went away: leave the queue now
             raise
 
     # ------------------------------------------------------------------ internals
     def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(self.queued_texts)
+        gauge = self._depth_gauge()
+        if gauge is not None:
+            gauge.set(self._queued)
 
-    def _forget(self, item: _Item) -> None:
+    def _forget(self, job: Job) -> None:
         with contextlib.suppress(ValueError):
-            self._pending.remove(item)
+            self._pending.remove(job)
             self._set_depth()
-        if not item.future.done():
-            item.future.cancel()
+        if not job.future.done():
+            job.future.cancel()
 
-    def _take_batch(self) -> list[_Item]:
-        """Oldest live request plus every later compatible one that fits the limits, in FIFO order."""
+    def _take_batch(self) -> list[Job]:
+        """Oldest live job plus every later compatible one that fits the limits, in FIFO order."""
         now = asyncio.get_running_loop().time()
-        batch: list[_Item] = []
-        texts = tokens = 0
-        kept: collections.deque[_Item] = collections.deque()
+        batch: list[Job] = []
+        units = tokens = 0
+        kept: collections.deque[Job] = collections.deque()
         while self._pending:
-            item = self._pending.popleft()
-            if item.future.done():  # cancelled meanwhile
+            job = self._pending.popleft()
+            if job.future.done():  # cancelled meanwhile
                 continue
-            if item.deadline is not None and item.deadline <= now:
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued for the encoder"))
+            if job.deadline is not None and job.deadline <= now:
+                job.future.set_exception(DeadlineExceeded(f"deadline passed while queued for the {self.what}"))
                 continue
+            size = self._size(job)
             fits = not batch or (
-                item.max_length == batch[0].max_length
-                and texts + len(item.texts) <= self.max_batch
-                and tokens + item.est_tokens <= self.token_budget
+                self._compatible(job, batch[0])
+                and units + size <= self.max_batch
+                and tokens + job.est_tokens <= self.token_budget
             )
             if fits:
-                batch.append(item)
-                texts += len(item.texts)
-                tokens += item.est_tokens
+                batch.append(job)
+                units += size
+                tokens += job.est_tokens
             else:
-                kept.append(item)
+                kept.append(job)
         self._pending = kept
         self._set_depth()
         return batch
 
     def _gathered(self) -> tuple[int, int]:
-        return self.queued_texts, sum(i.est_tokens for i in self._pending)
+        return self._queued, sum(j.est_tokens for j in self._pending)
 
     async def _run(self) -> None:
         assert self._wakeup is not None
@@ -202,46 +235,110 @@ class Batcher:
             # Short bounded wait for company, unless the batch is already full.
             deadline = loop.time() + self.max_wait_s
             while True:
-                texts, tokens = self._gathered()
+                units, tokens = self._gathered()
                 remaining = deadline - loop.time()
-                if texts >= self.max_batch or tokens >= self.token_budget or remaining <= 0:
+                if units >= self.max_batch or tokens >= self.token_budget or remaining <= 0:
                     break
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 self._wakeup.clear()
             while self._pending:
                 batch = self._take_batch()
-                if batch:
-                    await self._execute(batch)
-                else:
+                if not batch:
                     break
+                await self._execute(batch)
 
-    async def _execute(self, batch: list[_Item]) -> None:
+    async def _execute(self, batch: list[Job]) -> None:
         loop = asyncio.get_running_loop()
-        texts = [t for item in batch for t in item.texts]
-        dense = any(i.dense for i in batch)
-        sparse = any(i.sparse for i in batch)
-        colbert = any(i.colbert for i in batch)
-        dims = tuple(sorted({d for i in batch for d in i.truncate_dims}))
-        max_length = batch[0].max_length
         started = time.perf_counter()
         try:
-            output = await loop.run_in_executor(
-                self._executor,
-                lambda: self.encoder.encode(texts, dense=dense, sparse=sparse, colbert=colbert,
-                                            truncate_dims=dims, max_length=max_length),
-            )
+            raw = await loop.run_in_executor(self._executor, self._infer, batch)
         except Exception as exc:  # every request of the batch gets the error
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
             return
-        finished = time.perf_counter()
-        seconds = finished - started
-        n_tokens = int(output.token_counts.sum())
+        self._deliver(batch, raw, started, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------- encoder
+
+
+@dataclass(eq=False, kw_only=True)
+class _Item(QueuedJob[EncodeResult]):
+    texts: tuple[str, ...]
+    dense: bool
+    sparse: bool
+    colbert: bool
+    truncate_dims: tuple[int, ...]
+    max_length: int | None
+
+
+class Batcher(MicroBatcher[_Item, EncodeResult, Any]):
+    """Owns the encoder thread. Use ``await start()``, ``await encode(...)``, ``await stop()``."""
+
+    what = "encoder"
+
+    def __init__(self, encoder: TextEncoder, *, token_budget: int, max_batch: int, max_wait_ms: float,
+                 max_queue: int, max_length: int, metrics: _BatchMetrics | None = None,
+                 executor: ThreadPoolExecutor | None = None) -> None:
+        super().__init__(token_budget=token_budget, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         max_queue=max_queue, max_length=max_length, executor=executor,
+                         thread_name="mee-encoder", task_name="mee-batcher")
+        self.encoder = encoder
+        self.metrics = metrics
+
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting for the encoder."""
+        return self._queued
+
+    async def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
+                     truncate_dims: Sequence[int] = (), max_length: int | None = None,
+                     timeout: float | None = None) -> EncodeResult:
+        """Encode ``texts`` in a shared forward pass; ``timeout`` (seconds) bounds queue + inference."""
+        loop = self._admit(len(texts))
+        limit = max_length or self.max_length
+        item = _Item(
+            texts=tuple(texts), dense=dense, sparse=sparse, colbert=colbert,
+            truncate_dims=tuple(truncate_dims), max_length=max_length,
+            est_tokens=sum(estimate_tokens(t, limit) for t in texts),
+            deadline=None if timeout is None else loop.time() + timeout,
+            future=loop.create_future(),
+        )
+        return await self._submit(item, timeout)
+
+    # ------------------------------------------------------------------ hooks
+    def _size(self, job: _Item) -> int:
+        return len(job.texts)
+
+    def _compatible(self, job: _Item, head: _Item) -> bool:
+        return job.max_length == head.max_length
+
+    def _depth_gauge(self) -> Any | None:
+        return None if self.metrics is None else self.metrics.queue_depth
+
+    def _queue_full(self, queued: int) -> str:
+        return (f"encoder queue is full ({queued} texts waiting, max_queue={self.max_queue}); "
+                "retry with backoff, send fewer texts per request, or raise MEE_MAX_QUEUE")
+
+    def _too_late(self, size: int) -> str:
+        return (f"deadline passed while encoding {size} text(s) ({self.queued_texts} texts queued); "
+                "raise the client timeout or send fewer texts")
+
+    def _infer(self, batch: list[_Item]) -> Any:
+        texts = [t for item in batch for t in item.texts]
+        return self.encoder.encode(texts, dense=any(i.dense for i in batch), sparse=any(i.sparse for i in batch),
+                                   colbert=any(i.colbert for i in batch),
+                                   truncate_dims=tuple(sorted({d for i in batch for d in i.truncate_dims})),
+                                   max_length=batch[0].max_length)
+
+    def _deliver(self, batch: list[_Item], raw: Any, started: float, seconds: float) -> None:
+        n_texts = sum(len(item.texts) for item in batch)
+        n_tokens = int(raw.token_counts.sum())
         if self.metrics is not None:
-            self.metrics.observe_batch(len(batch), len(texts), n_tokens, seconds)
-        log.debug("encoded batch", extra={"requests": len(batch), "texts": len(texts), "tokens": n_tokens,
+            self.metrics.observe_batch(len(batch), n_texts, n_tokens, seconds)
+        log.debug("encoded batch", extra={"requests": len(batch), "texts": n_texts, "tokens": n_tokens,
                                           "inference_ms": round(seconds * 1000, 3)})
         offset = 0
         for item in batch:
@@ -250,11 +347,11 @@ class Batcher:
             if item.future.done():
                 continue
             item.future.set_result(EncodeResult(
-                output=output.select(list(rows)),
+                output=raw.select(list(rows)),
                 queue_ms=(started - item.enqueued) * 1000.0,
                 inference_ms=seconds * 1000.0,
                 batch_requests=len(batch),
-                batch_texts=len(texts),
+                batch_texts=n_texts,
             ))
 
 
@@ -283,173 +380,72 @@ class RerankBatchResult:
     batch_pairs: int
 
 
-@dataclass(eq=False)
-class _RerankItem:
+@dataclass(eq=False, kw_only=True)
+class _RerankItem(QueuedJob[RerankBatchResult]):
     query: str
     passages: tuple[str, ...]
-    est_tokens: int
-    deadline: float | None
-    future: asyncio.Future[RerankBatchResult]
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
-class RerankBatcher:
+class RerankBatcher(MicroBatcher[_RerankItem, RerankBatchResult, tuple[list[float], list[int]]]):
     """The reranker's own queue and thread: concurrent Rerank calls and search stage 3 share forward passes.
 
     Separate from :class:`Batcher` on purpose: a burst of reranks (hundreds of pairs each) waits in its own
     bounded queue (``max_queue`` pairs) and runs on its own thread, so embedding requests never queue
-    behind it. The same rules as the encoder's: full queue -> ResourceExhausted at once; cancelled or
-    expired requests leave the queue; requests are merged FIFO up to ``max_batch`` pairs / ``token_budget``
-    estimated tokens (a larger request runs alone) and the reranker splits a call into token-budget passes.
+    behind it. The same rules as the encoder's (:class:`MicroBatcher`); the reranker splits a call into
+    token-budget passes.
     """
+
+    what = "reranker"
 
     def __init__(self, reranker: _Reranker, *, token_budget: int, max_batch: int, max_wait_ms: float,
                  max_queue: int, max_length: int, metrics: _RerankMetrics | None = None,
                  executor: ThreadPoolExecutor | None = None) -> None:
+        super().__init__(token_budget=token_budget, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         max_queue=max_queue, max_length=max_length, executor=executor,
+                         thread_name="mee-reranker", task_name="mee-rerank-batcher")
         self.reranker = reranker
-        self.token_budget = token_budget
-        self.max_batch = max_batch
-        self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
-        self.max_queue = max_queue
-        self.max_length = max_length
         self.metrics = metrics
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-reranker")
-        self._pending: collections.deque[_RerankItem] = collections.deque()
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="mee-rerank-batcher")
-
-    async def stop(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while self._pending:
-            item = self._pending.popleft()
-            if not item.future.done():
-                item.future.set_exception(Unavailable("the server is shutting down; retry on another replica"))
-        self._set_depth()
-        if self._own_executor:
-            self._executor.shutdown(wait=True)
 
     @property
     def queued_pairs(self) -> int:
-        return sum(len(i.passages) for i in self._pending)
+        """(query, passage) pairs waiting for the reranker."""
+        return self._queued
 
     async def score(self, query: str, passages: Sequence[str], *, timeout: float | None = None) -> RerankBatchResult:
         """Raw cross-encoder logits of ``passages`` against ``query``; ``timeout`` bounds queue + inference."""
-        if self._closed or self._wakeup is None:
-            raise Unavailable("the reranker is not running (server starting or shutting down); retry shortly")
-        n = len(passages)
-        queued = self.queued_pairs
-        if queued + n > self.max_queue:
-            raise ResourceExhausted(
-                f"reranker queue is full ({queued} pairs waiting, reranker_max_queue={self.max_queue}); "
-                "retry with backoff, send fewer passages, or raise MEE_RERANKER_MAX_QUEUE"
-            )
-        loop = asyncio.get_running_loop()
+        loop = self._admit(len(passages))
         q_tokens = estimate_tokens(query, self.max_length * 3 // 4)
         item = _RerankItem(
             query=query, passages=tuple(passages),
             est_tokens=sum(min(self.max_length, q_tokens + estimate_tokens(p, self.max_length) + 2) for p in passages),
             deadline=None if timeout is None else loop.time() + timeout, future=loop.create_future(),
         )
-        self._pending.append(item)
-        self._set_depth()
-        self._wakeup.set()
-        try:
-            if timeout is None:
-                return await asyncio.shield(item.future)
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
-        except asyncio.TimeoutError:
-            self._forget(item)
-            raise DeadlineExceeded(
-                f"deadline passed while reranking {n} passage(s) ({self.queued_pairs} pairs queued); "
-                "raise the client timeout or send fewer passages"
-            ) from None
-        except asyncio.CancelledError:
-            self._forget(item)
-            raise
+        return await self._submit(item, timeout)
 
-    def _set_depth(self) -> None:
+    # ------------------------------------------------------------------ hooks
+    def _size(self, job: _RerankItem) -> int:
+        return len(job.passages)
+
+    def _depth_gauge(self) -> Any | None:
+        return None if self.metrics is None else self.metrics.rerank_queue_depth
+
+    def _queue_full(self, queued: int) -> str:
+        return (f"reranker queue is full ({queued} pairs waiting, reranker_max_queue={self.max_queue}); "
+                "retry with backoff, send fewer passages, or raise MEE_RERANKER_MAX_QUEUE")
+
+    def _too_late(self, size: int) -> str:
+        return (f"deadline passed while reranking {size} passage(s) ({self.queued_pairs} pairs queued); "
+                "raise the client timeout or send fewer passages")
+
+    def _infer(self, batch: list[_RerankItem]) -> tuple[list[float], list[int]]:
+        return self.reranker.compute_score_detailed([(item.query, p) for item in batch for p in item.passages], False)
+
+    def _deliver(self, batch: list[_RerankItem], raw: tuple[list[float], list[int]], started: float,
+                 seconds: float) -> None:
+        scores, counts = raw
+        n_pairs = sum(len(item.passages) for item in batch)
         if self.metrics is not None:
-            self.metrics.rerank_queue_depth.set(self.queued_pairs)
-
-    def _forget(self, item: _RerankItem) -> None:
-        with contextlib.suppress(ValueError):
-            self._pending.remove(item)
-            self._set_depth()
-        if not item.future.done():
-            item.future.cancel()
-
-    def _take_batch(self) -> list[_RerankItem]:
-        now = asyncio.get_running_loop().time()
-        batch: list[_RerankItem] = []
-        pairs = tokens = 0
-        kept: collections.deque[_RerankItem] = collections.deque()
-        while self._pending:
-            item = self._pending.popleft()
-            if item.future.done():
-                continue
-            if item.deadline is not None and item.deadline <= now:
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued for the reranker"))
-                continue
-            if not batch or (pairs + len(item.passages) <= self.max_batch
-                             and tokens + item.est_tokens <= self.token_budget):
-                batch.append(item)
-                pairs += len(item.passages)
-                tokens += item.est_tokens
-            else:
-                kept.append(item)
-        self._pending = kept
-        self._set_depth()
-        return batch
-
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._pending:
-                continue
-            deadline = loop.time() + self.max_wait_s
-            while True:
-                pairs = self.queued_pairs
-                tokens = sum(i.est_tokens for i in self._pending)
-                remaining = deadline - loop.time()
-                if pairs >= self.max_batch or tokens >= self.token_budget or remaining <= 0:
-                    break
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                self._wakeup.clear()
-            while self._pending:
-                batch = self._take_batch()
-                if not batch:
-                    break
-                await self._execute(batch)
-
-    async def _execute(self, batch: list[_RerankItem]) -> None:
-        loop = asyncio.get_running_loop()
-        pairs = [(item.query, p) for item in batch for p in item.passages]
-        started = time.perf_counter()
-        try:
-            scores, counts = await loop.run_in_executor(
-                self._executor, lambda: self.reranker.compute_score_detailed(pairs, False))
-        except Exception as exc:  # every request of the batch gets the error
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        seconds = time.perf_counter() - started
-        if self.metrics is not None:
-            self.metrics.observe_rerank(len(batch), len(pairs), int(sum(counts)), seconds)
+            self.metrics.observe_rerank(len(batch), n_pairs, int(sum(counts)), seconds)
         offset = 0
         for item in batch:
             end = offset + len(item.passages)
@@ -457,5 +453,5 @@ class RerankBatcher:
                 item.future.set_result(RerankBatchResult(
                     scores=scores[offset:end], token_counts=counts[offset:end],
                     queue_ms=(started - item.enqueued) * 1000.0, inference_ms=seconds * 1000.0,
-                    batch_requests=len(batch), batch_pairs=len(pairs)))
+                    batch_requests=len(batch), batch_pairs=n_pairs))
             offset = end

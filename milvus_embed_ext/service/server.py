@@ -35,6 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings, redact_uri
+from ..contracts import ServedEncoder
 from ..encoder.factory import load_encoder
 from ..errors import (
     DeadlineExceeded,
@@ -92,7 +93,8 @@ def ensure_schema(settings: Settings, store: Any) -> tuple[str, ...]:
 class Sidecar:
     """One server instance. ``await start()`` returns once the port is bound; readiness comes later."""
 
-    def __init__(self, settings: Settings, *, encoder: Any = None, store: Any = None, reranker: Any = None) -> None:
+    def __init__(self, settings: Settings, *, encoder: ServedEncoder | None = None, store: Any = None,
+                 reranker: Any = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self._encoder_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
@@ -267,8 +269,8 @@ class Sidecar:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
             self.metrics.ready.set(1)
             self.metrics.milvus_up.set(1)
-            log.info("ready", extra={"model": str(getattr(self.rt.encoder, "model_id", "")),
-                                     "device": str(getattr(self.rt.encoder, "device", ""))})
+            encoder, _ = self.rt.require_encoder()
+            log.info("ready", extra={"model": encoder.model_id, "device": encoder.device})
             self.ready.set()
             if hasattr(store, "ping"):
                 self._watcher = asyncio.create_task(self._watch_milvus(store), name="mee-milvus-watch")
@@ -283,6 +285,7 @@ class Sidecar:
     async def _load_model(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        encoder: ServedEncoder
         if self._given_encoder is not None:
             encoder = self._given_encoder
         else:
@@ -294,7 +297,7 @@ class Sidecar:
                           max_length=self.settings.max_length, metrics=self.metrics, executor=self._encoder_executor)
         await batcher.start()
         self.rt.encoder, self.rt.batcher = encoder, batcher
-        log.info("model loaded", extra={"model": str(getattr(encoder, "model_id", "")),
+        log.info("model loaded", extra={"model": encoder.model_id,
                                         "seconds": round(time.perf_counter() - started, 2)})
         await self._load_reranker()
 

@@ -13,6 +13,7 @@ from typing import Any
 from ..contracts import MilvusBackend
 from ..errors import FailedPrecondition, NotFound
 from ..limits import IDS_PER_QUERY
+from .client import quiet_pymilvus
 from .layout import CollectionLayout
 
 
@@ -108,7 +109,8 @@ class CollectionAdmin:
         if not self.store.capabilities.aliases:
             return None
         try:
-            info = self.client.describe_alias(name)
+            with quiet_pymilvus():  # pymilvus logs "alias not found" at ERROR: a normal answer here
+                info = self.client.describe_alias(name)
         except Exception:  # noqa: BLE001 - "alias not found" comes back as an exception
             return None
         return str(info.get("collection_name") or "") or None

@@ -221,7 +221,8 @@ class MilvusStore:
         code = code() if callable(code) else code
         low = reason.lower()
         name = type(exc).__name__
-        if code == 1100 or "invalid expr" in low or "cannot parse expression" in low:
+        # Milvus Lite's segcore refuses some parsed filters late ("unsupported expr proto node", code 2000)
+        if code == 1100 or "invalid expr" in low or "cannot parse expression" in low or "unsupported expr" in low:
             return InvalidFilter(f"invalid filter expression: {reason}", reason=reason)
         if code == 100 or name == "CollectionNotExistException" or "collection not found" in low:
             return NotFound(f"{what}: collection not found ({reason})")

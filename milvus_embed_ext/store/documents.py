@@ -23,13 +23,14 @@ swept by the other writer, which readers then report as missing ColBERT vectors)
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from ..errors import (
     InvalidArgument,
     MilvusEmbedError,
     NotFound,
+    VectorsUnreadable,
 )
 from ..limits import IDS_PER_QUERY, MILVUS_MAX_TOPK
 from . import codecs
@@ -185,6 +187,16 @@ def _request_batches(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, 
         size += b
     if batch:
         yield batch
+
+
+@contextlib.contextmanager
+def _inconsistent_on_failure(message: Callable[[MilvusEmbedError], str]) -> Iterator[None]:
+    """A Milvus failure after a write's commit point (or a delete's first part) is a ConsistencyError:
+    data already changed, and ``message`` says what state it is in and that the same call, retried, converges."""
+    try:
+        yield
+    except MilvusEmbedError as exc:
+        raise ConsistencyError(message(exc)) from None
 
 
 def verify_created(store: MilvusBackend, physical: str, layout: CollectionLayout) -> None:
@@ -517,21 +529,17 @@ class DocumentStore:
             self._discard_versions(ids, prefix)
             raise
         # 2. Commit point.
-        try:
-            for batch in _request_batches(rows):
-                self._call("write documents", self.client.upsert, self.name, batch)
-        except MilvusEmbedError as exc:
-            raise ConsistencyError(
+        with _inconsistent_on_failure(lambda exc: (
                 f"writing {len(rows)} documents to {self.name} failed after their ColBERT vectors were stored "
                 f"({exc}); some documents may keep their previous version. Retry the same upsert: it is "
-                "idempotent by id and removes the leftovers") from None
+                "idempotent by id and removes the leftovers")):
+            for batch in _request_batches(rows):
+                self._call("write documents", self.client.upsert, self.name, batch)
         # 3. Sweep every older version of these ids (including leftovers of failed attempts).
-        try:
-            self._delete_colbert(ids, before=prefix)
-        except MilvusEmbedError as exc:
-            raise ConsistencyError(
+        with _inconsistent_on_failure(lambda exc: (
                 f"{len(rows)} documents were written to {self.name}, but their previous ColBERT rows could not be "
-                f"removed ({exc}). Searches are correct; retry the same upsert to reclaim the space") from None
+                f"removed ({exc}). Searches are correct; retry the same upsert to reclaim the space")):
+            self._delete_colbert(ids, before=prefix)
 
     def _discard_versions(self, ids: Sequence[str], prefix: str) -> None:
         """Best effort: remove ColBERT rows of a failed step 1 (main rows never pointed at them)."""
@@ -568,12 +576,10 @@ class DocumentStore:
                     raise ConsistencyError(f"deleting {len(wanted)} documents from {self.name} failed part-way "
                                            f"({exc}); retry the same delete") from None
             if self.layout.colbert == "companion":
-                try:
-                    self._delete_colbert(wanted, before=before)
-                except MilvusEmbedError as exc:
-                    raise ConsistencyError(
+                with _inconsistent_on_failure(lambda exc: (
                         f"documents were deleted from {self.name} but their ColBERT rows could not be removed "
-                        f"({exc}); retry the same delete") from None
+                        f"({exc}); retry the same delete")):
+                    self._delete_colbert(wanted, before=before)
             return existing
 
     # ================================================================== reads
@@ -682,8 +688,8 @@ class DocumentStore:
         never written to ("Growing segment loss raw data"); an empty collection has no vectors."""
         try:
             return list(self._call(what, self.client.query, self.name, **kwargs))
-        except MilvusEmbedError as exc:
-            if "raw data" in str(exc) and self.count() == 0:
+        except VectorsUnreadable:
+            if self.count() == 0:
                 return []
             raise
 

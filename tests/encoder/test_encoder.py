@@ -160,11 +160,11 @@ def test_cuda_requested_without_gpu(tiny_model_dir: Path):
 
 
 def test_auto_dtype_and_device(monkeypatch: pytest.MonkeyPatch):
-    from milvus_embed_ext.encoder import model
+    from milvus_embed_ext.encoder import loading
 
-    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == "fp32"
-    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
     assert resolve_dtype("auto", "cpu") == "bf16"
     assert resolve_dtype("auto", "cuda:0") == "fp16"
     assert resolve_dtype("BF16", "cpu") == "bf16"
@@ -178,7 +178,7 @@ def test_auto_dtype_and_device(monkeypatch: pytest.MonkeyPatch):
     ("", False),
 ])
 def test_native_bf16_from_cpu_flags(flags: str, native: bool):
-    from milvus_embed_ext.encoder.model import cpu_has_native_bf16
+    from milvus_embed_ext.encoder.loading import cpu_has_native_bf16
 
     cpuinfo = f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
     assert cpu_has_native_bf16(cpuinfo) is native

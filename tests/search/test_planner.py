@@ -23,6 +23,7 @@ from milvus_embed_ext.errors import (
 from milvus_embed_ext.search import fusion
 from milvus_embed_ext.search.planner import HybridSearcher, SearchPlan, SearchRequest, colbert_bound
 from milvus_embed_ext.search.rescore import colbert_scores, dense_scores, lexical_scores
+from milvus_embed_ext.store import MilvusStore, capabilities_for
 from milvus_embed_ext.store.documents import Candidate, ColbertRef, StoredVectors
 
 HIDDEN = 16
@@ -390,8 +391,13 @@ class MilvusLikeError(Exception):
         self.code, self.message = code, message
 
 
+def store_error(exc: Exception) -> Exception:
+    """What the real store raises for a Milvus error: it classifies once (a refused filter: InvalidFilter)."""
+    return MilvusStore(None, capabilities_for("2.5.1", lite=True), target="t").map_error("search", exc)
+
+
 def test_invalid_filter_is_labelled_invalid_argument(store: FakeStore, searcher) -> None:
-    store.fail["dense_8"] = MilvusLikeError(1100, "Invalid expr: cannot parse expression: lang ==")
+    store.fail["dense_8"] = store_error(MilvusLikeError(1100, "Invalid expr: cannot parse expression: lang =="))
     with pytest.raises(InvalidArgument, match=r"invalid filter expression 'lang =='; Milvus says: Invalid expr"):
         searcher.search(SearchRequest("q", filter="lang =="))
 
@@ -411,7 +417,7 @@ def test_failed_stage_fails_request_unless_partial_allowed(store: FakeStore, sea
 
 
 def test_bad_filter_never_tolerated_as_partial(store: FakeStore, searcher) -> None:
-    store.fail["sparse"] = MilvusLikeError(1100, "Invalid expr: x")
+    store.fail["sparse"] = store_error(MilvusLikeError(1100, "Invalid expr: x"))
     with pytest.raises(InvalidArgument, match="invalid filter"):
         searcher.search(SearchRequest("q", filter="x", plan={"allow_partial": True}))
 

@@ -54,6 +54,7 @@ class _Exc(Exception):
 
 @pytest.mark.parametrize(("exc", "kind"), [
     (_Exc(1100, "Invalid expr: foo =="), InvalidArgument),
+    (_Exc(2000, " => unsupported expr proto node:  at PlanProto.cpp:543\n: segcore error"), InvalidArgument),
     (_Exc(100, "collection not found[collection=x]"), NotFound),
     (_Exc(2, "Fail connecting to server on db:19530, illegal connection params or server unavailable"), Unavailable),
     (_Exc(1800, "auth check failure, please check username and password"), Unauthenticated),
@@ -192,3 +193,20 @@ def test_probe_refused_falls_back_to_the_version_table() -> None:
 
     caps = probe_capabilities(_ProbeClient(refuse_create=True), "v2.6.4")
     assert not caps.probed and caps == capabilities_for("v2.6.4", lite=False)
+
+
+def test_a_name_that_is_no_alias_logs_no_pymilvus_error(caplog: pytest.LogCaptureFixture) -> None:
+    """pymilvus logs every failed RPC at ERROR; "alias not found" is a normal answer to alias_target."""
+    import logging
+
+    from milvus_embed_ext.store.admin import CollectionAdmin
+
+    class _Client:
+        def describe_alias(self, name: str) -> dict[str, Any]:
+            logging.getLogger("pymilvus.decorators").error("RPC error: [describe_alias], alias %s not found", name)
+            raise _Exc(1602, f"alias {name} not found")
+
+    store = MilvusStore(_Client(), capabilities_for("v2.6.0", lite=False), target="t")
+    with caplog.at_level(logging.DEBUG):
+        assert CollectionAdmin(store).alias_target("docs") is None
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
