@@ -93,6 +93,11 @@ def options_line(run: Run) -> str:
     model = opts.get("model_dir") or {"full": "full-size random checkpoint", "tiny": "tiny test checkpoint",
                                       "wide": "wide random checkpoint (BGE-M3's 1024-d widths, 2 layers)"}[size]
     bits = [f"model: {model}", f"device {opts.get('bench_device', 'cpu')}"]
+    mi = run.data.get("machine_info") or {}
+    if mi.get("sidecar_dtype"):  # what the sidecar's dtype auto resolved to (the in-process baselines run fp32)
+        bits.append(f"sidecar dtype auto = {mi['sidecar_dtype']}")
+    if opts.get("corpus_dtype") and opts["corpus_dtype"] != "fp32":
+        bits.append(f"corpus encoded in {opts['corpus_dtype']}")
     if opts.get("sidecar_address"):
         bits.append(f"live sidecar {opts['sidecar_address']}")
     if opts.get("sidecar_env"):
