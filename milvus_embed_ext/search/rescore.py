@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InvalidArgument
 
 _SIM_BUDGET = 1 << 22  # float32 cells of one query-by-candidate-tokens similarity block (16 MiB)
+_PER_DOC_MIN_ELEMENTS = 1 << 15  # a document matrix this large is scored on its own (see colbert_scores)
 
 # Re-scoring products are small (a query's dozen vectors against a few thousand candidate tokens). A
 # multi-threaded BLAS spends longer waking and syncing its threads than computing them, and on a busy host
@@ -111,7 +112,18 @@ def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
     if q.shape[0] == 0 or nonempty.size == 0:
         return out
     dim = q.shape[1]
-    # Stack candidates in chunks so the similarity matrix stays bounded (long documents, long queries).
+    if float(lengths[nonempty].mean()) * dim >= _PER_DOC_MIN_ELEMENTS:
+        # Large matrices (BGE-M3's 1024-d rows): one product per document costs no more than one over all of
+        # them, and skips copying every matrix into a stack (measured: 3.2 vs 5.1 ms for 28 x 120 x 1024).
+        with single_thread_blas():
+            for i in nonempty:
+                d = np.asarray(docs[i], dtype=np.float32)
+                if d.ndim != 2 or d.shape[1] != dim:
+                    raise InvalidArgument(f"colbert re-score: query is {dim}-d, stored token vectors are {d.shape}")
+                out[i] = (q @ d.T).max(axis=1).mean(dtype=np.float64)
+        return out
+    # Small matrices: stack candidates in chunks (the similarity matrix stays bounded for long documents and
+    # long queries), so numpy's fixed cost per call is paid once per chunk rather than per document.
     budget = max(1, _SIM_BUDGET // q.shape[0])
     chunk_start = 0
     while chunk_start < nonempty.size:
@@ -120,11 +132,11 @@ def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
             tokens += int(lengths[nonempty[chunk_end]])
             chunk_end += 1
         members = nonempty[chunk_start:chunk_end]
-        stacked = np.concatenate([np.asarray(docs[i], dtype=np.float32) for i in members], axis=0)
-        if stacked.ndim != 2 or stacked.shape[1] != dim:
-            raise InvalidArgument(
-                f"colbert re-score: query is {dim}-d, stored token vectors are {stacked.shape}"
-            )
+        parts = [np.asarray(docs[i], dtype=np.float32) for i in members]
+        bad = next((p.shape for p in parts if p.ndim != 2 or p.shape[1] != dim), None)
+        if bad is not None:
+            raise InvalidArgument(f"colbert re-score: query is {dim}-d, stored token vectors are {bad}")
+        stacked = np.concatenate(parts, axis=0)
         with single_thread_blas():
             sims = q @ stacked.T  # [query tokens, chunk tokens]
         starts = np.concatenate([[0], np.cumsum(lengths[members])[:-1]])

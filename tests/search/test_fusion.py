@@ -244,3 +244,19 @@ def test_single_route_preserves_order(scores: dict[str, float]) -> None:
         got = [scores[i] for i, _ in fusion.weighted([scores], [1.0], norm=norm)]
         assert got == expected
     assert [scores[i] for i, _ in fusion.rrf([fusion.rank_ids(scores)])] == expected
+
+
+@pytest.mark.parametrize(("dim", "tokens"), [(16, 7), (1024, 120)])  # stacked path, one product per document
+def test_colbert_scores_equal_flagembeddings_maxsim_on_both_paths(dim: int, tokens: int) -> None:
+    from milvus_embed_ext.encoder.scoring import colbert_score
+    from milvus_embed_ext.search.rescore import colbert_scores
+
+    rng = np.random.default_rng(dim)
+    q = rng.standard_normal((9, dim)).astype(np.float32)
+    docs = [rng.standard_normal((int(n), dim)).astype(np.float32) for n in rng.integers(1, 2 * tokens, 25)]
+    docs.insert(3, np.zeros((0, dim), dtype=np.float32))  # no token vectors: scores 0
+    got = colbert_scores(q, docs)
+    want = [colbert_score(q, d) if len(d) else 0.0 for d in docs]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidArgument, match="colbert re-score"):
+        colbert_scores(q, [*docs[:2], rng.standard_normal((tokens, dim + 1)).astype(np.float32)])
