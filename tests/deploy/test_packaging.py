@@ -58,7 +58,8 @@ def test_wheel_ships_the_top_level_migrations(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(site)
     probe = ("import json; from milvus_embed_ext.migrations import builtin_migrations_dir, load_scripts; "
              "d = builtin_migrations_dir(); "
-             "print(json.dumps([str(d), {s.path.name: [s.checksum, list(s.replaces_checksums)] for s in load_scripts(d)}]))")
+             "scripts = {s.path.name: [s.checksum, list(s.replaces_checksums)] for s in load_scripts(d)}; "
+             "print(json.dumps([str(d), scripts]))")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(site)})
     assert run.returncode == 0, run.stderr

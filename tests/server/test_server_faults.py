@@ -19,7 +19,8 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,18 @@ class Load:
         with self.lock:
             return sum(1 for a in self.answers if a[0] >= t and a[2] == "OK")
 
+    def _call(self, rpc: str, call: Callable[[], object], backoff_s: float) -> bool:
+        """One RPC with its answer recorded; True when it succeeded, else after waiting ``backoff_s``."""
+        started = time.monotonic()
+        try:
+            call()
+        except grpc.RpcError as err:
+            self._answer(rpc, started, err)
+            time.sleep(backoff_s)
+            return False
+        self._answer(rpc, started, None)
+        return True
+
     def unary(self) -> None:
         with self.srv.channel() as ch:
             stub = documents_pb2_grpc.DocumentsStub(ch)
@@ -104,16 +117,10 @@ class Load:
             while not self.stop.is_set():
                 ids = [f"u-{n:05d}-{k}" for k in range(4)]
                 n += 1
-                started = time.monotonic()
-                try:
-                    stub.Upsert(documents_pb2.UpsertRequest(documents=[_doc(i) for i in ids]), timeout=DEADLINE_S)
-                except grpc.RpcError as err:
-                    self._answer("Upsert", started, err)
-                    time.sleep(0.2)
-                    continue
-                self._answer("Upsert", started, None)
-                with self.lock:
-                    self.acked.update(ids)
+                request = documents_pb2.UpsertRequest(documents=[_doc(i) for i in ids])
+                if self._call("Upsert", partial(stub.Upsert, request, timeout=DEADLINE_S), 0.2):
+                    with self.lock:
+                        self.acked.update(ids)
 
     def stream(self) -> None:
         with self.srv.channel() as ch:
@@ -122,32 +129,18 @@ class Load:
             while not self.stop.is_set():
                 chunks = [[f"s-{n:05d}-{c}-{k}" for k in range(8)] for c in range(3)]
                 n += 1
-                started = time.monotonic()
-                try:
-                    stub.UpsertStream(iter([documents_pb2.UpsertRequest(documents=[_doc(i) for i in chunk])
-                                            for chunk in chunks]), timeout=DEADLINE_S)
-                except grpc.RpcError as err:
-                    self._answer("UpsertStream", started, err)
-                    time.sleep(0.2)
-                    continue
-                self._answer("UpsertStream", started, None)
-                with self.lock:
-                    self.acked.update(i for chunk in chunks for i in chunk)
+                requests = iter([documents_pb2.UpsertRequest(documents=[_doc(i) for i in chunk]) for chunk in chunks])
+                if self._call("UpsertStream", partial(stub.UpsertStream, requests, timeout=DEADLINE_S), 0.2):
+                    with self.lock:
+                        self.acked.update(i for chunk in chunks for i in chunk)
 
     def search(self) -> None:
         with self.srv.channel() as ch:
             stub = search_pb2_grpc.SearchStub(ch)
+            request = search_pb2.HybridSearchRequest(query="rivers and lanterns", top_k=5,
+                                                     filter='metadata["src"] == "u"')
             while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    stub.HybridSearch(search_pb2.HybridSearchRequest(query="rivers and lanterns", top_k=5,
-                                                                     filter='metadata["src"] == "u"'),
-                                      timeout=DEADLINE_S)
-                except grpc.RpcError as err:
-                    self._answer("HybridSearch", started, err)
-                    time.sleep(0.1)
-                    continue
-                self._answer("HybridSearch", started, None)
+                self._call("HybridSearch", partial(stub.HybridSearch, request, timeout=DEADLINE_S), 0.1)
 
     def client_writer(self) -> None:
         """What an application sees: SidecarClient, whose channel retries UNAVAILABLE on Upsert."""
