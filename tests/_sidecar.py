@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,13 @@ def start_sidecar(model_dir: Path, work: Path, *, keys: tuple[str, ...] = (), tl
             srv.stop(signal.SIGKILL)
             raise
     return srv
+
+
+@contextlib.contextmanager
+def running_sidecar(model_dir: Path, work: Path, **kwargs: Any) -> Iterator[Server]:
+    """:func:`start_sidecar` for a ``with`` block (a fixture's lifetime): stopped however the block ends."""
+    srv = start_sidecar(model_dir, work, **kwargs)
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -215,11 +215,12 @@ def _run_step(cfg: MigrationConfig, st: Any, table: SystemTable, lock: Any, step
     progress = table.progress(scope, rev, direction)
     done = 0
     if progress:
-        if progress.get("checksum") != script.checksum:
+        if not script.matches(progress.get("checksum")):
             raise FailedPrecondition(
                 f"revision {rev} was interrupted part-way ({progress.get('done_ops')} of {len(step.ops)} ops done) "
-                f"and {script.path.name} has been edited since; restore the script as it was to resume, "
-                "or repair by hand and `milvus-embed migrate stamp`")
+                f"and {script.path.name} has been edited since; restore the script as it was to resume "
+                "(or, when the new text does exactly what the old one did, list the old checksum in its "
+                "REPLACES_CHECKSUMS), or repair by hand and `milvus-embed migrate stamp`")
         done = int(progress.get("done_ops", 0))
     started = time.monotonic()
     for i, op in enumerate(step.ops):
@@ -430,11 +431,13 @@ def check(config: MigrationConfig | Settings, *, store: Any | None = None) -> Ch
             problems.append(f"applied revision(s) {', '.join(unknown)} are not in {cfg.directory}")
         for rev, rec in sorted(applied.items()):
             script = env.scripts.get(rev)
-            if script is not None and rec.get("checksum") != script.checksum:
+            if script is not None and not script.matches(rec.get("checksum")):
                 problems.append(
                     f"revision {rev} ({script.path.name}) was edited after it was applied on "
                     f"{_iso(rec.get('applied_at'))} (checksum {str(rec.get('checksum'))[:12]} -> {script.checksum[:12]}); "
-                    "restore it and put the change in a new revision (`milvus-embed migrate revision -m ...`)")
+                    "restore it and put the change in a new revision (`milvus-embed migrate revision -m ...`), "
+                    "or, when the new text does exactly what the old one did, list the old checksum in the "
+                    "script's REPLACES_CHECKSUMS")
         known = set(applied) - set(unknown)
         try:
             env.graph.check_applied(known)

@@ -3,6 +3,10 @@
 Scripts are loaded by path (never imported as a package) so that a user's ``--migrations-dir`` needs no
 ``__init__.py``. Each script's checksum is recorded when it is applied; ``check`` compares it later to
 catch a script that was edited after it ran.
+
+A script whose text changed without changing what it does (say, a parameter it used to take from a library
+default is now written out) lists the checksums of its earlier texts in ``REPLACES_CHECKSUMS``; a history
+recorded with one of them is not drift. Any other edit still is.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 
 _REVISION_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def builtin_migrations_dir() -> Path:
@@ -61,10 +66,16 @@ class Script:
     checksum: str
     upgrade: Callable[[Any], None] = field(repr=False, compare=False)
     downgrade: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
+    replaces_checksums: tuple[str, ...] = ()
+    """Checksums of earlier texts of this script that did the same thing (its ``REPLACES_CHECKSUMS``)."""
 
     @property
     def is_merge(self) -> bool:
         return len(self.down_revisions) > 1
+
+    def matches(self, checksum: Any) -> bool:
+        """True when ``checksum`` (from the history or a run's progress) is this text's or one it replaces."""
+        return checksum == self.checksum or checksum in self.replaces_checksums
 
 
 def _down_revisions(path: Path, value: Any) -> tuple[str, ...]:
@@ -79,6 +90,18 @@ def _down_revisions(path: Path, value: Any) -> tuple[str, ...]:
     raise InvalidArgument(
         f"{path}: down_revision must be None, a revision id or a tuple of ids (a merge), got {value!r}"
     )
+
+
+def _replaces_checksums(path: Path, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and _CHECKSUM_RE.match(v) for v in value):
+        raise InvalidArgument(
+            f"{path}: REPLACES_CHECKSUMS must be a tuple of checksums of the script's earlier texts (sha256, 64 "
+            f"lowercase hex digits, as script_checksum gives them), got {value!r}")
+    return tuple(value)
 
 
 def load_script(path: Path) -> Script:
@@ -116,6 +139,7 @@ def load_script(path: Path) -> Script:
         checksum=script_checksum(source),
         upgrade=upgrade,
         downgrade=downgrade,
+        replaces_checksums=_replaces_checksums(path, getattr(module, "REPLACES_CHECKSUMS", None)),
     )
 
 

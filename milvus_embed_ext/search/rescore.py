@@ -116,7 +116,7 @@ def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
         # Large matrices (BGE-M3's 1024-d rows): one product per document costs no more than one over all of
         # them, and skips copying every matrix into a stack (measured: 3.2 vs 5.1 ms for 28 x 120 x 1024).
         with single_thread_blas():
-            for i in nonempty:
+            for i in nonempty.tolist():
                 d = np.asarray(docs[i], dtype=np.float32)
                 if d.ndim != 2 or d.shape[1] != dim:
                     raise InvalidArgument(f"colbert re-score: query is {dim}-d, stored token vectors are {d.shape}")

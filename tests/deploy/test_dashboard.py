@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from milvus_embed_ext.errors import InvalidArgument
-from tests._sidecar import start_sidecar
+from tests._sidecar import running_sidecar
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "milvus-embed-dashboard.json"
@@ -111,8 +111,7 @@ def test_compose_monitoring_profile_is_off_by_default_and_mounts_existing_files(
 @pytest.fixture(scope="module")
 def scraped(tiny_model_dir, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
     """Sample name -> label sets, from /metrics after embeds, upserts, searches and one rejected request."""
-    srv = start_sidecar(tiny_model_dir, tmp_path_factory.mktemp("dashboard"))
-    try:
+    with running_sidecar(tiny_model_dir, tmp_path_factory.mktemp("dashboard")) as srv:
         with srv.client() as c:
             c.upsert([{"id": f"d{i}", "text": f"document number {i} about rivers"} for i in range(6)])
             c.embed(["hello", "world"])
@@ -121,8 +120,6 @@ def scraped(tiny_model_dir, tmp_path_factory) -> dict[str, list[dict[str, str]]]
             with pytest.raises(InvalidArgument):
                 c.hybrid_search("   ")
         text = urllib.request.urlopen(srv.metrics, timeout=10).read().decode()
-    finally:
-        srv.stop()
     samples: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

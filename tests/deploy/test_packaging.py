@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -50,3 +52,19 @@ def test_wheel_ships_the_top_level_migrations(tmp_path: Path) -> None:
         assert zipfile.ZipFile(wheel).read(f"milvus_embed_ext/migrations_builtin/{name}") == \
             (REPO / "migrations" / name).read_bytes()
     assert "milvus_embed_ext/wire/_generated/search_pb2.py" in names
+
+    # installed (a pure wheel unpacks as it installs), the package loads its own copy of the revisions
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = ("import json; from milvus_embed_ext.migrations import builtin_migrations_dir, load_scripts; "
+             "d = builtin_migrations_dir(); "
+             "scripts = {s.path.name: [s.checksum, list(s.replaces_checksums)] for s in load_scripts(d)}; "
+             "print(json.dumps([str(d), scripts]))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert run.returncode == 0, run.stderr
+    loaded_from, loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(loaded_from) == site / "milvus_embed_ext" / "migrations_builtin"
+    from milvus_embed_ext.migrations import load_scripts
+
+    assert loaded == {s.path.name: [s.checksum, list(s.replaces_checksums)] for s in load_scripts(REPO / "migrations")}

@@ -1,8 +1,10 @@
-"""Encoder test fixtures: the FlagEmbedding reference model and a varied text set."""
+"""Encoder test fixtures: the FlagEmbedding reference models and a varied text set."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,12 +36,23 @@ def varied_texts() -> list[str]:
     return lines[::2] + long_texts + edge
 
 
-@pytest.fixture(scope="session")
-def flag_model(tiny_model_dir: Path):
-    """FlagEmbedding's BGEM3FlagModel on the same checkpoint: the reference oracle (single process, fp32)."""
+def _flag_oracle(class_name: str, model_dir: Path) -> Iterator[Any]:
+    """FlagEmbedding's ``class_name`` on the same checkpoint: the reference oracle (single process, fp32)."""
     flag = pytest.importorskip("FlagEmbedding")
-    model = flag.BGEM3FlagModel(str(tiny_model_dir), use_fp16=False, devices="cpu")
+    model = getattr(flag, class_name)(str(model_dir), use_fp16=False, devices="cpu")
     # One target device means encode/compute_score run in-process: no multiprocessing pool.
     assert model.target_devices == ["cpu"]
     yield model
     model.stop_self_pool()
+
+
+@pytest.fixture(scope="session")
+def flag_model(tiny_model_dir: Path) -> Iterator[Any]:
+    """BGEM3FlagModel: what the encoder must reproduce."""
+    yield from _flag_oracle("BGEM3FlagModel", tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def flag_reranker(tiny_reranker_dir: Path) -> Iterator[Any]:
+    """FlagReranker: what the reranker must reproduce."""
+    yield from _flag_oracle("FlagReranker", tiny_reranker_dir)

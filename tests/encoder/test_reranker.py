@@ -16,15 +16,6 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def flag_reranker(tiny_reranker_dir: Path):
-    flag = pytest.importorskip("FlagEmbedding")
-    model = flag.FlagReranker(str(tiny_reranker_dir), use_fp16=False, devices="cpu")
-    assert model.target_devices == ["cpu"]
-    yield model
-    model.stop_self_pool()
-
-
-@pytest.fixture(scope="module")
 def pairs(varied_texts: list[str]) -> list[tuple[str, str]]:
     """Every query against several passages: short, long (truncated at 512), empty, unknown characters."""
     queries = ["what do probiotics do", "Привет", "", varied_texts[3], " ".join(varied_texts[:8])]  # the last: > 3/4 of 16

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.migrations.mig_helpers import DENSE_DIM
+from tests.migrations.mig_helpers import DENSE_DIM, WIDE
 
 _names = itertools.count()
 
@@ -45,3 +45,20 @@ def lite(tmp_path_factory: pytest.TempPathFactory) -> Lite:
     socket_uri = server_manager_instance.start_and_get_uri(str(root / "milvus.db"))
     yield Lite(settings, store, socket_uri, root)
     store.close()
+
+
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder (config.json only) of width WIDE: the built-in 0002 revision has work to do."""
+    d = tmp_path_factory.mktemp("wide-model")
+    (d / "config.json").write_text(json.dumps({"hidden_size": WIDE}))
+    return d
+
+
+@pytest.fixture
+def lite_free_settings(tmp_path: Path) -> Any:
+    """Settings for offline planning: a 1024-d model (config.json only), the built-in scripts."""
+    from milvus_embed_ext.config import load_settings
+
+    (tmp_path / "config.json").write_text('{"hidden_size": 1024}')
+    return load_settings(env={}, overrides={"model": str(tmp_path), "milvus_uri": str(tmp_path / "x.db")})

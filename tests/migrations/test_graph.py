@@ -165,15 +165,6 @@ def test_builtin_revisions_plan_offline_from_the_top_level_folder(lite_free_sett
         ("0002_dense_256", ["drop_truncated_dense"]), ("0001_initial", ["drop_collection"])]
 
 
-@pytest.fixture
-def lite_free_settings(tmp_path: Path):
-    """Settings for offline planning: a 1024-d model (config.json only), the built-in scripts."""
-    from milvus_embed_ext.config import load_settings
-
-    (tmp_path / "config.json").write_text('{"hidden_size": 1024}')
-    return load_settings(env={}, overrides={"model": str(tmp_path), "milvus_uri": str(tmp_path / "x.db")})
-
-
 def test_scripts_state_their_parameters_and_settings_fill_only_new_scripts(tmp_path: Path) -> None:
     from milvus_embed_ext.config import load_settings
     from milvus_embed_ext.migrations import new_revision

@@ -11,23 +11,10 @@ import pytest
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.cli import main
-from tests.migrations.mig_helpers import insert_docs
+from tests.migrations.mig_helpers import WIDE, Crash, insert_docs
 
-WIDE = 320  # wider than 256: the built-in 0002 revision backfills dense_256
 N = 90
 BATCH = 20
-
-
-class Crash(Exception):
-    pass
-
-
-@pytest.fixture(scope="module")
-def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("wide-model-progress")
-    (d / "config.json").write_text(json.dumps({"hidden_size": WIDE}))
-    return d
-
 
 def test_progress_callback_resumes_from_the_checkpoint(lite, wide_model: Path) -> None:
     settings = lite.scope(None, model=str(wide_model))

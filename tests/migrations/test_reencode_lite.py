@@ -11,7 +11,7 @@ from milvus_embed_ext import migrations as m
 from milvus_embed_ext.encoder.output import M3Output
 from milvus_embed_ext.migrations.history import SystemTable
 from milvus_embed_ext.store.documents import DocumentStore
-from tests.migrations.mig_helpers import write_scripts
+from tests.migrations.mig_helpers import Crash, write_scripts
 
 N = 60
 SCRIPTS = {
@@ -32,10 +32,6 @@ SCRIPTS = {
             op.reencode(batch_size=5)
         ''',
 }
-
-
-class Crash(Exception):
-    pass
 
 
 def test_upgrade_reencodes_as_one_worker_and_resumes_after_a_crash(lite, tmp_path: Path, tiny_model_dir: Path,

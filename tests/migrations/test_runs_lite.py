@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,24 +16,21 @@ import pytest
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.errors import FailedPrecondition
 from milvus_embed_ext.migrations.history import SystemTable
-from tests.migrations.mig_helpers import count, insert_docs, write_scripts
+from milvus_embed_ext.migrations.script import script_checksum
+from tests.migrations.mig_helpers import (
+    EARLIER_BUILTIN_TEXTS,
+    WIDE,
+    Crash,
+    copy_builtins,
+    count,
+    insert_docs,
+    unlist_earlier_texts,
+    write_scripts,
+)
 
 HERE = Path(__file__).resolve().parent
-WIDE = 320  # wider than 256 so the built-in 0002 revision has work to do
 N = 130
 BATCH = 20
-
-
-class Crash(Exception):
-    pass
-
-
-@pytest.fixture(scope="module")
-def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("wide-model")
-    (d / "config.json").write_text(json.dumps({"hidden_size": WIDE}))
-    return d
-
 
 def _assert_prefix_backfill(store, name: str) -> None:
     rows = store.client.query(name, filter='id != ""', output_fields=["dense", "dense_256"], limit=1000)
@@ -247,3 +245,78 @@ def test_check_compares_with_the_recorded_schema_not_todays_environment(lite, tm
     problems = m.check(moved, store=st).problems
     assert any("dense_dim: live 320, revisions 128" in p for p in problems), problems
     assert m.check(settings, store=st).ok
+
+
+def test_a_history_of_the_earlier_builtin_texts_is_not_drift_but_an_unlisted_edit_is(lite, tmp_path: Path,
+                                                                                     wide_model: Path) -> None:
+    """Deployments migrated by the built-ins before they stated their parameters recorded the earlier texts'
+    checksums: today's scripts accept them (REPLACES_CHECKSUMS). An edit they do not list is still drift."""
+    earlier = write_scripts(tmp_path / "earlier", EARLIER_BUILTIN_TEXTS)
+    settings = lite.scope(earlier, model=str(wide_model))
+    st = lite.store
+    assert m.upgrade(settings, store=st) == ["0001_initial", "0002_dense_256"]
+    recorded = {r: rec["checksum"] for r, rec in SystemTable(st.client).applied(settings.collection).items()}
+    assert recorded == {"0001_initial": script_checksum(EARLIER_BUILTIN_TEXTS["0001_initial_layout.py"].encode()),
+                        "0002_dense_256": script_checksum(EARLIER_BUILTIN_TEXTS["0002_truncated_256.py"].encode())}
+    today = settings.replace(migrations_dir="")  # the built-in scripts as they are now
+    report = m.check(today, store=st)
+    assert report.problems == [], report.problems
+
+    unlisted = copy_builtins(tmp_path / "unlisted")
+    unlist_earlier_texts(unlisted / "0001_initial_layout.py")
+    problems = m.check(settings.replace(migrations_dir=str(unlisted)), store=st).problems
+    assert len(problems) == 1 and "revision 0001_initial (0001_initial_layout.py) was edited" in problems[0], problems
+
+    # a deployment migrated by today's text, which an edit then changes: its checksum is listed nowhere
+    current = lite.scope(None, model=str(wide_model))
+    m.upgrade(current, "0001_initial", store=st)
+    edited = copy_builtins(tmp_path / "edited")
+    path = edited / "0001_initial_layout.py"
+    path.write_text(path.read_text().replace('"colbert_codec": "int8"', '"colbert_codec": "fp16"'))
+    problems = m.check(current.replace(migrations_dir=str(edited)), store=st).problems
+    assert any("revision 0001_initial (0001_initial_layout.py) was edited" in p for p in problems), problems
+
+
+TWO_OPS = {
+    "t1.py": 'revision = "t1"\ndown_revision = None\ndef upgrade(op):\n    op.create_collection(op.layout())\n',
+    "t2.py": 'revision = "t2"\ndown_revision = "t1"\ndef upgrade(op):\n'
+             '    op.add_truncated_dense(16)\n    op.add_truncated_dense(32)\n',
+}
+
+
+def test_an_interrupted_revision_resumes_under_a_text_that_lists_its_checksum(lite, tmp_path: Path) -> None:
+    """The progress of a revision interrupted part-way records its text's checksum: a new text of the script
+    that lists it (REPLACES_CHECKSUMS) resumes the run; a text that does not list it refuses."""
+    earlier = write_scripts(tmp_path / "earlier", TWO_OPS)
+    settings = lite.scope(earlier)
+    cfg = m.config_from_settings(settings, batch_size=BATCH)
+    st, name = lite.store, settings.collection
+    m.upgrade(cfg, "t1", store=st)
+    insert_docs(st, name, N)
+    batches: list[str] = []
+
+    def crash(key: str, copied: int) -> None:
+        if key.startswith("t2:up:1:") and key.endswith(":copy"):  # the second op, after the first finished
+            batches.append(key)
+            if len(batches) == 2:
+                raise Crash(key)
+
+    with pytest.raises(Crash):
+        m.upgrade(cfg, store=st, hooks=m.RunHooks(after_batch=crash))
+    tweaked = write_scripts(tmp_path / "tweaked", {"t2.py": TWO_OPS["t2.py"] + "# tweaked\n"})
+    shutil.copy(earlier / "t1.py", tweaked / "t1.py")
+    with pytest.raises(FailedPrecondition, match="t2.py has been edited since"):
+        m.upgrade(m.config_from_settings(settings.replace(migrations_dir=str(tweaked)), batch_size=BATCH), store=st)
+
+    stated = write_scripts(tmp_path / "stated", {"t2.py": (
+        f'REPLACES_CHECKSUMS = ("{script_checksum((earlier / "t2.py").read_bytes())}",)\n'
+        + TWO_OPS["t2.py"].replace("dense(16)", 'dense(16, projection="prefix")')
+                          .replace("dense(32)", 'dense(32, projection="prefix")'))})
+    shutil.copy(earlier / "t1.py", stated / "t1.py")
+    resumed: list[int] = []
+    today = m.config_from_settings(settings.replace(migrations_dir=str(stated)), batch_size=BATCH)
+    assert m.upgrade(today, store=st, hooks=m.RunHooks(
+        after_batch=lambda key, copied: resumed.append(copied) if key.endswith(":copy") else None)) == ["t2"]
+    assert resumed[0] == 3 * BATCH, "the rerun resumes the second op after its last checkpointed batch"
+    assert count(st, name) == N
+    assert m.check(today, store=st).ok

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from milvus_embed_ext.wire._generated import documents_pb2, embedder_pb2, search_pb2
+from tests._pki import make_pki
 from tests.reliability.rel_helpers import KEYS, MILVUS_TOKEN, TENANT_A, TENANT_B, record
+from tests.service.svc_helpers import NoStore
 
 E = grpc.StatusCode
 GOOD = {
@@ -236,31 +236,10 @@ def test_collection_names_cannot_open_internal_collections(sidecar) -> None:
 # ------------------------------------------------------------------ TLS and mutual TLS (in-process server, no Milvus)
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two CAs (trusted, rogue), a server certificate for localhost/127.0.0.1, a client from each CA."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    d = tmp_path_factory.mktemp("pki")
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for ca in ("ca", "rogue"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ca}",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", cwd=d)
-    for name, ca in (("server", "ca"), ("client", "ca"), ("intruder", "rogue")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=d)
-    return d
-
-
-class _NoStore:
-    def close(self) -> None:
-        pass
+    return make_pki(tmp_path_factory.mktemp("pki"), {"server": "ca", "client": "ca", "intruder": "rogue"})
 
 
 def _embed_code(address: str, creds: grpc.ChannelCredentials | None, key: str | None) -> str:
@@ -287,7 +266,7 @@ def test_tls_and_mutual_tls_with_api_keys(tiny_encoder, pki: Path, mutual: bool)
                      "tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server.key")}
         if mutual:
             overrides["tls_client_ca"] = str(pki / "ca.pem")
-        sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=_NoStore())
+        sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=NoStore())
         await sc.start()
         await asyncio.wait_for(sc.ready.wait(), 30)
         address = f"localhost:{sc.port}"

@@ -6,7 +6,6 @@ names); the fault tests start their own, since they kill it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -16,8 +15,8 @@ from typing import Any
 import pytest
 
 from tests._milvus_server import ENV_VAR, MilvusServer, missing_reason, server_binary
+from tests.store.store_helpers import unique_collection_name
 
-_names = itertools.count()
 _HERE = Path(__file__).resolve().parent
 
 
@@ -62,13 +61,11 @@ def server_settings(milvus_server: MilvusServer, tmp_path_factory: pytest.TempPa
 def server_store(server_settings: Any) -> Iterator[Any]:
     from milvus_embed_ext.store import MilvusStore
 
-    store = MilvusStore.connect(server_settings)
-    yield store
-    store.close()
+    with MilvusStore.connect(server_settings) as store:
+        yield store
 
 
 @pytest.fixture
 def coll(request: pytest.FixtureRequest) -> str:
     """A collection name unique within the session."""
-    base = "".join(c if c.isalnum() else "_" for c in request.node.name)[:30]
-    return f"s{next(_names)}_{base}"
+    return unique_collection_name(request, "s", 30)

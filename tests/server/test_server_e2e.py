@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.errors import FailedPrecondition, NotFound
 from milvus_embed_ext.store import DocumentStore
-from tests._sidecar import Server, start_sidecar
+from tests._sidecar import Server, running_sidecar
 
 COLL = "srv_e2e"
 WORDS = ["river", "mountain", "harbor", "violin", "quantum", "pepper", "lantern", "orbit", "meadow", "cobalt"]
@@ -28,12 +28,11 @@ def sidecar(milvus_server: Any, server_store: Any, server_settings: Any, tiny_mo
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     settings = server_settings.replace(collection=COLL, model=str(tiny_model_dir))
     m.upgrade(settings, "head", store=server_store)  # servers are never migrated implicitly
-    srv = start_sidecar(tiny_model_dir, tmp_path_factory.mktemp("srv-e2e"), milvus_uri=milvus_server.uri,
-                        collection=COLL, milvus_health_interval_s=1)
     try:
-        yield srv
+        with running_sidecar(tiny_model_dir, tmp_path_factory.mktemp("srv-e2e"), milvus_uri=milvus_server.uri,
+                             collection=COLL, milvus_health_interval_s=1) as srv:
+            yield srv
     finally:
-        srv.stop()
         m.downgrade(settings, "base", store=server_store)
 
 

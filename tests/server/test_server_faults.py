@@ -19,7 +19,8 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,25 @@ class Load:
         with self.lock:
             return sum(1 for a in self.answers if a[0] >= t and a[2] == "OK")
 
+    def wait_ok(self, since: float, n: int = 3, within_s: float = 60.0) -> None:
+        """Wait until ``n`` requests sent after ``since`` answered OK; fail with the last answers if none do."""
+        deadline = time.monotonic() + within_s
+        while self.ok_since(since) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.ok_since(since) >= n, f"no successful request after recovery: {self.answers[-5:]}"
+
+    def _call(self, rpc: str, call: Callable[[], object], backoff_s: float) -> bool:
+        """One RPC with its answer recorded; True when it succeeded, else after waiting ``backoff_s``."""
+        started = time.monotonic()
+        try:
+            call()
+        except grpc.RpcError as err:
+            self._answer(rpc, started, err)
+            time.sleep(backoff_s)
+            return False
+        self._answer(rpc, started, None)
+        return True
+
     def unary(self) -> None:
         with self.srv.channel() as ch:
             stub = documents_pb2_grpc.DocumentsStub(ch)
@@ -104,16 +124,10 @@ class Load:
             while not self.stop.is_set():
                 ids = [f"u-{n:05d}-{k}" for k in range(4)]
                 n += 1
-                started = time.monotonic()
-                try:
-                    stub.Upsert(documents_pb2.UpsertRequest(documents=[_doc(i) for i in ids]), timeout=DEADLINE_S)
-                except grpc.RpcError as err:
-                    self._answer("Upsert", started, err)
-                    time.sleep(0.2)
-                    continue
-                self._answer("Upsert", started, None)
-                with self.lock:
-                    self.acked.update(ids)
+                request = documents_pb2.UpsertRequest(documents=[_doc(i) for i in ids])
+                if self._call("Upsert", partial(stub.Upsert, request, timeout=DEADLINE_S), 0.2):
+                    with self.lock:
+                        self.acked.update(ids)
 
     def stream(self) -> None:
         with self.srv.channel() as ch:
@@ -122,32 +136,18 @@ class Load:
             while not self.stop.is_set():
                 chunks = [[f"s-{n:05d}-{c}-{k}" for k in range(8)] for c in range(3)]
                 n += 1
-                started = time.monotonic()
-                try:
-                    stub.UpsertStream(iter([documents_pb2.UpsertRequest(documents=[_doc(i) for i in chunk])
-                                            for chunk in chunks]), timeout=DEADLINE_S)
-                except grpc.RpcError as err:
-                    self._answer("UpsertStream", started, err)
-                    time.sleep(0.2)
-                    continue
-                self._answer("UpsertStream", started, None)
-                with self.lock:
-                    self.acked.update(i for chunk in chunks for i in chunk)
+                requests = iter([documents_pb2.UpsertRequest(documents=[_doc(i) for i in chunk]) for chunk in chunks])
+                if self._call("UpsertStream", partial(stub.UpsertStream, requests, timeout=DEADLINE_S), 0.2):
+                    with self.lock:
+                        self.acked.update(i for chunk in chunks for i in chunk)
 
     def search(self) -> None:
         with self.srv.channel() as ch:
             stub = search_pb2_grpc.SearchStub(ch)
+            request = search_pb2.HybridSearchRequest(query="rivers and lanterns", top_k=5,
+                                                     filter='metadata["src"] == "u"')
             while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    stub.HybridSearch(search_pb2.HybridSearchRequest(query="rivers and lanterns", top_k=5,
-                                                                     filter='metadata["src"] == "u"'),
-                                      timeout=DEADLINE_S)
-                except grpc.RpcError as err:
-                    self._answer("HybridSearch", started, err)
-                    time.sleep(0.1)
-                    continue
-                self._answer("HybridSearch", started, None)
+                self._call("HybridSearch", partial(stub.HybridSearch, request, timeout=DEADLINE_S), 0.1)
 
     def client_writer(self) -> None:
         """What an application sees: SidecarClient, whose channel retries UNAVAILABLE on Upsert."""
@@ -248,6 +248,22 @@ def _summarise(load: Load, windows: list[tuple[float, float]]) -> dict[str, Any]
             "messages_without_retry": messages_without_retry[:5]}
 
 
+def _outcome(load: Load, windows: list[tuple[float, float]], settings: Any,
+             collection: str = COLL) -> tuple[dict[str, Any], dict[str, int]]:
+    """After a run: the answers during the outages summarised, and every acknowledged write checked present."""
+    summary = _summarise(load, windows)
+    with MilvusStore.connect(settings) as store:
+        complete = _assert_complete(store, load.acked, collection)
+    return summary, complete
+
+
+def _assert_failures_say_retry(summary: dict[str, Any]) -> None:
+    """Every failure during an outage has an allowed code and a message that says to retry."""
+    codes_seen = {k.split(":")[1] for k in summary["codes"]}
+    assert codes_seen <= {"OK"} | ALLOWED_FAILURES, summary["codes"]
+    assert summary["messages_without_retry"] == [], summary["messages_without_retry"]
+
+
 @pytest.fixture
 def milvus(milvus_bin: Path, tmp_path: Path) -> Iterator[MilvusServer]:
     srv = MilvusServer(milvus_bin, tmp_path / "milvus-data").start()
@@ -290,10 +306,7 @@ def test_milvus_server_killed_and_restarted_under_load(milvus: MilvusServer, tin
             serving = load.wait_health("SERVING", restarted)  # the sidecar may be back before start() returns
             windows.append((killed, serving))
             assert srv.proc.poll() is None and srv.pid == pid  # reconnected by itself, no sidecar restart
-            resumed = time.monotonic()
-            while load.ok_since(serving) < 3 and time.monotonic() < resumed + 60:
-                time.sleep(0.1)
-            assert load.ok_since(serving) >= 3, f"no successful request after recovery: {load.answers[-5:]}"
+            load.wait_ok(serving)
             cycles.append({"detect_s": round(not_serving - killed, 2),
                            "milvus_start_to_ready_s": round(ready - restarted, 2),
                            "milvus_start_to_serving_s": round(serving - restarted, 2),
@@ -302,14 +315,10 @@ def test_milvus_server_killed_and_restarted_under_load(milvus: MilvusServer, tin
     finally:
         load.finish()
         srv.stop()
-    summary = _summarise(load, windows)
-    with MilvusStore.connect(settings) as store:
-        complete = _assert_complete(store, load.acked)
-    codes_seen = {k.split(":")[1] for k in summary["codes"]}
+    summary, complete = _outcome(load, windows, settings)
     record("milvus_server_kill_restart", cycles=cycles, **summary, client_results=load.client_results, **complete,
            requests_total=len(load.answers))
-    assert codes_seen <= {"OK"} | ALLOWED_FAILURES, summary["codes"]
-    assert summary["messages_without_retry"] == [], summary["messages_without_retry"]
+    _assert_failures_say_retry(summary)
     assert any(k.endswith(":UNAVAILABLE") for k in summary["codes"])  # the outage was seen by requests
 
 
@@ -335,10 +344,7 @@ def test_embedded_lite_server_process_killed_is_restarted(tiny_model_dir: Path, 
             assert srv.proc.poll() is None
             new_pids = lite_server_pids(srv.pid)
             assert new_pids and lite_pid not in new_pids  # a fresh Lite server process
-            resumed = time.monotonic()
-            while load.ok_since(serving) < 3 and time.monotonic() < resumed + 60:
-                time.sleep(0.1)
-            assert load.ok_since(serving) >= 3
+            load.wait_ok(serving)
             cycles.append({"detect_s": round(not_serving - killed, 2), "outage_s": round(serving - killed, 2)})
         text = _metrics(srv)
         assert _metric(text, "mee_milvus_lite_restarts_total") == 2
@@ -346,17 +352,13 @@ def test_embedded_lite_server_process_killed_is_restarted(tiny_model_dir: Path, 
     finally:
         load.finish()
         srv.stop()
-    summary = _summarise(load, windows)
     from milvus_embed_ext.config import load_settings
 
     settings = load_settings(env={}, overrides={"milvus_uri": str(tmp_path / "lite" / "milvus.db")})
-    with MilvusStore.connect(settings) as store:
-        complete = _assert_complete(store, load.acked, "documents")
+    summary, complete = _outcome(load, windows, settings, "documents")
     record("embedded_lite_kill", cycles=cycles, **summary, client_results=load.client_results, **complete,
            requests_total=len(load.answers))
-    codes_seen = {k.split(":")[1] for k in summary["codes"]}
-    assert codes_seen <= {"OK"} | ALLOWED_FAILURES, summary["codes"]
-    assert summary["messages_without_retry"] == [], summary["messages_without_retry"]
+    _assert_failures_say_retry(summary)
 
 
 
@@ -390,17 +392,11 @@ def test_milvus_server_hung_then_resumed(milvus: MilvusServer, tiny_model_dir: P
             milvus.proc.send_signal(signal.SIGCONT)
         serving = load.wait_health("SERVING", resumed)
         windows.append((stopped, serving))
-        while load.ok_since(serving) < 3 and time.monotonic() < serving + 60:
-            time.sleep(0.1)
-        assert load.ok_since(serving) >= 3
+        load.wait_ok(serving)
     finally:
         load.finish()
         srv.stop()
-    summary = _summarise(load, windows)
-    with MilvusStore.connect(settings) as store:
-        complete = _assert_complete(store, load.acked)
+    summary, complete = _outcome(load, windows, settings)
     record("milvus_server_hung", detect_s=round(not_serving - stopped, 2), recover_s=round(serving - resumed, 2),
            **summary, client_results=load.client_results, **complete, requests_total=len(load.answers))
-    codes_seen = {k.split(":")[1] for k in summary["codes"]}
-    assert codes_seen <= {"OK"} | ALLOWED_FAILURES, summary["codes"]  # no DEADLINE_EXCEEDED: nothing hung
-    assert summary["messages_without_retry"] == [], summary["messages_without_retry"]
+    _assert_failures_say_retry(summary)  # ALLOWED_FAILURES has no DEADLINE_EXCEEDED: nothing hung

@@ -8,7 +8,6 @@ rename); here they run for real.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,10 @@ import pytest
 
 from milvus_embed_ext import migrations as m
 from milvus_embed_ext.store import DocumentStore, codecs
+from tests.migrations.mig_helpers import write_scripts
 from tests.server.srv_helpers import write_docs
 
 N = 60
-
-
-def _scripts(directory: Path, scripts: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, source in scripts.items():
-        (directory / name).write_text(textwrap.dedent(source).lstrip())
-    return directory
 
 
 def _assert_complete(store: Any, name: str, encoded: Any, *, dense_256: bool) -> None:
@@ -104,7 +97,7 @@ def test_upgrade_and_downgrade_through_the_alias_swap(server_store: Any, server_
 def test_properties_and_add_field(server_store: Any, server_settings: Any, coll: str, tmp_path: Path) -> None:
     """Collection properties are set, checked and reverted; add_field (no add_collection_field on this server)
     goes through a rebuild, and the new nullable field is there afterwards."""
-    scripts = _scripts(tmp_path / "scripts", {
+    scripts = write_scripts(tmp_path / "scripts", {
         "0001_init.py": """
             revision = "0001"
             down_revision = None

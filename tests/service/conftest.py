@@ -12,29 +12,7 @@ import pytest
 
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.service.server import Sidecar
-
-
-class _NoStore:
-    def close(self) -> None:
-        pass
-
-
-class GateEncoder:
-    """The tiny encoder behind a gate (open by default), so tests can hold the encoder thread."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def encode(self, texts: Any, **kw: Any) -> Any:
-        self.started.set()
-        self.gate.wait(20)
-        return self.inner.encode(texts, **kw)
+from tests.service.svc_helpers import GatedEncoder, NoStore
 
 
 class ThreadedSidecar:
@@ -46,7 +24,7 @@ class ThreadedSidecar:
                                                     "max_length": 512, **overrides})
 
         async def start() -> Sidecar:
-            sc = Sidecar(settings, encoder=encoder, store=_NoStore())
+            sc = Sidecar(settings, encoder=encoder, store=NoStore())
             await sc.start()
             await asyncio.wait_for(sc.ready.wait(), 30)
             return sc
@@ -68,8 +46,8 @@ class ThreadedSidecar:
 
 
 @pytest.fixture(scope="module")
-def gate_encoder(tiny_encoder) -> GateEncoder:
-    return GateEncoder(tiny_encoder)
+def gate_encoder(tiny_encoder) -> GatedEncoder:
+    return GatedEncoder(tiny_encoder)
 
 
 @pytest.fixture(scope="module")

@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from milvus_embed_ext.client import AsyncSidecarClient, SidecarClient
 from milvus_embed_ext.errors import InvalidArgument
-from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
-
-
-class Recording(documents_pb2_grpc.DocumentsServicer):
-    def __init__(self) -> None:
-        self.messages: list[int] = []  # documents per received message
-
-    def Upsert(self, request, context):  # noqa: N802, ANN001, ANN201
-        self.messages.append(len(request.documents))
-        return documents_pb2.UpsertResponse(upserted=len(request.documents))
-
-    def UpsertStream(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
-        n = 0
-        for request in request_iterator:
-            self.messages.append(len(request.documents))
-            n += len(request.documents)
-        return documents_pb2.UpsertResponse(upserted=n)
+from tests.service.svc_helpers import RecordingDocuments, recording_documents_server
 
 
 @pytest.fixture
-def server():
-    servicer = Recording()
-    srv = grpc.server(ThreadPoolExecutor(max_workers=2))
-    documents_pb2_grpc.add_DocumentsServicer_to_server(servicer, srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    yield f"127.0.0.1:{port}", servicer
-    srv.stop(0)
+def server() -> Iterator[tuple[str, RecordingDocuments]]:
+    with recording_documents_server() as served:
+        yield served
 
 
 def _docs(n: int, bad: int | None = None) -> list[dict]:

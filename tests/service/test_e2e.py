@@ -26,7 +26,7 @@ from milvus_embed_ext.wire._generated import (
     search_pb2,
     search_pb2_grpc,
 )
-from tests._sidecar import start_sidecar
+from tests._sidecar import running_sidecar
 
 pytestmark = pytest.mark.e2e
 
@@ -45,12 +45,9 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    srv = start_sidecar(tiny_model_dir, tmp_path_factory.mktemp("e2e"), keys=KEYS, max_texts_per_request=MAX_TEXTS,
-                        max_message_bytes=MAX_MESSAGE, shutdown_grace_s=20)
-    try:
+    with running_sidecar(tiny_model_dir, tmp_path_factory.mktemp("e2e"), keys=KEYS, max_texts_per_request=MAX_TEXTS,
+                         max_message_bytes=MAX_MESSAGE, shutdown_grace_s=20) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

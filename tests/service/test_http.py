@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +16,7 @@ import pytest
 
 from milvus_embed_ext.client import SidecarClient
 from milvus_embed_ext.service.httpapi.core import _keep_tail
+from tests._pki import make_pki
 
 KEY = "k-http-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -336,8 +334,7 @@ def test_http_off_and_busy_port(tiny_encoder):
     from milvus_embed_ext.config import load_settings
     from milvus_embed_ext.errors import InvalidArgument
     from milvus_embed_ext.service.httpapi import face
-
-    from .conftest import ThreadedSidecar
+    from tests.service.conftest import ThreadedSidecar
 
     side = ThreadedSidecar(tiny_encoder, http_listen="")
     try:
@@ -355,22 +352,9 @@ def test_http_off_and_busy_port(tiny_encoder):
         load_settings(env={}, overrides={"listen": "127.0.0.1:9000", "http_listen": "127.0.0.1:9000"})
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 def test_https_and_mutual_tls(tiny_encoder, tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=tmp_path)
-    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=tmp_path)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=tmp_path)
-    from .conftest import ThreadedSidecar
+    make_pki(tmp_path)
+    from tests.service.conftest import ThreadedSidecar
 
     side = ThreadedSidecar(tiny_encoder, tls_cert=str(tmp_path / "server.pem"), tls_key=str(tmp_path / "server.key"),
                            tls_client_ca=str(tmp_path / "ca.pem"))

@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests._sidecar import free_port, start_sidecar
+from tests._sidecar import free_port, running_sidecar
 
 KEY = "k-clients-1"
 TEXTS = ["hybrid search with BGE-M3", "Milvus 2.6 embeds at insert time", "une phrase en français"]
@@ -20,13 +20,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     port = free_port()
-    srv = start_sidecar(tiny_model_dir, tmp_path_factory.mktemp("http-clients"), keys=(KEY,),
-                        http_listen=f"127.0.0.1:{port}")
-    srv.http = f"http://127.0.0.1:{port}"
-    try:
+    with running_sidecar(tiny_model_dir, tmp_path_factory.mktemp("http-clients"), keys=(KEY,),
+                         http_listen=f"127.0.0.1:{port}") as srv:
+        srv.http = f"http://127.0.0.1:{port}"
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

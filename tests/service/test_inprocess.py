@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import threading
 from pathlib import Path
 
 import grpc
@@ -17,47 +14,15 @@ from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import embedder_pb2, embedder_pb2_grpc
-
-
-class GatedEncoder:
-    """The tiny encoder behind a gate, so tests can keep the encoder thread busy."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Event()
-        self.texts_seen: list[str] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode(self, texts, **kw):
-        self.started.set()
-        self.gate.wait(20)
-        self.texts_seen.extend(texts)
-        return self.inner.encode(texts, **kw)
-
-
-class _NoStore:
-    def close(self) -> None:
-        pass
-
-
-async def _start(encoder, **overrides) -> Sidecar:
-    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "", "max_length": 512,
-                                                **overrides})
-    sidecar = Sidecar(settings, encoder=encoder, store=_NoStore())
-    await sidecar.start()
-    await asyncio.wait_for(sidecar.ready.wait(), 30)
-    return sidecar
+from tests._pki import make_pki
+from tests.service.svc_helpers import GatedEncoder, NoStore, start_in_process
 
 
 def test_overload_deadline_and_cancellation(tiny_encoder):
     enc = GatedEncoder(tiny_encoder)
 
     async def main():
-        sc = await _start(enc, max_concurrent=3, max_queue=4, max_wait_ms=1)
+        sc = await start_in_process(enc, max_concurrent=3, max_queue=4, max_wait_ms=1)
         addr = f"127.0.0.1:{sc.port}"
         try:
             async with AsyncSidecarClient(addr) as c:
@@ -104,7 +69,7 @@ def test_overload_deadline_and_cancellation(tiny_encoder):
 
 def test_raw_malformed_requests_get_invalid_argument(tiny_encoder):
     async def main():
-        sc = await _start(tiny_encoder, max_texts_per_request=4)
+        sc = await start_in_process(tiny_encoder, max_texts_per_request=4)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
                 raw = ch.unary_unary("/milvus_embed_ext.v1.Embedder/Embed")  # bytes in, bytes out
@@ -140,30 +105,15 @@ def test_raw_malformed_requests_get_invalid_argument(tiny_encoder):
     asyncio.run(main())
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    d = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=d)
-    return d
+    return make_pki(tmp_path_factory.mktemp("certs"))
 
 
 def test_mutual_tls(tiny_encoder, certs):
     async def main():
-        sc = await _start(tiny_encoder, tls_cert=str(certs / "server.pem"), tls_key=str(certs / "server.key"),
-                          tls_client_ca=str(certs / "ca.pem"))
+        sc = await start_in_process(tiny_encoder, tls_cert=str(certs / "server.pem"),
+                                    tls_key=str(certs / "server.key"), tls_client_ca=str(certs / "ca.pem"))
         addr = f"localhost:{sc.port}"
         try:
             full = TLSConfig(ca=str(certs / "ca.pem"), cert=str(certs / "client.pem"), key=str(certs / "client.key"))
@@ -188,6 +138,6 @@ def test_tls_settings_with_unreadable_files_say_which():
 
     async def main():
         with pytest.raises(InvalidArgument, match="tls_cert"):
-            await Sidecar(settings, encoder=object(), store=_NoStore()).start()
+            await Sidecar(settings, encoder=object(), store=NoStore()).start()
 
     asyncio.run(main())

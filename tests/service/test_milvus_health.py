@@ -23,6 +23,7 @@ from milvus_embed_ext.wire._generated import (
     embedder_pb2,
     embedder_pb2_grpc,
 )
+from tests.service.svc_helpers import start_in_process
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -67,12 +68,7 @@ class ScriptedStore:
 
 
 async def _start(encoder: Any, store: Any, **overrides: Any) -> Sidecar:
-    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "max_length": 512,
-                                                "milvus_health_interval_s": 0.05, **overrides})
-    sidecar = Sidecar(settings, encoder=encoder, store=store)
-    await sidecar.start()
-    await asyncio.wait_for(sidecar.ready.wait(), 30)
-    return sidecar
+    return await start_in_process(encoder, store=store, milvus_health_interval_s=0.05, **overrides)
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> None:

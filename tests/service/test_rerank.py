@@ -4,7 +4,6 @@ queue, FAILED_PRECONDITION without a reranker, and one search over embedded Milv
 from __future__ import annotations
 
 import asyncio
-import threading
 import warnings
 from pathlib import Path
 
@@ -17,47 +16,14 @@ from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, Resourc
 from milvus_embed_ext.service.handlers import plan_overrides
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import search_pb2
+from tests.service.svc_helpers import GatedReranker, NoStore, start_in_process
 
 PASSAGES = ["Probiotics are good for the stomach", "Probiotics harm the stomach", "Tokyo is the capital of Japan"]
 
 
-class GatedReranker:
-    """The tiny reranker behind a gate, so a test can keep the reranker thread busy."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Event()
-        self.calls: list[int] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def compute_score_detailed(self, pairs, normalize=False, **kw):
-        self.started.set()
-        self.gate.wait(20)
-        self.calls.append(len(pairs))
-        return self.inner.compute_score_detailed(pairs, normalize, **kw)
-
-
-class _NoStore:
-    def close(self) -> None:
-        pass
-
-
-async def _start(encoder, reranker=None, *, lite: bool = False, **overrides) -> Sidecar:
-    """In-process sidecar; ``lite``: a real embedded Milvus Lite (``milvus_uri`` in overrides), else no store."""
-    settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "max_length": 512, **overrides})
-    sidecar = Sidecar(settings, encoder=encoder, reranker=reranker, store=None if lite else _NoStore())
-    await sidecar.start()
-    await asyncio.wait_for(sidecar.ready.wait(), 60)
-    return sidecar
-
-
 def test_rerank_rpc_sync_async_and_cli(tiny_encoder, tiny_reranker, capsys):
     async def main():
-        sc = await _start(tiny_encoder, tiny_reranker, reranker_max_pairs=4, reranker_max_text_chars=100)
+        sc = await start_in_process(tiny_encoder, tiny_reranker, reranker_max_pairs=4, reranker_max_text_chars=100)
         addr = f"127.0.0.1:{sc.port}"
         try:
             async with AsyncSidecarClient(addr) as c:
@@ -100,7 +66,7 @@ def test_rerank_rpc_sync_async_and_cli(tiny_encoder, tiny_reranker, capsys):
 
 def test_without_a_reranker_rerank_and_stage_three_say_how_to_enable_it(tiny_encoder):
     async def main():
-        sc = await _start(tiny_encoder)
+        sc = await start_in_process(tiny_encoder)
         try:
             async with AsyncSidecarClient(f"127.0.0.1:{sc.port}") as c:
                 with pytest.raises(FailedPrecondition, match="MEE_RERANKER_MODEL"):
@@ -118,7 +84,7 @@ def test_reranks_have_their_own_queue_and_do_not_block_embedding(tiny_encoder, t
     gated = GatedReranker(tiny_reranker)
 
     async def main():
-        sc = await _start(tiny_encoder, gated, reranker_max_queue=4, max_wait_ms=1)
+        sc = await start_in_process(tiny_encoder, gated, reranker_max_queue=4, max_wait_ms=1)
         try:
             async with AsyncSidecarClient(f"127.0.0.1:{sc.port}") as c:
                 gated.gate.clear()
@@ -171,8 +137,8 @@ def test_search_stage_three_over_milvus_lite(tiny_model_dir: Path, tiny_encoder,
                     "Kyoto temples", "Osaka food"])]
 
     async def main():
-        sc = await _start(tiny_encoder, tiny_reranker, lite=True, model=str(tiny_model_dir),
-                          milvus_uri=str(tmp_path / "m.db"))
+        sc = await start_in_process(tiny_encoder, tiny_reranker, lite=True, model=str(tiny_model_dir),
+                                    milvus_uri=str(tmp_path / "m.db"))
         try:
             async with AsyncSidecarClient(f"127.0.0.1:{sc.port}") as c:
                 await c.upsert(docs)
@@ -201,8 +167,8 @@ def test_search_stage_three_over_milvus_lite(tiny_model_dir: Path, tiny_encoder,
 
 def test_reranker_loads_from_settings_and_a_broken_one_fails_start_up(tiny_encoder, tiny_reranker_dir, tiny_model_dir):
     async def main():
-        sc = await _start(tiny_encoder, reranker_model=str(tiny_reranker_dir), reranker_device="cpu",
-                          reranker_dtype="fp32", reranker_max_length=128)
+        sc = await start_in_process(tiny_encoder, reranker_model=str(tiny_reranker_dir), reranker_device="cpu",
+                                    reranker_dtype="fp32", reranker_max_length=128)
         try:
             assert sc.rt.reranker is not None and sc.rt.reranker.max_length == 128
             assert len(await sc.rt.rerank("q", ["a", "b"])) == 2
@@ -211,7 +177,7 @@ def test_reranker_loads_from_settings_and_a_broken_one_fails_start_up(tiny_encod
         # an embedding checkpoint is not a cross-encoder: start-up fails and says why
         settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "reranker_model": str(tiny_model_dir),
                                                     "reranker_device": "cpu"})
-        bad = Sidecar(settings, encoder=tiny_encoder, store=_NoStore())
+        bad = Sidecar(settings, encoder=tiny_encoder, store=NoStore())
         await bad.start()
         try:
             await asyncio.wait_for(bad.failed.wait(), 60)
@@ -232,7 +198,7 @@ def test_http_rerank_goes_through_the_rerank_batcher(tiny_encoder, tiny_reranker
     gated = GatedReranker(tiny_reranker)
 
     async def main():
-        sc = await _start(tiny_encoder, gated, http_listen=f"127.0.0.1:{port}", reranker_max_pairs=4)
+        sc = await start_in_process(tiny_encoder, gated, http_listen=f"127.0.0.1:{port}", reranker_max_pairs=4)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
                 r = await http.post("/rerank", json={"query": "are probiotics good", "texts": PASSAGES,

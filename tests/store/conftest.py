@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-_names = itertools.count()
+from tests.store.store_helpers import unique_collection_name
 
 
 @pytest.fixture(scope="session")
@@ -19,13 +18,11 @@ def lite_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     root = tmp_path_factory.mktemp("store-lite")
     settings = load_settings(env={}, overrides={"milvus_uri": str(root / "sub" / "milvus.db")})
-    store = MilvusStore.connect(settings)
-    yield store
-    store.close()
+    with MilvusStore.connect(settings) as store:
+        yield store
 
 
 @pytest.fixture
 def collection_name(request: pytest.FixtureRequest) -> str:
     """A collection name unique within the session, readable in failures."""
-    base = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
-    return f"t{next(_names)}_{base}"
+    return unique_collection_name(request, "t", 40)

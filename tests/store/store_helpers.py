@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 
 from milvus_embed_ext.store import DocumentStore
+
+_names = itertools.count()
+
+
+def unique_collection_name(request: pytest.FixtureRequest, prefix: str, width: int) -> str:
+    """A collection name unique within the session, readable in failures: ``<prefix><n>_<test name>``."""
+    base = "".join(c if c.isalnum() else "_" for c in request.node.name)[:width]
+    return f"{prefix}{next(_names)}_{base}"
 
 
 def fake_output(n: int, dim: int = 32, *, seed: int = 0, tokens: Sequence[int] | None = None,

@@ -3,44 +3,19 @@ benchmarks), names read from the data, and an honest note instead of an empty pl
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_helpers import bench, load_bench, run_file
+
 PNG = b"\x89PNG\r\n\x1a\n"
+MACHINE = {"load_avg_start": [0.1], "bench_options": {}}
 
-
-def _load(name: str):
-    module_name = name if name in ("compare", "plots") else f"bench_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load("compare")
-plots = _load("plots")
-report = _load("report")
-
-
-def bench(name: str, group: str, **extra) -> dict:
-    return {"name": name, "fullname": f"bench/t.py::{name}", "group": group, "params": {},
-            "stats": {"median": 0.01, "mean": 0.01}, "extra_info": {"config": "model=tiny", **extra}}
-
-
-def run_file(folder: Path, n: int, benchmarks: list[dict], when: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"datetime": when, "benchmarks": benchmarks, "commit_info": {"id": "abcdef1234567", "dirty": False},
-            "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "cpu_count": 2, "system": "Linux",
-                             "python_version": "3.11", "load_avg_start": [0.1], "bench_options": {}}}
-    (folder / f"{n:04d}_run.json").write_text(json.dumps(data), encoding="utf-8")
+compare = load_bench("compare")
+plots = load_bench("plots")
+report = load_bench("report")
 
 
 STAGES = {"encode": 9.0, "candidates": 8.0, "candidates.dense": 7.5, "fetch": 40.0, "rescore": 7.0,
@@ -51,21 +26,21 @@ def saved_runs(store: Path, *, stages: bool = True) -> None:
     """Two runs: 1,000 documents in the first, 10,000 in the second (a plan the first lacked: "m3-fast")."""
     extra = {"stages_ms": STAGES} if stages else {}
     run_file(store / "m", 1, [
-        bench("a", "search-1000", impl="milvus-embed", fusion="m3", p50_ms=20.0, **extra),
-        bench("b", "search-1000", impl="milvus-embed", fusion="rrf", p50_ms=8.0),
-        bench("c", "search-1000", impl="flagembedding", fusion="rrf", p50_ms=10.0),
-        bench("t1", "throughput-embed", clients=1, qps=100.0, p50_ms=9.0),
-        bench("t4", "throughput-embed", clients=4, qps=300.0, p50_ms=12.0),
-        bench("t16", "throughput-embed", clients=16, qps=420.0, p50_ms=30.0),
-        bench("s1", "throughput-search", clients=1, qps=6.0, p50_ms=140.0),
-        bench("s4", "throughput-search", clients=4, qps=7.0, p50_ms=600.0),
-    ], "2026-01-01T00:00:00")
+        bench("a", group="search-1000", impl="milvus-embed", fusion="m3", p50_ms=20.0, **extra),
+        bench("b", group="search-1000", impl="milvus-embed", fusion="rrf", p50_ms=8.0),
+        bench("c", group="search-1000", impl="flagembedding", fusion="rrf", p50_ms=10.0),
+        bench("t1", group="throughput-embed", clients=1, qps=100.0, p50_ms=9.0),
+        bench("t4", group="throughput-embed", clients=4, qps=300.0, p50_ms=12.0),
+        bench("t16", group="throughput-embed", clients=16, qps=420.0, p50_ms=30.0),
+        bench("s1", group="throughput-search", clients=1, qps=6.0, p50_ms=140.0),
+        bench("s4", group="throughput-search", clients=4, qps=7.0, p50_ms=600.0),
+    ], "2026-01-01T00:00:00", **MACHINE)
     run_file(store / "m", 2, [
-        bench("a", "search-10000", impl="milvus-embed", fusion="m3", p50_ms=60.0, **extra),
-        bench("d", "search-10000", impl="milvus-embed", plan="m3-fast", fusion="m3", p50_ms=25.0),
-        bench("b", "search-10000", impl="milvus-embed", fusion="rrf", p50_ms=12.0),
-        bench("c", "search-10000", impl="flagembedding", fusion="rrf", p50_ms=11.0),
-    ], "2026-01-02T00:00:00")
+        bench("a", group="search-10000", impl="milvus-embed", fusion="m3", p50_ms=60.0, **extra),
+        bench("d", group="search-10000", impl="milvus-embed", plan="m3-fast", fusion="m3", p50_ms=25.0),
+        bench("b", group="search-10000", impl="milvus-embed", fusion="rrf", p50_ms=12.0),
+        bench("c", group="search-10000", impl="flagembedding", fusion="rrf", p50_ms=11.0),
+    ], "2026-01-02T00:00:00", **MACHINE)
 
 
 def saved_results(folder: Path) -> None:

@@ -3,49 +3,17 @@ shared RESULTS.md) and bench/benchlib.py's helpers (storage accounting, overlap,
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_helpers import bench, load_bench, run_file
 
-
-def _load(name: str):
-    """bench/<name>.py as a module; compare.py and resultsmd.py under their own names, since the scripts import
-    them as siblings."""
-    module_name = name if name in ("compare", "resultsmd") else f"bench_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load("compare")
-resultsmd = _load("resultsmd")
-report = _load("report")
-benchlib = _load("benchlib")
-
-
-def bench(name: str, median: float = 0.01, group: str = "g", config: str = "model=tiny", **extra) -> dict:
-    return {"name": name, "fullname": f"bench/t.py::{name}", "group": group, "params": {},
-            "stats": {"median": median, "mean": median}, "extra_info": {"config": config, **extra}}
-
-
-def run_file(folder: Path, n: int, benchmarks: list[dict], when: str, **machine) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"datetime": when, "benchmarks": benchmarks, "commit_info": {"id": "abcdef1234567", "dirty": False},
-            "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "cpu_count": 2, "system": "Linux",
-                             "python_version": "3.11", **machine}}
-    path = folder / f"{n:04d}_run.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
+compare = load_bench("compare")
+resultsmd = load_bench("resultsmd")
+report = load_bench("report")
+benchlib = load_bench("benchlib")
 
 
 # ------------------------------------------------------------------------------------------ compare.py
@@ -393,7 +361,7 @@ def test_gpu_check_reranker_step_dry_runs_on_cpu(tiny_model_dir: Path, tmp_path:
     loads, scores per dtype and lands in the report and its Markdown."""
     import random
 
-    gpu = _load("gpu_check")
+    gpu = load_bench("gpu_check")
     report_: dict = {}
     gpu.rerank_check(tiny_model_dir, tmp_path / "rr", "cpu", 0.05, 8, random.Random(0), report_)
     rr = report_["reranker"]

@@ -15,10 +15,8 @@ import sys
 import termios
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 
 from milvus_embed_ext.cli import main
@@ -30,7 +28,7 @@ from milvus_embed_ext.progress import (
     open_progress,
     track,
 )
-from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
+from tests.service.svc_helpers import RecordingDocuments, recording_documents_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,31 +194,10 @@ def test_make_test_model_progress_on_a_terminal_in_logs_and_quiet(tmp_path: Path
     assert rc == 0 and err.strip() == "" and "built tiny test model" in out
 
 
-class Recording(documents_pb2_grpc.DocumentsServicer):
-    def __init__(self) -> None:
-        self.received = 0
-
-    def Upsert(self, request, context):  # noqa: N802, ANN001, ANN201
-        self.received += len(request.documents)
-        return documents_pb2.UpsertResponse(upserted=len(request.documents))
-
-    def UpsertStream(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
-        n = 0
-        for request in request_iterator:
-            n += len(request.documents)
-        self.received += n
-        return documents_pb2.UpsertResponse(upserted=n)
-
-
 @pytest.fixture
-def documents_server() -> Iterator[tuple[str, Recording]]:
-    servicer = Recording()
-    srv = grpc.server(ThreadPoolExecutor(max_workers=2))
-    documents_pb2_grpc.add_DocumentsServicer_to_server(servicer, srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    yield f"127.0.0.1:{port}", servicer
-    srv.stop(0)
+def documents_server() -> Iterator[tuple[str, RecordingDocuments]]:
+    with recording_documents_server() as served:
+        yield served
 
 
 def _jsonl(n: int) -> bytes:
