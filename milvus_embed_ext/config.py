@@ -132,7 +132,7 @@ class Settings:
     """fp32 | fp16 | int8 | int6 | bits: how ColBERT token vectors are packed in the portable store. A default
     that `migrate revision` writes into a new script (which then states it); applied revisions never read it.
     int6 (the default) stores and reads 0.38x of fp16's bytes with the ColBERT top-10 overlap of int8 on the
-    measured checkpoints (bench/RESULTS.md, codecs)."""
+    measured checkpoints (bench/RESULTS.md, codecs). The built-in 0001 states int8 in its own text."""
     index_type: str = "auto"
     """auto (FLAT on Lite, HNSW on servers) | FLAT | IVF_FLAT | HNSW. Like colbert_codec, a default for new
     migration scripts."""

@@ -18,7 +18,8 @@ ROUTES = ("dense_truncated", "sparse", "dense")
 COLBERT_CODECS = ("fp32", "fp16", "int8", "int6", "bits")
 """How the portable store packs ColBERT token vectors (milvus_embed_ext.store.codecs)."""
 DEFAULT_COLBERT_CODEC = "int6"
-"""The codec of new collections: 0.38x the bytes of fp16 base64, top-10 as int8 (bench/RESULTS.md, codecs)."""
+"""The codec of layouts built in code and of scripts `migrate revision` writes: 0.38x the bytes of fp16 base64
+(bench/RESULTS.md, codecs). The built-in 0001 states its own (int8): a released revision keeps its result."""
 
 MILVUS_MAX_TOPK = 16384
 """Milvus rejects a search or query whose limit (offset included) exceeds this."""

@@ -120,7 +120,8 @@ class CollectionLayout:
     colbert_codec: str = DEFAULT_COLBERT_CODEC
     """int6 by default: 0.38x of fp16's bytes to store and, above all, to read at search time, and its decoded
     vectors are never longer than unit, so the planner's MaxSim bounds stay tight (bench/RESULTS.md: codecs,
-    search). Migration scripts state their codec; this default only reaches code that builds layouts itself."""
+    search). Migration scripts state their codec (the built-in 0001: int8); this default reaches code that builds
+    layouts itself."""
     index_type: str = "auto"
     max_id_length: int = 512
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
