@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -354,6 +355,18 @@ class SearchData:
     def baseline_db(self) -> Path:
         return self.root / "baseline.db"
 
+    @property
+    def sidecar_env(self) -> dict[str, str]:
+        """What a sidecar serving a copy of this data needs: the revisions that created it, when not the built-ins."""
+        folder = self.root / "migrations"
+        return {"MEE_MIGRATIONS_DIR": str(folder)} if folder.is_dir() else {}
+
+    @property
+    def group_suffix(self) -> str:
+        """``-<codec>`` for data in another codec than the built-ins' (its own benchmark group), else empty."""
+        codec = str(self.meta.get("colbert_codec") or "")
+        return f"-{codec}" if codec and codec != builtin_colbert_codec() else ""
+
     def copy_to(self, dest: Path) -> tuple[Path, Path]:
         """Working copies of both files (searches never write, but a killed run must not spoil the cache)."""
         dest.mkdir(parents=True, exist_ok=True)
@@ -443,8 +456,38 @@ def encoded_chunks(encoder: Any, docs: Sequence[Any], dims: Sequence[int], *, se
         yield start, _load_encoding(path), seconds
 
 
+_BUILTIN_CODEC = re.compile(r'"colbert_codec":\s*"(\w+)"')
+
+
+def builtin_colbert_codec() -> str:
+    """The ColBERT codec the built-in 0001 states (what `make run` creates)."""
+    from milvus_embed_ext.migrations.script import builtin_migrations_dir
+
+    found = _BUILTIN_CODEC.search((builtin_migrations_dir() / "0001_initial_layout.py").read_text(encoding="utf-8"))
+    if found is None:
+        raise RuntimeError("the built-in 0001 no longer states its colbert_codec as expected; update benchlib")
+    return found.group(1)
+
+
+def _migrations_stating(codec: str, folder: Path) -> Path | None:
+    """None for the built-ins' own codec; else a copy of the built-in revisions whose 0001 states ``codec`` (its
+    REPLACES_CHECKSUMS still name the earlier texts, so data built by one of them is served without drift)."""
+    from milvus_embed_ext.migrations.script import builtin_migrations_dir
+
+    if codec == builtin_colbert_codec():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in builtin_migrations_dir().glob("*.py"):
+        text = src.read_text(encoding="utf-8")
+        if src.name.startswith("0001_"):
+            text = _BUILTIN_CODEC.sub(f'"colbert_codec": "{codec}"', text, count=1)
+        (folder / src.name).write_text(text, encoding="utf-8")
+    return folder
+
+
 def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: int, *, k: int = 10, seed: int = 7,
-                       chunk: int = 512, log: Any = print, corpus_encoder: Any = None) -> SearchData:
+                       chunk: int = 512, log: Any = print, corpus_encoder: Any = None,
+                       codec: str | None = None) -> SearchData:
     """Build (once) and return the cached search data for this checkpoint and size.
 
     ``corpus_encoder`` (default ``encoder``) encodes the documents, e.g. the same checkpoint in bf16 where the
@@ -453,14 +496,15 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
     """
     corpus_encoder = corpus_encoder or encoder
     from milvus_embed_ext import migrations
-    from milvus_embed_ext.config import Settings, load_settings
+    from milvus_embed_ext.config import load_settings
     from milvus_embed_ext.search.evaluation import brute_force_scores
     from milvus_embed_ext.search.synthetic import generate_corpus, generate_queries
     from milvus_embed_ext.store import Document, DocumentStore, MilvusStore
 
-    codec = Settings().colbert_codec  # the layout the sidecar's migrations create
+    codec = codec or builtin_colbert_codec()
     root = (CACHE_DIR / "bench" / f"search-v{DATA_VERSION}-{encoder.fingerprint[:12]}-{n_docs}-{n_queries}-s{seed}-"
                                   f"{codec}-{corpus_encoder.dtype}")
+    migrations_dir = _migrations_stating(codec, root / "migrations")
     manifest = root / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text(encoding="utf-8"))
@@ -475,7 +519,8 @@ def ensure_search_data(encoder: Any, model_dir: Path, n_docs: int, n_queries: in
     ids = [d.id for d in docs]
     q_enc = encoder.encode(queries)
     settings = load_settings(env={}, overrides={"model": str(model_dir), "milvus_uri": str(root / "sidecar.db"),
-                                                "collection": SIDECAR_COLLECTION})
+                                                "collection": SIDECAR_COLLECTION,
+                                                "migrations_dir": str(migrations_dir or "")})
     store = MilvusStore.connect(settings)
     from pymilvus import MilvusClient
 

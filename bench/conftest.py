@@ -49,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--corpus-dtype", choices=("fp32", "bf16"), default="fp32",
                     help="dtype the search corpus is encoded with, once (cached). bf16 is 2-3x faster on CPUs with "
                          "AMX or AVX-512 BF16; queries are still encoded at search time by each implementation")
+    group.addoption("--colbert-codec", default=None,
+                    help="ColBERT codec of the search data (default: the one the built-in 0001 states, int8); another "
+                         "is built from a copy of the built-in revisions that states it, served with MEE_MIGRATIONS_DIR")
     group.addoption("--duration", type=float, default=None,
                     help="seconds per concurrency level in the throughput tests (default 10, --quick 2)")
     group.addoption("--concurrency", default=None,
@@ -182,7 +185,7 @@ _LOAD_AT_START: list[float] = []
 
 
 def _bench_options(config) -> dict:
-    names = ["corpus_dtype", "full_model", "model_size", "model_dir", "reranker_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
+    names = ["colbert_codec", "corpus_dtype", "full_model", "model_size", "model_dir", "reranker_dir", "bench_device", "no_baseline", "quick", "search_docs", "search_queries",
              "duration", "concurrency", "ingest_docs", "storage_docs", "sidecar_address", "sidecar_collection", "sidecar_env"]
     opts = {n: config.getoption("--" + n.replace("_", "-")) for n in names}
     opts["model_size"] = bench_model_size(config)  # resolved: the default depends on --quick

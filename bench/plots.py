@@ -82,8 +82,14 @@ def _num(x: Any) -> float | None:
 
 
 def _docs(group: str, prefix: str) -> int | None:
-    tail = group.removeprefix(prefix)
+    tail = group.removeprefix(prefix).partition("-")[0]  # search-<docs>[-<codec>]
     return int(tail) if tail.isdigit() else None
+
+
+def _codec(group: str) -> str:
+    """`` (int6)`` for a ``search-<docs>-<codec>`` group (data in another codec than the built-ins'), else empty."""
+    codec = group.removeprefix("search-").partition("-")[2]
+    return f" ({codec})" if codec else ""
 
 
 def search_p50_data(groups: Groups) -> dict[str, list[tuple[int, float]]]:
@@ -96,7 +102,10 @@ def search_p50_data(groups: Groups) -> dict[str, list[tuple[int, float]]]:
         for b in benches:
             p50 = _num(_extra(b).get("p50_ms"))
             if p50 is not None:
-                out.setdefault(f"{_impl(b)} {_plan(_extra(b))}", []).append((docs, p50))
+                label = f"{_impl(b)} {_plan(_extra(b))}"
+                if _impl(b) != BASELINE_IMPL:  # the baseline stores no ColBERT: one series whatever the codec
+                    label += _codec(group)
+                out.setdefault(label, []).append((docs, p50))
     return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: (kv[0].startswith(BASELINE_IMPL), kv[0]))}
 
 
@@ -111,7 +120,7 @@ def stage_data(groups: Groups, recall_runs: Sequence[dict]) -> list[tuple[str, d
             ex = _extra(b)
             stages = next((ex[k] for k in STAGE_KEYS if isinstance(ex.get(k), dict)), None)
             if stages:
-                bars.append((f"{_impl(b)} {_plan(ex)}, {docs:,} docs", _stacked(stages)))
+                bars.append((f"{_impl(b)} {_plan(ex)}{_codec(group)}, {docs:,} docs", _stacked(stages)))
     for run in recall_runs:
         if isinstance(run.get("stages_ms"), dict) and run["stages_ms"]:
             label = f"measure_recall, depth {run.get('stage_depth', '?')}, {run.get('docs', '?')} docs"

@@ -53,7 +53,8 @@ def corpus_search_group(group: str) -> bool:
     """bench/test_search.py's ``search-<docs>`` groups (``search-live`` against a live sidecar): the search
     section's tables, one per corpus size. bench/test_rerank.py's ``search-rerank`` is the rerank section's."""
     tail = group.removeprefix("search-")
-    return tail != group and (tail.isdigit() or tail == "live")
+    docs, _, codec = tail.partition("-")  # search-<docs>-<codec>: data in another codec than the built-ins'
+    return tail != group and ((docs.isdigit() and (not codec or codec.isalnum())) or tail == "live")
 
 
 def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> Groups:
@@ -282,6 +283,7 @@ def search_section(groups: Groups, goals: dict[str, Any]) -> Built:
         run, benches = groups[group]
         used.append(run)
         docs = group.removeprefix("search-")
+        size, _, codec = docs.partition("-")
         rows = []
         by = {}
         for b in sorted(benches, key=lambda b: (_impl(b) != "milvus-embed", str(b.get("name")))):
@@ -289,7 +291,7 @@ def search_section(groups: Groups, goals: dict[str, Any]) -> Built:
             by[(_impl(b), ex.get("fusion"))] = ex
             rows.append([_impl(b), str(ex.get("fusion", "")), fmt(ex.get("p50_ms")), fmt(ex.get("p99_ms")),
                          frac(ex.get("recall_at_10")), frac(ex.get("overlap_at_10"))])
-        parts.append(f"### {docs} documents\n\n" + table(
+        parts.append(f"### {size} documents" + (f", ColBERT {codec}" if codec else "") + "\n\n" + table(
             ["implementation", "fusion", "p50 ms", "p99 ms", "recall@10", "overlap@10"], rows))
         stage_table = _stages_table(by)
         if stage_table:

@@ -66,7 +66,8 @@ def search_data(request, live):
         corpus_encoder = M3Encoder.from_pretrained(str(request.getfixturevalue("bench_model_dir")),
                                                    device=str(encoder.device), dtype=corpus_dtype, max_length=8192)
     return benchlib.ensure_search_data(encoder, request.getfixturevalue("bench_model_dir"), n_docs, n_queries,
-                                       k=K, log=log, corpus_encoder=corpus_encoder)
+                                       k=K, log=log, corpus_encoder=corpus_encoder,
+                                       codec=request.config.getoption("--colbert-codec"))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def sidecar(request, live, search_data, bench_device, tmp_path_factory):
         return
     work = tmp_path_factory.mktemp("bench-search")
     sidecar_db, _ = search_data.copy_to(work / "data")
-    env = benchlib.parse_env(request.config.getoption("--sidecar-env"))
+    env = {**search_data.sidecar_env, **benchlib.parse_env(request.config.getoption("--sidecar-env"))}
     model_dir = request.getfixturevalue("bench_model_dir")
     with benchlib.start_sidecar(model_dir, sidecar_db, work, device=bench_device, extra_env=env) as s:
         yield s
@@ -185,7 +186,7 @@ def test_hybrid_search(benchmark, request, impl, fusion, search_data, impls, liv
     if with_baseline and fusion != "m3":
         other = impls.answers("flagembedding" if impl == "milvus-embed" else "milvus-embed", fusion)
         info[f"overlap_at_{K}"] = _mean(benchlib.overlap_at_k(a, b, K) for a, b in zip(ids, other, strict=True))
-    benchmark.group = f"search-{search_data.n_docs or 'live'}"
+    benchmark.group = f"search-{search_data.n_docs or 'live'}{search_data.group_suffix}"
     cycle = itertools.cycle(search_data.queries)
     rounds = max(len(search_data.queries), 30 if request.config.getoption("--quick") else 100)
     impls.stages.get((impl, fusion), []).clear()  # the timed rounds only (not the untimed answers above)

@@ -427,3 +427,30 @@ def test_measure_scripts_share_the_results_options() -> None:
     q = argparse.ArgumentParser()
     resultsmd.add_results_args(q, "s")
     assert resultsmd.should_write(q.parse_args([])) and not resultsmd.should_write(q.parse_args(["--no-write"]))
+
+
+def test_search_data_in_another_codec_is_served_by_revisions_that_state_it(tmp_path: Path) -> None:
+    from milvus_embed_ext.migrations.script import builtin_migrations_dir, load_scripts
+
+    builtin = builtin_migrations_dir() / "0001_initial_layout.py"
+    namespace: dict = {}
+    exec(compile(builtin.read_text(encoding="utf-8"), str(builtin), "exec"), namespace)  # noqa: S102 - our own script
+    assert benchlib.builtin_colbert_codec() == namespace["LAYOUT"]["colbert_codec"]
+    assert benchlib._migrations_stating(benchlib.builtin_colbert_codec(), tmp_path / "same") is None
+
+    folder = benchlib._migrations_stating("int6", tmp_path / "m")
+    copied = {s.revision: s for s in load_scripts(folder)}
+    original = {s.revision: s for s in load_scripts(builtin_migrations_dir())}
+    assert set(copied) == set(original)
+    text = (folder / "0001_initial_layout.py").read_text(encoding="utf-8")
+    assert '"colbert_codec": "int6"' in text and '"colbert_codec": "int8"' not in text
+    # data built by the built-in texts is accepted: the copy still names them
+    assert set(original["0001_initial"].replaces_checksums) <= set(copied["0001_initial"].replaces_checksums)
+    assert copied["0002_dense_256"].checksum == original["0002_dense_256"].checksum
+
+
+@pytest.mark.parametrize(("group", "search"), [
+    ("search-10000", True), ("search-50000-int6", True), ("search-live", True),
+    ("search-rerank", False), ("search-10000-x/y", False), ("throughput-search", False)])
+def test_search_section_groups(group: str, search: bool) -> None:
+    assert report.corpus_search_group(group) is search
