@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from milvus_embed_ext.wire._generated import documents_pb2, embedder_pb2, search_pb2
+from tests._fakes import NullStore
 from tests.reliability.rel_helpers import KEYS, MILVUS_TOKEN, TENANT_A, TENANT_B, record
 
 E = grpc.StatusCode
@@ -258,11 +259,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-class _NoStore:
-    def close(self) -> None:
-        pass
-
-
 def _embed_code(address: str, creds: grpc.ChannelCredentials | None, key: str | None) -> str:
     ch = grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address)
     with ch:
@@ -287,7 +283,7 @@ def test_tls_and_mutual_tls_with_api_keys(tiny_encoder, pki: Path, mutual: bool)
                      "tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server.key")}
         if mutual:
             overrides["tls_client_ca"] = str(pki / "ca.pem")
-        sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=_NoStore())
+        sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=NullStore())
         await sc.start()
         await asyncio.wait_for(sc.ready.wait(), 30)
         address = f"localhost:{sc.port}"

@@ -12,11 +12,7 @@ import pytest
 
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.service.server import Sidecar
-
-
-class _NoStore:
-    def close(self) -> None:
-        pass
+from tests._fakes import NullStore
 
 
 class GateEncoder:
@@ -46,7 +42,7 @@ class ThreadedSidecar:
                                                     "max_length": 512, **overrides})
 
         async def start() -> Sidecar:
-            sc = Sidecar(settings, encoder=encoder, store=_NoStore())
+            sc = Sidecar(settings, encoder=encoder, store=NullStore())
             await sc.start()
             await asyncio.wait_for(sc.ready.wait(), 30)
             return sc

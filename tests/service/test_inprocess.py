@@ -17,6 +17,7 @@ from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import embedder_pb2, embedder_pb2_grpc
+from tests._fakes import NullStore
 
 
 class GatedEncoder:
@@ -39,15 +40,10 @@ class GatedEncoder:
         return self.inner.encode(texts, **kw)
 
 
-class _NoStore:
-    def close(self) -> None:
-        pass
-
-
 async def _start(encoder, **overrides) -> Sidecar:
     settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "", "max_length": 512,
                                                 **overrides})
-    sidecar = Sidecar(settings, encoder=encoder, store=_NoStore())
+    sidecar = Sidecar(settings, encoder=encoder, store=NullStore())
     await sidecar.start()
     await asyncio.wait_for(sidecar.ready.wait(), 30)
     return sidecar
@@ -188,6 +184,6 @@ def test_tls_settings_with_unreadable_files_say_which():
 
     async def main():
         with pytest.raises(InvalidArgument, match="tls_cert"):
-            await Sidecar(settings, encoder=object(), store=_NoStore()).start()
+            await Sidecar(settings, encoder=object(), store=NullStore()).start()
 
     asyncio.run(main())

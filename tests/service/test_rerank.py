@@ -17,6 +17,7 @@ from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, Resourc
 from milvus_embed_ext.service.handlers import plan_overrides
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import search_pb2
+from tests._fakes import NullStore
 
 PASSAGES = ["Probiotics are good for the stomach", "Probiotics harm the stomach", "Tokyo is the capital of Japan"]
 
@@ -41,15 +42,10 @@ class GatedReranker:
         return self.inner.compute_score_detailed(pairs, normalize, **kw)
 
 
-class _NoStore:
-    def close(self) -> None:
-        pass
-
-
 async def _start(encoder, reranker=None, *, lite: bool = False, **overrides) -> Sidecar:
     """In-process sidecar; ``lite``: a real embedded Milvus Lite (``milvus_uri`` in overrides), else no store."""
     settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "max_length": 512, **overrides})
-    sidecar = Sidecar(settings, encoder=encoder, reranker=reranker, store=None if lite else _NoStore())
+    sidecar = Sidecar(settings, encoder=encoder, reranker=reranker, store=None if lite else NullStore())
     await sidecar.start()
     await asyncio.wait_for(sidecar.ready.wait(), 60)
     return sidecar
@@ -211,7 +207,7 @@ def test_reranker_loads_from_settings_and_a_broken_one_fails_start_up(tiny_encod
         # an embedding checkpoint is not a cross-encoder: start-up fails and says why
         settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "reranker_model": str(tiny_model_dir),
                                                     "reranker_device": "cpu"})
-        bad = Sidecar(settings, encoder=tiny_encoder, store=_NoStore())
+        bad = Sidecar(settings, encoder=tiny_encoder, store=NullStore())
         await bad.start()
         try:
             await asyncio.wait_for(bad.failed.wait(), 60)
