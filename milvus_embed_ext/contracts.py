@@ -101,13 +101,17 @@ class WatchedBackend(MilvusBackend, Protocol):
     needs_reload: bool
     lite_restarts: int
 
-    def lite_server_alive(self) -> bool | None: ...
+    def lite_server_alive(self) -> bool | None:
+        """Whether the embedded Lite server process still runs (None: not embedded, or unknown)."""
 
-    def ping(self, timeout: float) -> None: ...
+    def ping(self, timeout: float) -> None:
+        """One cheap round trip; raises Unavailable (or DeadlineExceeded) saying why it failed."""
 
-    def reconnect(self, timeout: float) -> None: ...
+    def reconnect(self, timeout: float) -> None:
+        """A fresh connection (restarting a dead embedded Lite server), then the collections loaded again."""
 
-    def reload_collections(self, timeout: float) -> list[str]: ...
+    def reload_collections(self, timeout: float) -> list[str]:
+        """Load every collection again (a restarted Milvus has them released); returns the names loaded."""
 
 
 class DocumentsBackend(Protocol):

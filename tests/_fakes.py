@@ -46,7 +46,7 @@ class NullStore:
         pass
 
     def reconnect(self, timeout: float) -> None:
-        pass
+        self.reload_collections(timeout)  # as MilvusStore.reconnect does after a fresh connection answers
 
     def reload_collections(self, timeout: float) -> list[str]:
         self.needs_reload = False

@@ -56,6 +56,7 @@ class ScriptedStore(NullStore):
             self.lite_restarts += 1
         if self.down.is_set() or self.reconnect_fails:
             raise Unavailable("reconnect to Milvus at http://db:19530 failed: connection refused")
+        super().reconnect(timeout)  # loads the collections again, as MilvusStore.reconnect does
 
     def reload_collections(self, timeout: float) -> list[str]:
         self.reloads += 1
