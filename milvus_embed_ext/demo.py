@@ -19,12 +19,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import Settings
 from .errors import FailedPrecondition, InvalidArgument
 from .limits import FUSIONS
 from .progress import ProgressBoard, ProgressCallback, add_quiet_arg
+
+if TYPE_CHECKING:
+    from .encoder.reranker import Reranker
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus" / "sample.jsonl"
 DEMO_COLLECTION = "demo_corpus"
@@ -175,11 +178,11 @@ def print_result(query: DemoQuery, result: Any, out: TextIO, *, width: int = 72)
         print(f"  stage 1 per field ms: {routes}   ({result.candidates} candidates re-scored)", file=out)
 
 
-def reranker_warning(path: Any) -> str | None:
+def reranker_warning(path: str | Path) -> str | None:
     """A warning when the reranker is a locally built random checkpoint (its order then means nothing)."""
     from .encoder.testmodel import STAMP_FILE
 
-    if path is not None and (Path(path) / STAMP_FILE).is_file():
+    if (Path(path) / STAMP_FILE).is_file():
         return (f"NOTE: the cross-encoder {str(path)!r} is a RANDOM test checkpoint (make-test-model --kind "
                 "reranker): its scores and the order of stage 3 carry NO meaning. Use MEE_RERANKER_MODEL="
                 "BAAI/bge-reranker-v2-m3 (or a local copy of it) for real reranking.")
@@ -190,7 +193,7 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
              corpus: str | Path = CORPUS_PATH, fusion: str | None = None, reset: bool = False,
              load: bool = True, out: TextIO = sys.stdout, encoder: Any = None,
              progress: ProgressCallback | None = None, cross_encoder: bool = False,
-             reranker: Any = None, cross_encoder_top_n: int | None = None) -> dict[str, Any]:
+             reranker: Reranker | None = None, cross_encoder_top_n: int | None = None) -> dict[str, Any]:
     """The whole demo; returns a summary (documents, written, results) for tests and scripts.
 
     ``encoder``: an already loaded M3Encoder to use instead of loading ``settings.model``.
@@ -200,6 +203,7 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
     from .search.crossencoder import stage_from_options
 
     stage = None
+    reranker_note = None  # said at the end, after the results it qualifies
     if cross_encoder:
         if reranker is None:
             from .encoder.factory import reranker_from_settings
@@ -215,6 +219,7 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
                                    max_top_n=settings.reranker_max_pairs)
         print(f"cross-encoder: {reranker.model_id} on {reranker.device}/{reranker.dtype}, re-scores the fused top "
               f"{stage.depth(top_k)}, order {stage.order}", file=out)
+        reranker_note = reranker_warning(reranker.path)
     from .search import HybridSearcher, SearchRequest
     from .store import DocumentStore, MilvusStore
 
@@ -275,9 +280,8 @@ def run_demo(settings: Settings, *, queries: Sequence[DemoQuery] = DEFAULT_QUERI
                   f"({stage.order}); fused = the stage-2 score it re-ordered.", file=out)
         if is_demo_model:
             print("\n" + demo_warning(requested_model), file=out)
-        note = reranker_warning(getattr(reranker, "path", None)) if stage is not None else None
-        if note:
-            print("\n" + note, file=out)
+        if reranker_note:
+            print("\n" + reranker_note, file=out)
         return {"documents": len(docs), "written": written, "results": results, "demo_model": is_demo_model,
                 "collection": settings.collection}
     finally:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .model import M3Encoder
     from .reranker import Reranker
 
+log = logging.getLogger(__name__)
+
 
 def encoder_threads(settings: Settings, cores: int | None = None) -> int:
     """CPU threads for the encoder: ``encoder_threads`` when set; with embedded Milvus Lite on the same
@@ -37,9 +39,6 @@ def _bound_torch_threads(settings: Settings) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-log = logging.getLogger(__name__)
 
 
 def encoder_from_settings(settings: Settings, path: str | None = None, **overrides: Any) -> M3Encoder:

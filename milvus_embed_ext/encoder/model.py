@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from .loading import (
     torch_dtype,
 )
 from .output import M3Output
+
+if TYPE_CHECKING:
+    from ..contracts import PlainTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class M3Encoder:
         self.model_max_length: int = int(config.max_position_embeddings) - self.pad_token_id - 1
         self._backend_json: str = tokenizer.backend_tokenizer.to_str()
         self._tokenizers: OrderedDict[int, Any] = OrderedDict()
+        self._plain_tok: PlainTokenizer | None = None  # built on first use (see plain_tokenizer)
         self._tok_lock = threading.Lock()
         if self.max_length > self.model_max_length:
             raise InvalidArgument(
@@ -196,19 +200,18 @@ class M3Encoder:
         """Tokens each text will occupy in a forward pass (incl. special tokens, after truncation)."""
         return [len(ids) for ids in self.tokenize(texts, max_length)]
 
-    def plain_tokenizer(self) -> Any:
+    def plain_tokenizer(self) -> PlainTokenizer:
         """The Rust tokenizer with neither truncation nor padding, shared and read-only: for length checks
         and token offsets (the HTTP face's ``truncate=false`` and ``/tokenize``). Do not change its state."""
         with self._tok_lock:
-            tok = getattr(self, "_plain_tok", None)
-            if tok is None:
+            if self._plain_tok is None:
                 from tokenizers import Tokenizer
 
                 tok = Tokenizer.from_str(self._backend_json)
                 tok.no_padding()
                 tok.no_truncation()
                 self._plain_tok = tok
-            return tok
+            return self._plain_tok
 
     def id_to_token(self, token_id: int) -> str | None:
         """The vocabulary piece for a sparse-vector key (for display and debugging)."""

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..contracts import TextEncoder
+from ..contracts import PairScorer, TextEncoder
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 log = logging.getLogger("milvus_embed_ext.service.batcher")
@@ -358,11 +358,6 @@ class Batcher(MicroBatcher[_Item, EncodeResult, Any]):
 # ---------------------------------------------------------------------------- reranker
 
 
-class _Reranker(Protocol):
-    def compute_score_detailed(self, pairs: Sequence[tuple[str, str]], normalize: bool = False, *,
-                               max_length: int | None = None) -> tuple[list[float], list[int]]: ...
-
-
 class _RerankMetrics(Protocol):
     rerank_queue_depth: Any
 
@@ -397,7 +392,7 @@ class RerankBatcher(MicroBatcher[_RerankItem, RerankBatchResult, tuple[list[floa
 
     what = "reranker"
 
-    def __init__(self, reranker: _Reranker, *, token_budget: int, max_batch: int, max_wait_ms: float,
+    def __init__(self, reranker: PairScorer, *, token_budget: int, max_batch: int, max_wait_ms: float,
                  max_queue: int, max_length: int, metrics: _RerankMetrics | None = None,
                  executor: ThreadPoolExecutor | None = None) -> None:
         super().__init__(token_budget=token_budget, max_batch=max_batch, max_wait_ms=max_wait_ms,

@@ -11,18 +11,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
 
 from ..config import Settings
-from ..contracts import DocumentsBackend, MilvusBackend, ServedEncoder
+from ..contracts import DocumentsBackend, MilvusBackend, ServedEncoder, ServedReranker
 from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from ..limits import DEFAULT_TOP_K
 from ..wire import codec
 from ..wire._generated import common_pb2, documents_pb2, embedder_pb2, search_pb2
-from .batcher import Batcher, RerankBatcher, RerankBatchResult
+from .batcher import Batcher, EncodeResult, RerankBatcher, RerankBatchResult
 from .validation import (
     check_enum,
     check_enum_value,
@@ -33,6 +33,9 @@ from .validation import (
     check_texts,
     parse_metadata,
 )
+
+if TYPE_CHECKING:
+    from .metrics import ServiceMetrics
 
 T = TypeVar("T")
 
@@ -60,8 +63,8 @@ class Runtime:
     batcher: Batcher | None = None
     store: MilvusBackend | None = None     # the MilvusStore once Milvus answers
     doc_stores: dict[str, DocumentsBackend] = field(default_factory=dict)
-    metrics: Any = None          # ServiceMetrics (search stage latency)
-    reranker: Any = None         # Reranker once loaded; stays None unless MEE_RERANKER_MODEL is set
+    metrics: ServiceMetrics | None = None  # search stage latency
+    reranker: ServedReranker | None = None  # the Reranker once loaded; stays None unless MEE_RERANKER_MODEL is set
     rerank_batcher: RerankBatcher | None = None
     store_down: str = ""         # set by the server's Milvus watcher while Milvus is unreachable: why
     store_lost: asyncio.Event = field(default_factory=asyncio.Event)  # set with store_down: ends waits at once
@@ -210,11 +213,11 @@ class EmbedderHandlers:
         started = time.perf_counter()
         result = await self.rt.rerank_detailed(req.query, list(req.passages), req.normalize,
                                                timeout=remaining(context))
-        reranker = self.rt.reranker
+        reranker = self.rt.reranker  # set with the batcher rerank_detailed required: never None here
         resp = embedder_pb2.RerankResponse(
             scores=result.scores, token_counts=result.token_counts,
-            model=str(getattr(reranker, "model_id", "")),
-            model_fingerprint=str(getattr(reranker, "fingerprint", "")),
+            model=reranker.model_id if reranker is not None else "",
+            model_fingerprint=reranker.fingerprint if reranker is not None else "",
         )
         resp.timings.queue_ms = _ms(result.queue_ms / 1000.0)
         resp.timings.inference_ms = _ms(result.inference_ms / 1000.0)
@@ -237,7 +240,7 @@ class DocumentsHandlers:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> Any:  # a DocumentsBackend
+    async def doc_store(self, name: str, context: grpc.aio.ServicerContext) -> DocumentsBackend:
         """The DocumentStore of ``name`` (default collection when empty); NotFound when absent."""
         from ..store import DocumentStore
 
@@ -268,8 +271,8 @@ class DocumentsHandlers:
             docs.append(Document(id=d.id, text=d.text, metadata=parse_metadata(d.metadata_json, f"{where}.metadata_json")))
         return docs
 
-    async def _write_chunk(self, doc_store: Any, docs: list[Any], context: grpc.aio.ServicerContext,
-                           timings: dict[str, float], offset: int = 0) -> tuple[Callable[[], Any], int, Any]:
+    async def _write_chunk(self, doc_store: DocumentsBackend, docs: list[Any], context: grpc.aio.ServicerContext,
+                           timings: dict[str, float], offset: int = 0) -> tuple[Callable[[], None], int, EncodeResult]:
         """Validate and encode one chunk; returns the (deferred) write, the token count and the encode result."""
         _, batcher = self.rt.require_encoder()
         t = time.perf_counter()
@@ -305,7 +308,7 @@ class DocumentsHandlers:
         stages: dict[str, float] = {}
         queue_ms = inference_ms = 0.0
         collection: str | None = None
-        doc_store: Any = None
+        doc_store: DocumentsBackend  # opened with the first message
         pending: asyncio.Future[Any] | None = None
         upserted = tokens = offset = 0
         try:
@@ -495,10 +498,13 @@ class SearchHandlers:
     def __init__(self, rt: Runtime, documents: DocumentsHandlers | None = None) -> None:
         self.rt = rt
         self.documents = documents or DocumentsHandlers(rt)
-        self._searchers: dict[str, tuple[Any, Any]] = {}
+        self._searchers: dict[str, tuple[DocumentsBackend, Any]] = {}  # collection -> (its store, HybridSearcher)
 
-    def _searcher(self, doc_store: Any) -> Any:
-        """One HybridSearcher per open collection (rebuilt when the collection is re-opened)."""
+    def _searcher(self, doc_store: DocumentsBackend) -> Any:
+        """One HybridSearcher per open collection (rebuilt when the collection is re-opened).
+
+        Returned as Any: its ``PreparedSearch.encode_kwargs`` is a plain ``Mapping[str, bool]``, which mypy
+        will not spread into :meth:`Batcher.encode` (whose other keywords are not bools)."""
         from ..search.planner import HybridSearcher
 
         cached = self._searchers.get(doc_store.name)

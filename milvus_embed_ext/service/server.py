@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -35,7 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings, redact_uri
-from ..contracts import ServedEncoder
+from ..contracts import ServedEncoder, ServedReranker, WatchedBackend
 from ..encoder.factory import load_encoder
 from ..errors import (
     DeadlineExceeded,
@@ -52,6 +52,9 @@ from .errors import to_status
 from .handlers import DocumentsHandlers, EmbedderHandlers, Runtime, SearchHandlers
 from .metrics import ServiceMetrics, start_metrics_endpoint
 
+if TYPE_CHECKING:
+    from .httpapi import HttpFace
+
 log = logging.getLogger("milvus_embed_ext.service")
 
 PROBE_TIMEOUT_S = 3.0
@@ -64,13 +67,13 @@ DOCUMENTS = documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name
 SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
-def connect_store(settings: Settings) -> Any:
+def connect_store(settings: Settings) -> WatchedBackend:
     from ..store import MilvusStore
 
     return MilvusStore.connect(settings)  # creates a Lite file's directory, or says why it cannot
 
 
-def ensure_schema(settings: Settings, store: Any) -> tuple[str, ...]:
+def ensure_schema(settings: Settings, store: WatchedBackend) -> tuple[str, ...]:
     """Bring a brand-new embedded database to the latest revision; refuse an unknown or pending revision.
 
     Only an embedded (Lite) database with no migration history and no collection of that name is
@@ -93,8 +96,8 @@ def ensure_schema(settings: Settings, store: Any) -> tuple[str, ...]:
 class Sidecar:
     """One server instance. ``await start()`` returns once the port is bound; readiness comes later."""
 
-    def __init__(self, settings: Settings, *, encoder: ServedEncoder | None = None, store: Any = None,
-                 reranker: Any = None) -> None:
+    def __init__(self, settings: Settings, *, encoder: ServedEncoder | None = None,
+                 store: WatchedBackend | None = None, reranker: ServedReranker | None = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self._encoder_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mee-encoder")
@@ -113,7 +116,7 @@ class Sidecar:
         self._health = health_aio.HealthServicer()
         self._startup: asyncio.Task[None] | None = None
         self._metrics_server: Any = None
-        self._http: Any = None  # the HTTP face (service/httpapi), when http_listen is set
+        self._http: HttpFace | None = None  # the HTTP face (service/httpapi), when http_listen is set
         self.port: int = 0
         self.http_port: int = 0
         self.startup_error: BaseException | None = None
@@ -154,7 +157,7 @@ class Sidecar:
             elapsed = time.perf_counter() - started
             self.metrics.observe_request(rpc, code, elapsed)
             log.info("rpc", extra={"rpc": rpc, "code": code, "ms": round(elapsed * 1000, 3),
-                                   "peer": context.peer() if hasattr(context, "peer") else ""})
+                                   "peer": context.peer()})
 
     def _rejected(self, method: str) -> None:
         rpc = method.rsplit("/", 1)[-1]
@@ -272,8 +275,7 @@ class Sidecar:
             encoder, _ = self.rt.require_encoder()
             log.info("ready", extra={"model": encoder.model_id, "device": encoder.device})
             self.ready.set()
-            if hasattr(store, "ping"):
-                self._watcher = asyncio.create_task(self._watch_milvus(store), name="mee-milvus-watch")
+            self._watcher = asyncio.create_task(self._watch_milvus(store), name="mee-milvus-watch")
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - reported by serve()
@@ -322,7 +324,7 @@ class Sidecar:
         await rerank_batcher.start()
         self.rt.reranker, self.rt.rerank_batcher = reranker, rerank_batcher
 
-    async def _connect_milvus(self) -> Any:
+    async def _connect_milvus(self) -> WatchedBackend:
         """Connect, retrying while Milvus is unreachable (health stays NOT_SERVING): exponential backoff with
         full jitter (0.5 s doubling, capped at 10 s), each attempt logged, given up after
         ``milvus_startup_timeout_s`` (0: never) with Unavailable, which makes ``serve`` exit."""
@@ -371,13 +373,13 @@ class Sidecar:
         else:
             self.rt.store_lost.set()  # calls waiting on Milvus answer UNAVAILABLE now, not at their deadline
 
-    async def _watch_milvus(self, store: Any) -> None:
+    async def _watch_milvus(self, store: WatchedBackend) -> None:
         """Probe Milvus; on failure go NOT_SERVING and reconnect until it answers (see the module doc)."""
         s = self.settings
         loop = asyncio.get_running_loop()
         interval = s.milvus_health_interval_s
         timeout = PROBE_TIMEOUT_S
-        lite = bool(getattr(store, "lite_server_alive", lambda: None)() is not None)
+        lite = store.lite_server_alive() is not None
         failed_restarts = 0
         gave_up = False
         slow_probes = 0
@@ -424,19 +426,19 @@ class Sidecar:
                         self._milvus_error(reason)
                         self.rt.store_down = reason
                         continue
-                    before = getattr(store, "lite_restarts", 0)
+                    before = store.lite_restarts
                     try:
                         await run(store.reconnect, timeout)
                     except MilvusEmbedError as exc2:
                         self.metrics.milvus_reconnects.labels("failed").inc()
                         self._milvus_error(str(exc2))
-                        if getattr(store, "lite_restarts", 0) > before:
+                        if store.lite_restarts > before:
                             self.metrics.milvus_lite_restarts.inc()
                         failed_restarts += 1 if lite else 0
                         self._update_down_seconds()
                         continue
                     self.metrics.milvus_reconnects.labels("ok").inc()
-                    if getattr(store, "lite_restarts", 0) > before:
+                    if store.lite_restarts > before:
                         self.metrics.milvus_lite_restarts.inc()
                 if self.milvus_down_since is not None:
                     await self._milvus_back()
@@ -466,7 +468,7 @@ class Sidecar:
         await self._set_milvus_health(True)
         log.info("Milvus reachable again: health SERVING", extra={"outage_s": round(time.monotonic() - since, 3)})
 
-    async def _check_schema(self, store: Any) -> None:
+    async def _check_schema(self, store: WatchedBackend) -> None:
         if self._given_store is None:  # a store handed in is the caller's to prepare
             loop = asyncio.get_running_loop()
             try:

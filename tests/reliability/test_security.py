@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from milvus_embed_ext.wire._generated import documents_pb2, embedder_pb2, search_pb2
+from tests._fakes import NullStore
 from tests._pki import make_pki
 from tests.reliability.rel_helpers import KEYS, MILVUS_TOKEN, TENANT_A, TENANT_B, record
-from tests.service.svc_helpers import NoStore
 
 E = grpc.StatusCode
 GOOD = {
@@ -266,7 +266,7 @@ def test_tls_and_mutual_tls_with_api_keys(tiny_encoder, pki: Path, mutual: bool)
                      "tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server.key")}
         if mutual:
             overrides["tls_client_ca"] = str(pki / "ca.pem")
-        sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=NoStore())
+        sc = Sidecar(load_settings(env={}, overrides=overrides), encoder=tiny_encoder, store=NullStore())
         await sc.start()
         await asyncio.wait_for(sc.ready.wait(), 30)
         address = f"localhost:{sc.port}"

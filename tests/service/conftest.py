@@ -12,7 +12,8 @@ import pytest
 
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.service.server import Sidecar
-from tests.service.svc_helpers import GatedEncoder, NoStore
+from tests._fakes import NullStore
+from tests.service.svc_helpers import GatedEncoder
 
 
 class ThreadedSidecar:
@@ -24,7 +25,7 @@ class ThreadedSidecar:
                                                     "max_length": 512, **overrides})
 
         async def start() -> Sidecar:
-            sc = Sidecar(settings, encoder=encoder, store=NoStore())
+            sc = Sidecar(settings, encoder=encoder, store=NullStore())
             await sc.start()
             await asyncio.wait_for(sc.ready.wait(), 30)
             return sc

@@ -14,13 +14,7 @@ import grpc
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import documents_pb2, documents_pb2_grpc
-
-
-class NoStore:
-    """Stands in for the Milvus store where a test needs none (the sidecar only closes it)."""
-
-    def close(self) -> None:
-        pass
+from tests._fakes import NullStore
 
 
 class Gated:
@@ -75,7 +69,7 @@ async def start_in_process(encoder: Any, reranker: Any = None, *, store: Any = N
     settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "", "max_length": 512,
                                                 **overrides})
     if store is None and not lite:
-        store = NoStore()
+        store = NullStore()
     sidecar = Sidecar(settings, encoder=encoder, reranker=reranker, store=store)
     await sidecar.start()
     await asyncio.wait_for(sidecar.ready.wait(), 60)

@@ -305,7 +305,9 @@ class FakeScorer:
 @pytest.mark.parametrize("is_async", [False, True])
 def test_rerank_route_with_a_scorer(http, http_sidecar, is_async):
     scorer = FakeScorer(is_async)
-    http_sidecar.sc.reranker = scorer
+    core = http_sidecar.sc._http.core
+    runtime_reranker = core._reranker  # the sidecar's own (none: it carries no reranker)
+    core._reranker = lambda: scorer
     try:
         texts = ["nothing here", "vector search in milvus", "milvus"]
         r = http.post("/rerank", json={"query": "milvus vector search", "texts": texts, "return_text": True})
@@ -320,7 +322,7 @@ def test_rerank_route_with_a_scorer(http, http_sidecar, is_async):
         assert http.post("/rerank", json={"query": 1, "texts": ["a"]}).status_code == 422
         assert http.get("/info").json()["reranker"] is True
     finally:
-        del http_sidecar.sc.reranker
+        core._reranker = runtime_reranker
     r = http.post("/rerank", json={"query": "q", "texts": ["a"]})
     assert r.status_code == 424 and r.json() == {
         "error": "no reranker configured: set MEE_RERANKER_MODEL to a cross-encoder checkpoint to serve /rerank",

@@ -14,8 +14,9 @@ from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import embedder_pb2, embedder_pb2_grpc
+from tests._fakes import NullStore
 from tests._pki import make_pki
-from tests.service.svc_helpers import GatedEncoder, NoStore, start_in_process
+from tests.service.svc_helpers import GatedEncoder, start_in_process
 
 
 def test_overload_deadline_and_cancellation(tiny_encoder):
@@ -138,6 +139,6 @@ def test_tls_settings_with_unreadable_files_say_which():
 
     async def main():
         with pytest.raises(InvalidArgument, match="tls_cert"):
-            await Sidecar(settings, encoder=object(), store=NoStore()).start()
+            await Sidecar(settings, encoder=object(), store=NullStore()).start()
 
     asyncio.run(main())

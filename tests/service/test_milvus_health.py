@@ -23,21 +23,21 @@ from milvus_embed_ext.wire._generated import (
     embedder_pb2,
     embedder_pb2_grpc,
 )
+from tests._fakes import NullStore
 from tests.service.svc_helpers import start_in_process
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class ScriptedStore:
+class ScriptedStore(NullStore):
     """A store whose ping and reconnect fail while ``down`` is set; counts what the watcher did."""
 
     def __init__(self, *, lite: bool = False, reconnect_fails: bool = False) -> None:
+        super().__init__()
         self.down = threading.Event()
         self.slow = 0  # the next probes that time out (a busy or hung Milvus: connections stay open)
         self.lite = lite
         self.reconnect_fails = reconnect_fails
-        self.needs_reload = False
-        self.lite_restarts = 0
         self.pings = self.reconnects = self.reloads = 0
 
     def lite_server_alive(self) -> bool | None:
@@ -57,14 +57,11 @@ class ScriptedStore:
             self.lite_restarts += 1
         if self.down.is_set() or self.reconnect_fails:
             raise Unavailable("reconnect to Milvus at http://db:19530 failed: connection refused")
+        super().reconnect(timeout)  # loads the collections again, as MilvusStore.reconnect does
 
     def reload_collections(self, timeout: float) -> list[str]:
         self.reloads += 1
-        self.needs_reload = False
-        return []
-
-    def close(self) -> None:
-        pass
+        return super().reload_collections(timeout)
 
 
 async def _start(encoder: Any, store: Any, **overrides: Any) -> Sidecar:

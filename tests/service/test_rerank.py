@@ -16,7 +16,8 @@ from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, Resourc
 from milvus_embed_ext.service.handlers import plan_overrides
 from milvus_embed_ext.service.server import Sidecar
 from milvus_embed_ext.wire._generated import search_pb2
-from tests.service.svc_helpers import GatedReranker, NoStore, start_in_process
+from tests._fakes import NullStore
+from tests.service.svc_helpers import GatedReranker, start_in_process
 
 PASSAGES = ["Probiotics are good for the stomach", "Probiotics harm the stomach", "Tokyo is the capital of Japan"]
 
@@ -177,7 +178,7 @@ def test_reranker_loads_from_settings_and_a_broken_one_fails_start_up(tiny_encod
         # an embedding checkpoint is not a cross-encoder: start-up fails and says why
         settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "reranker_model": str(tiny_model_dir),
                                                     "reranker_device": "cpu"})
-        bad = Sidecar(settings, encoder=tiny_encoder, store=NoStore())
+        bad = Sidecar(settings, encoder=tiny_encoder, store=NullStore())
         await bad.start()
         try:
             await asyncio.wait_for(bad.failed.wait(), 60)

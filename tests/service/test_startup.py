@@ -12,6 +12,7 @@ from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.encoder import factory, hub
 from milvus_embed_ext.errors import FailedPrecondition, InvalidArgument, ModelLoadError, Unavailable
 from milvus_embed_ext.service import server as server_mod
+from tests._fakes import NullStore
 
 
 def _offline(monkeypatch):
@@ -46,15 +47,11 @@ def test_no_fallback_when_disabled_or_for_a_local_path(monkeypatch, tmp_path):
 def test_health_not_serving_until_milvus_answers(monkeypatch, tiny_encoder):
     attempts = {"n": 0}
 
-    class FakeStore:
-        def close(self) -> None:
-            pass
-
     def connect(_settings):
         attempts["n"] += 1
         if attempts["n"] < 3:
             raise Unavailable("connection refused")
-        return FakeStore()
+        return NullStore()
 
     monkeypatch.setattr(server_mod, "connect_store", connect)
     monkeypatch.setattr(server_mod, "ensure_schema", lambda settings, store: ("0001",))
@@ -87,20 +84,15 @@ def test_serve_refuses_an_unknown_revision(monkeypatch, tiny_encoder, tmp_path):
         raise FailedPrecondition("collection 'documents' is at revision(s) 9999_future, which this sidecar's "
                                  "migration scripts do not know")
 
-    class FakeStore:
-        closed = False
-
-        def close(self) -> None:
-            FakeStore.closed = True
-
+    store = NullStore()
     monkeypatch.setattr(server_mod, "load_encoder", lambda s: (tiny_encoder, tmp_path))
-    monkeypatch.setattr(server_mod, "connect_store", lambda s: FakeStore())
+    monkeypatch.setattr(server_mod, "connect_store", lambda s: store)
     monkeypatch.setattr(server_mod, "ensure_schema", unknown_revision)
     settings = load_settings(env={}, overrides={"listen": "127.0.0.1:0", "http_listen": "",
                                                 "milvus_uri": str(tmp_path / "m.db")})
     with pytest.raises(FailedPrecondition, match="9999_future"):
         asyncio.run(asyncio.wait_for(server_mod.serve(settings), 60))
-    assert FakeStore.closed
+    assert store.closed
 
 
 def test_encoder_threads_setting_applies_before_loading(tiny_model_dir):

@@ -28,6 +28,8 @@ from starlette.routing import Route
 from ...config import Settings
 from ...errors import DeadlineExceeded, ResourceExhausted, Unauthenticated
 from .. import auth
+from ..handlers import Runtime
+from ..metrics import ServiceMetrics
 from . import openai_compat, tei
 from .core import HttpCore
 from .errors import BadParam, BodyTooLarge, openai_error, tei_error
@@ -43,11 +45,11 @@ Handler = Callable[[HttpCore, Any, "float | None"], Awaitable[Any]]
 
 class Host(Protocol):
     """What the HTTP face needs from the server it lives in (``Sidecar``): settings, metrics, the shared
-    in-flight count, the runtime (batcher, encoder) and, later, a reranker."""
+    in-flight count and the runtime (batcher, encoder and, once loaded, the reranker)."""
 
     settings: Settings
-    metrics: Any
-    rt: Any
+    metrics: ServiceMetrics
+    rt: Runtime
     _in_flight: int
 
 

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ...config import Settings
+from ...contracts import PlainTokenizer, ServedEncoder, TokenEncoding
 from ...errors import FailedPrecondition, InvalidArgument
 from ..handlers import Runtime
 from .errors import EmptyInput, InputTooLarge
@@ -23,6 +25,28 @@ class Reranker(Protocol):
     sigmoid-squashed when ``normalize``. Sync or async; it goes through the encoder's batcher itself."""
 
     def rerank(self, query: str, passages: Sequence[str], normalize: bool) -> list[float] | Awaitable[list[float]]: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the HTTP face reports about the model (TEI's ``/info``, the OpenAI model name, the length limit).
+
+    Also answered while the model is still loading: then the settings stand in for what the encoder would say,
+    and its fingerprint and width are not known yet."""
+
+    name: str
+    fingerprint: str | None
+    dtype: str
+    hidden_size: int | None
+    max_length: int
+
+    @classmethod
+    def of(cls, encoder: ServedEncoder | None, settings: Settings) -> ModelInfo:
+        if encoder is None:
+            return cls(name=settings.model, fingerprint=None, dtype=settings.dtype, hidden_size=None,
+                       max_length=settings.max_length)
+        return cls(name=encoder.model_id, fingerprint=encoder.fingerprint or None, dtype=encoder.dtype,
+                   hidden_size=encoder.hidden_size, max_length=encoder.max_length)
 
 
 @dataclass(frozen=True)
@@ -48,13 +72,15 @@ class HttpCore:
     def max_texts(self) -> int:
         return self.rt.settings.max_texts_per_request
 
+    def model_info(self) -> ModelInfo:
+        return ModelInfo.of(self.rt.encoder, self.rt.settings)
+
     @property
     def max_length(self) -> int:
-        encoder = self.rt.encoder
-        return int(getattr(encoder, "max_length", None) or self.rt.settings.max_length)
+        return self.model_info().max_length
 
     def model_name(self) -> str:
-        return str(getattr(self.rt.encoder, "model_id", "") or self.rt.settings.model)
+        return self.model_info().name
 
     def has_reranker(self) -> bool:
         return self._reranker() is not None
@@ -71,14 +97,11 @@ class HttpCore:
             raise InputTooLarge(f"batch size {len(texts)} > maximum allowed batch size {self.max_texts} "
                                 f"(max_texts_per_request); split `{field}` into smaller requests")
 
-    def _tokenizer(self) -> Any:
+    def _tokenizer(self) -> PlainTokenizer:
         encoder, _ = self.rt.require_encoder()
-        get = getattr(encoder, "plain_tokenizer", None)
-        if get is None:
-            raise FailedPrecondition("this encoder exposes no tokenizer; /tokenize and truncate=false need one")
-        return get()
+        return encoder.plain_tokenizer()
 
-    async def _encodings(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Any]:
+    async def _encodings(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[TokenEncoding]:
         tok = self._tokenizer()
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
             return tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
@@ -155,7 +178,7 @@ class HttpCore:
         return scores
 
 
-def _keep_tail(text: str, encoding: Any, limit: int) -> str:
+def _keep_tail(text: str, encoding: TokenEncoding, limit: int) -> str:
     """The end of ``text`` that fits ``limit`` tokens with the special tokens: cut at the start of the first token
     that begins a word (SentencePiece's ``▁``) at or after the needed position, so the kept words tokenise as
     they did in the full text."""
@@ -175,7 +198,7 @@ def _keep_tail(text: str, encoding: Any, limit: int) -> str:
     return text[cut:]
 
 
-def _tokens(text: str, encoding: Any) -> list[Token]:
+def _tokens(text: str, encoding: TokenEncoding) -> list[Token]:
     """TEI's SimpleToken list: the text slice and UTF-8 byte offsets of every non-special token."""
     byte_at = [0]
     for ch in text:
@@ -190,4 +213,4 @@ def _tokens(text: str, encoding: Any) -> list[Token]:
     return out
 
 
-__all__ = ["HttpCore", "Reranker", "Token", "NO_RERANKER"]
+__all__ = ["HttpCore", "ModelInfo", "Reranker", "Token", "NO_RERANKER"]

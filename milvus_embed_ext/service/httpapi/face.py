@@ -13,12 +13,14 @@ import logging
 import math
 import socket
 import ssl
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from ...errors import InvalidArgument
+from ..handlers import Runtime
 from ..metrics import parse_host_port
 from .app import Host, build_app
-from .core import HttpCore
+from .core import HttpCore, Reranker
 
 log = logging.getLogger("milvus_embed_ext.service")
 
@@ -27,19 +29,16 @@ class _BatchedReranker:
     """The runtime's reranker as gRPC Rerank uses it: ``Runtime.rerank`` checks the limits and goes through the
     reranker's own batcher (its queue and thread), never blocking the event loop with a forward pass."""
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def rerank(self, query: str, passages: Any, normalize: bool) -> Any:
+    def rerank(self, query: str, passages: Sequence[str], normalize: bool) -> Awaitable[list[float]]:
         return self.rt.rerank(query, list(passages), normalize)  # a coroutine: HttpCore awaits it
 
 
-def _reranker_of(host: Any) -> Any:
+def _reranker_of(rt: Runtime) -> Reranker | None:
     """The service's reranker once it has loaded (None: no reranker configured, TEI's 424)."""
-    rt = getattr(host, "rt", None)
-    if rt is not None and getattr(rt, "reranker", None) is not None:
-        return _BatchedReranker(rt)
-    return getattr(host, "reranker", None)
+    return _BatchedReranker(rt) if rt.reranker is not None else None
 
 
 def bind(listen: str) -> socket.socket:
@@ -65,7 +64,7 @@ class HttpFace:
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.core = HttpCore(host.rt, reranker=lambda: _reranker_of(host))
+        self.core = HttpCore(host.rt, reranker=lambda: _reranker_of(host.rt))
         self.app, self.guard = build_app(host, self.core)
         self.port = 0
         self._server: Any = None

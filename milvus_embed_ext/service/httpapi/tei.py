@@ -150,16 +150,16 @@ async def tokenize(core: HttpCore, body: dict[str, Any], timeout: float | None) 
 
 
 async def info(core: HttpCore, body: Any, timeout: float | None) -> Any:
-    encoder = core.rt.encoder
+    model = core.model_info()
     s = core.rt.settings
     return {
-        "model_id": core.model_name(),
-        "model_sha": str(getattr(encoder, "fingerprint", "")) or None,
-        "model_dtype": _DTYPES.get(str(getattr(encoder, "dtype", s.dtype)), str(getattr(encoder, "dtype", s.dtype))),
-        "served_model_name": core.model_name(),
+        "model_id": model.name,
+        "model_sha": model.fingerprint,
+        "model_dtype": _DTYPES.get(model.dtype, model.dtype),
+        "served_model_name": model.name,
         "model_type": {"embedding": {"pooling": "cls"}},
         "max_concurrent_requests": s.max_concurrent,
-        "max_input_length": core.max_length,
+        "max_input_length": model.max_length,
         "max_batch_tokens": s.token_budget,
         "max_batch_requests": s.max_batch,
         "max_client_batch_size": core.max_texts,
@@ -169,7 +169,7 @@ async def info(core: HttpCore, body: Any, timeout: float | None) -> Any:
         "sha": None,
         "docker_label": None,
         # beyond TEI: what this server adds
-        "dense_dim": int(getattr(encoder, "hidden_size", 0)) or None,
+        "dense_dim": model.hidden_size,
         "representations": ["dense", "sparse", "colbert"],
         "reranker": core.has_reranker(),
     }
