@@ -599,20 +599,24 @@ def field_bytes(dtype_name: str, value: Any, dim: int | None = None) -> int:
     raise ValueError(f"no size rule for Milvus field type {dtype_name}")
 
 
-def collection_bytes(client: Any, name: str, page: int = 1000) -> tuple[int, dict[str, int]]:
-    """Rows and raw bytes per field of a whole collection, read back from Milvus."""
+def collection_bytes(client: Any, name: str, page: int = 50) -> tuple[int, dict[str, int]]:
+    """Rows and raw bytes per field of a whole collection, read back from Milvus.
+
+    Read with a query iterator in small pages (it pages by primary key): a companion row holds up to 64 KiB of
+    ColBERT text, and Milvus refuses a query whose result, offset included, passes its size limit ("query results
+    exceed the limit size": offset paging through fp32 rows at 1024-d did)."""
     desc = client.describe_collection(name)
     types = {f["name"]: (getattr(f["type"], "name", str(f["type"])), (f.get("params") or {}).get("dim"))
              for f in desc["fields"]}
     totals = dict.fromkeys(types, 0)
     rows = 0
-    offset = 0
-    while True:
-        batch = client.query(name, filter="", output_fields=list(types), limit=page, offset=offset)
-        for row in batch:
-            for fname, (tname, dim) in types.items():
-                totals[fname] += field_bytes(tname, row.get(fname), int(dim) if dim else None)
-        rows += len(batch)
-        offset += len(batch)
-        if len(batch) < page:
-            return rows, totals
+    pages = client.query_iterator(name, batch_size=page, filter="", output_fields=list(types))
+    try:
+        while batch := pages.next():
+            for row in batch:
+                for fname, (tname, dim) in types.items():
+                    totals[fname] += field_bytes(tname, row.get(fname), int(dim) if dim else None)
+            rows += len(batch)
+    finally:
+        pages.close()
+    return rows, totals

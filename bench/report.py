@@ -455,7 +455,7 @@ def ingest_section(groups: Groups, goals: dict[str, Any]) -> Built:
          ("## Storage: bytes per document in Milvus\n\n"
           "bench/test_storage.py: raw bytes of every stored field value read back from Milvus (before Milvus' "
           "compression; index memory not counted), per document, and the Milvus Lite file's growth per document. "
-          "ColBERT vectors live in the companion collection (base64 VARCHAR rows); `baseline` is the dense + sparse "
+          "ColBERT vectors live in the companion collection (VARCHAR rows: int6 as text, the other codecs base64); `baseline` is the dense + sparse "
           "collection of the pymilvus tutorial."))
 def storage_section(groups: Groups, goals: dict[str, Any]) -> Built:  # noqa: ARG001
     run, benches = groups["storage"]
