@@ -61,6 +61,8 @@ PROBE_TIMEOUT_S = 3.0
 """How long one health probe of Milvus may take."""
 HUNG_AFTER_SLOW_PROBES = 3
 """Probes in a row that must time out before a Milvus that keeps its connections open counts as lost (hung)."""
+STARTUP_LOAD_TIMEOUT_S = 600.0
+"""Embedded Lite: how long one collection may take to load into memory at start-up (each load waits this long)."""
 
 EMBEDDER = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 DOCUMENTS = documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name
@@ -268,6 +270,8 @@ class Sidecar:
             store = await connecting
             store.observer = self.metrics.observe_milvus_call  # Milvus call latency by method
             await self._check_schema(store)
+            if self.settings.is_embedded and self._given_store is None:
+                await self._load_collections(store)
             for name in ("", DOCUMENTS, SEARCH):
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
             self.metrics.ready.set(1)
@@ -323,6 +327,16 @@ class Sidecar:
                                        executor=self._reranker_executor)
         await rerank_batcher.start()
         self.rt.reranker, self.rt.rerank_batcher = reranker, rerank_batcher
+
+    async def _load_collections(self, store: WatchedBackend) -> None:
+        """Embedded Lite loads a collection into memory on its first query, and answers nothing else meanwhile
+        (50,000 BGE-M3 documents: about a minute), so the first search would stall and the health probes time
+        out and report Milvus lost. Loading every collection before SERVING moves that wait into start-up."""
+        started = time.monotonic()
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            self.rt.store_executor, store.reload_collections, STARTUP_LOAD_TIMEOUT_S)
+        log.info("collections loaded", extra={"collections": len(loaded),
+                                              "seconds": round(time.monotonic() - started, 1)})
 
     async def _connect_milvus(self) -> WatchedBackend:
         """Connect, retrying while Milvus is unreachable (health stays NOT_SERVING): exponential backoff with

@@ -115,3 +115,42 @@ def test_unusable_lite_directory_is_unavailable_with_the_reason(tmp_path):
     settings = load_settings(env={}, overrides={"milvus_uri": str(blocker / "sub" / "m.db")})
     with pytest.raises(Unavailable, match="cannot create the Milvus Lite directory"):
         server_mod.connect_store(settings)
+
+
+def test_embedded_lite_collections_are_loaded_before_serving(monkeypatch, tiny_encoder, tiny_model_dir, tmp_path):
+    """Lite loads a collection on its first query and answers nothing else meanwhile (a 50,000-document corpus
+    made the health probes time out and the first search fail): start-up loads them before SERVING."""
+    from milvus_embed_ext.store import MilvusStore
+    from tests.service.svc_helpers import start_in_process
+
+    calls: list[tuple[bool, list[str]]] = []
+    original = MilvusStore.reload_collections
+
+    def recording(self, timeout):
+        loaded = original(self, timeout)
+        calls.append((sidecar_ready(), loaded))
+        return loaded
+
+    holder: dict = {}
+
+    def sidecar_ready() -> bool:
+        return bool(holder) and holder["sc"].ready.is_set()
+
+    monkeypatch.setattr(MilvusStore, "reload_collections", recording)
+    real_start = server_mod.Sidecar.start
+
+    async def start(self):
+        holder["sc"] = self
+        return await real_start(self)
+
+    monkeypatch.setattr(server_mod.Sidecar, "start", start)
+
+    async def main():
+        sc = await start_in_process(tiny_encoder, lite=True, model=str(tiny_model_dir), milvus_uri=str(tmp_path / "m.db"))
+        await sc.stop(0)
+
+    asyncio.run(main())
+    assert calls, "start-up did not load the collections"
+    ready_then, loaded = calls[0]
+    assert not ready_then, "the collections must be loaded before the sidecar says it is ready"
+    assert "documents" in loaded and "documents__colbert" in loaded
