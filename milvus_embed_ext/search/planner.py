@@ -55,6 +55,7 @@ from . import fusion as fusion_fns
 if TYPE_CHECKING:
     from ..config import Settings
     from ..encoder import M3Output
+    from ..store.layout import CollectionLayout
 
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)
 DEFAULT_DEPTH = 100
@@ -103,19 +104,19 @@ class SearchPlan:
     """When a candidate route fails, answer from the others and list the failure in ``degraded``."""
 
     @classmethod
-    def for_layout(cls, layout: Any, **overrides: Any) -> SearchPlan:
+    def for_layout(cls, layout: CollectionLayout, **overrides: Any) -> SearchPlan:
         """The default plan for a collection.
 
         No ColBERT scores when it stores none; then the collection's own defaults, kept with its layout
         as ``layout.extra["search"]`` (a mapping of plan options); then ``overrides``.
         """
         base = cls()
-        if getattr(layout, "colbert", "auto") == "none":
+        if layout.colbert == "none":
             base = dataclasses.replace(base, representations=("dense", "sparse"))
-        stored = (getattr(layout, "extra", None) or {}).get("search") or {}
+        stored = (layout.extra or {}).get("search") or {}
         if not isinstance(stored, Mapping):
             raise FailedPrecondition(
-                f"collection {getattr(layout, 'name', '?')!r}: layout extra['search'] must be a mapping of "
+                f"collection {layout.name!r}: layout extra['search'] must be a mapping of "
                 f"search plan options, got {type(stored).__name__}"
             )
         return base.replace(**{**stored, **overrides})
@@ -319,7 +320,7 @@ class HybridSearcher:
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.doc_store = doc_store
-        self.layout = doc_store.layout
+        self.layout: CollectionLayout = doc_store.layout
         self.encode_fn = encode_fn
         self.default_plan = plan if plan is not None else SearchPlan.for_layout(self.layout)
         self.default_plan.validate()
@@ -361,7 +362,7 @@ class HybridSearcher:
 
     @property
     def truncated_dims(self) -> tuple[int, ...]:
-        return tuple(sorted(t.dim for t in getattr(self.layout, "truncated", ())))
+        return tuple(sorted(t.dim for t in self.layout.truncated))
 
     def prepare(self, request: SearchRequest) -> PreparedSearch:
         """Check ``request`` once and resolve its plan, routes and output fields against the collection."""
@@ -370,8 +371,8 @@ class HybridSearcher:
         stage = request.cross_encoder
         page_end = request.offset + request.top_k
         routes = self._routes_for(plan, page_end if stage is None else max(page_end, stage.depth(page_end)))
-        if stage is not None and not getattr(self.layout, "store_text", True):
-            raise FailedPrecondition(f"collection {getattr(self.layout, 'name', '?')!r} stores no text, which the "
+        if stage is not None and not self.layout.store_text:
+            raise FailedPrecondition(f"collection {self.layout.name!r} stores no text, which the "
                                      "cross-encoder reads; search it without cross_encoder")
         reps = plan.representations
         encode_kwargs = {
@@ -395,13 +396,13 @@ class HybridSearcher:
     def _routes_for(self, plan: SearchPlan, page_end: int) -> tuple[Route, ...]:
         """Resolve the plan's routes against the collection's fields."""
         dims = self.truncated_dims
-        name = getattr(self.layout, "name", "?")
+        name = self.layout.name
         if plan.truncate_dim is not None and plan.truncate_dim not in dims:
             raise InvalidArgument(
                 f"collection {name!r} has no truncated field dense_{plan.truncate_dim}; "
                 f"stored: {', '.join(f'dense_{d}' for d in dims) or 'none'}"
             )
-        if "colbert" in plan.representations and getattr(self.layout, "colbert", "auto") == "none":
+        if "colbert" in plan.representations and self.layout.colbert == "none":
             raise InvalidArgument(f"collection {name!r} stores no ColBERT vectors; drop colbert from representations")
         if plan.routes is None:
             wanted: list[str] = []
@@ -447,11 +448,7 @@ class HybridSearcher:
         self._check_output_fields(request.output_fields)
 
     def _check_output_fields(self, output_fields: Iterable[str]) -> None:
-        scalar = getattr(self.layout, "scalar_fields", None)
-        if scalar is None:
-            available = [f for f in OUTPUT_FIELDS if f != "text" or getattr(self.layout, "store_text", True)]
-        else:
-            available = [f for f in scalar if f != "id"]
+        available = [f for f in self.layout.scalar_fields if f != "id"]
         if isinstance(output_fields, str):
             raise InvalidArgument("output_fields must be a list of field names, not a string")
         for f in output_fields:
@@ -459,7 +456,7 @@ class HybridSearcher:
                 continue
             if f not in available:
                 raise InvalidArgument(
-                    f"unknown output field {f!r} for collection {getattr(self.layout, 'name', '?')!r}; "
+                    f"unknown output field {f!r} for collection {self.layout.name!r}; "
                     f"available: {', '.join(available)}"
                 )
 
@@ -617,7 +614,7 @@ class HybridSearcher:
         if plan.fusion == "m3":
             weights = {r: plan.weight(r) for r in pool.reps}
             total = math.fsum(weights.values())
-            bound = colbert_bound(q_rows=pool.q.colbert, codec=getattr(self.layout, "colbert_codec", "fp32"))
+            bound = colbert_bound(q_rows=pool.q.colbert, codec=self.layout.colbert_codec)
             partial = pool.partial(weights)
             upper = {i: (partial[i] + weights["colbert"] * bound) / total for i in order}
             order.sort(key=lambda i: (-upper[i], i))

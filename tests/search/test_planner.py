@@ -7,7 +7,6 @@ error paths fast and deterministic.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,24 +24,16 @@ from milvus_embed_ext.search.planner import HybridSearcher, SearchPlan, SearchRe
 from milvus_embed_ext.search.rescore import colbert_scores, dense_scores, lexical_scores
 from milvus_embed_ext.store import MilvusStore, capabilities_for
 from milvus_embed_ext.store.documents import Candidate, ColbertRef, StoredVectors
+from milvus_embed_ext.store.layout import CollectionLayout, TruncatedField
 
 HIDDEN = 16
 
 
-@dataclass(frozen=True)
-class _Trunc:
-    dim: int
-    projection: str = "prefix"
-
-
-@dataclass
-class FakeLayout:
-    name: str = "docs"
-    dense_dim: int = HIDDEN
-    truncated: tuple = (_Trunc(8),)
-    store_text: bool = True
-    colbert: str = "companion"
-    extra: dict = field(default_factory=dict)
+def FakeLayout(**changes: Any) -> CollectionLayout:  # noqa: N802 - reads like the class it stands for
+    """The layout the fake store serves: a real CollectionLayout (fp32 ColBERT, so bounds are the exact ones)."""
+    values: dict[str, Any] = {"name": "docs", "dense_dim": HIDDEN, "truncated": (TruncatedField(8),),
+                              "colbert": "companion", "colbert_codec": "fp32", **changes}
+    return CollectionLayout(**values)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -52,7 +43,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 class FakeStore:
     """Brute-force search over random vectors; ``fail`` maps a field to an exception to raise."""
 
-    def __init__(self, n: int = 60, seed: int = 0, layout: FakeLayout | None = None) -> None:
+    def __init__(self, n: int = 60, seed: int = 0, layout: CollectionLayout | None = None) -> None:
         rng = np.random.default_rng(seed)
         self.layout = layout or FakeLayout()
         self.ids = [f"d{i:03d}" for i in range(n)]

@@ -12,6 +12,7 @@ import pytest
 from milvus_embed_ext.config import load_settings
 from milvus_embed_ext.errors import DeadlineExceeded, InvalidArgument
 from milvus_embed_ext.service.handlers import DocumentsHandlers, Runtime, SearchHandlers, in_store_thread
+from milvus_embed_ext.store.layout import CollectionLayout
 from milvus_embed_ext.wire._generated import documents_pb2, search_pb2
 
 
@@ -45,15 +46,10 @@ def test_store_call_past_its_deadline_never_runs():
     assert ran == []
 
 
-class _Layout:
-    name = "notext"
-    scalar_fields = ("id", "metadata")  # created with store_text=False
-
-
 class _NoTextDocs:
     """A DocumentStore stand-in that, like the real one, refuses fields the collection does not store."""
 
-    layout = _Layout()
+    layout = CollectionLayout(name="notext", dense_dim=64, store_text=False)
     name = "notext"
 
     def get(self, ids, output_fields=None, **_kw):
@@ -92,7 +88,7 @@ class _FakeBatcher:
 
 
 class _WritableDocs:
-    layout = SimpleNamespace(name="docs", colbert="none", truncated=(), scalar_fields=("id", "text", "metadata"))
+    layout = CollectionLayout(name="docs", dense_dim=64, colbert="none")
     name = "docs"
 
     def validate(self, docs, first_index=0) -> list:
