@@ -200,12 +200,9 @@ def pytest_sessionstart(session) -> None:  # noqa: ARG001
 def cpu_simd_flags() -> list[str]:
     """The CPU's vector extensions (AVX2, AVX-512, VNNI, BF16, AMX): int8 and bf16 speed hinges on them, so
     every saved figure carries them and figures are compared only within one kind of CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in set(flags) if f.startswith(("avx", "amx", "fma")))
+    from milvus_embed_ext.encoder.loading import cpu_flags
+
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info) -> None:

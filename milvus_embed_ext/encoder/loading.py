@@ -43,15 +43,21 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 bf16 and it is slower than fp32, so ``auto`` keeps fp32 there."""
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU runs bf16 matrix work natively (AMX or AVX-512 BF16); False when it cannot tell."""
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (``/proc/cpuinfo``'s first ``flags`` line, or ``cpuinfo``);
+    empty where there is no such file."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+            return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                           if line.startswith("flags")), []))
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU runs bf16 matrix work natively (AMX or AVX-512 BF16); False when it cannot tell."""
+    return not cpu_flags(cpuinfo).isdisjoint(NATIVE_BF16_FLAGS)
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
