@@ -94,6 +94,14 @@ def lexical_scores(query: Mapping[int, float], docs: Sequence[Mapping[int, float
     return np.bincount(owner, weights=contrib, minlength=n)
 
 
+def _token_matrix(doc: np.ndarray, dim: int) -> np.ndarray:
+    """One candidate's ColBERT vectors as float32 ``[tokens, dim]``, or InvalidArgument naming the mismatch."""
+    d = np.asarray(doc, dtype=np.float32)
+    if d.ndim != 2 or d.shape[1] != dim:
+        raise InvalidArgument(f"colbert re-score: query is {dim}-d, stored token vectors are {d.shape}")
+    return d
+
+
 def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
     """MaxSim for every document: mean over query rows of the max dot product over that document's rows.
 
@@ -117,10 +125,7 @@ def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
         # them, and skips copying every matrix into a stack (measured: 3.2 vs 5.1 ms for 28 x 120 x 1024).
         with single_thread_blas():
             for i in nonempty.tolist():
-                d = np.asarray(docs[i], dtype=np.float32)
-                if d.ndim != 2 or d.shape[1] != dim:
-                    raise InvalidArgument(f"colbert re-score: query is {dim}-d, stored token vectors are {d.shape}")
-                out[i] = (q @ d.T).max(axis=1).mean(dtype=np.float64)
+                out[i] = (q @ _token_matrix(docs[i], dim).T).max(axis=1).mean(dtype=np.float64)
         return out
     # Small matrices: stack candidates in chunks (the similarity matrix stays bounded for long documents and
     # long queries), so numpy's fixed cost per call is paid once per chunk rather than per document.
@@ -132,11 +137,7 @@ def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
             tokens += int(lengths[nonempty[chunk_end]])
             chunk_end += 1
         members = nonempty[chunk_start:chunk_end]
-        parts = [np.asarray(docs[i], dtype=np.float32) for i in members]
-        bad = next((p.shape for p in parts if p.ndim != 2 or p.shape[1] != dim), None)
-        if bad is not None:
-            raise InvalidArgument(f"colbert re-score: query is {dim}-d, stored token vectors are {bad}")
-        stacked = np.concatenate(parts, axis=0)
+        stacked = np.concatenate([_token_matrix(docs[i], dim) for i in members], axis=0)
         with single_thread_blas():
             sims = q @ stacked.T  # [query tokens, chunk tokens]
         starts = np.concatenate([[0], np.cumsum(lengths[members])[:-1]])
