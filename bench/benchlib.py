@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -459,6 +460,7 @@ def encoded_chunks(encoder: Any, docs: Sequence[Any], dims: Sequence[int], *, se
 _BUILTIN_CODEC = re.compile(r'"colbert_codec":\s*"(\w+)"')
 
 
+@functools.cache
 def builtin_colbert_codec() -> str:
     """The ColBERT codec the built-in 0001 states (what `make run` creates)."""
     from milvus_embed_ext.migrations.script import builtin_migrations_dir

@@ -81,22 +81,32 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _docs(group: str, prefix: str) -> int | None:
-    tail = group.removeprefix(prefix).partition("-")[0]  # search-<docs>[-<codec>]
-    return int(tail) if tail.isdigit() else None
+def search_group(group: str) -> tuple[int, str] | None:
+    """``search-<docs>[-<codec>]`` (bench/test_search.py's groups; a codec names data in another codec than the
+    built-ins') -> (docs, codec or ""); None for any other group, ``search-live`` included."""
+    tail = group.removeprefix("search-")
+    docs, _, codec = tail.partition("-")
+    if tail == group or not docs.isdigit() or (codec and not codec.isalnum()):
+        return None
+    return int(docs), codec
+
+
+def _docs(group: str) -> int | None:
+    parsed = search_group(group)
+    return parsed[0] if parsed else None
 
 
 def _codec(group: str) -> str:
-    """`` (int6)`` for a ``search-<docs>-<codec>`` group (data in another codec than the built-ins'), else empty."""
-    codec = group.removeprefix("search-").partition("-")[2]
-    return f" ({codec})" if codec else ""
+    """`` (int6)`` for a group of data in another codec than the built-ins', else empty."""
+    parsed = search_group(group)
+    return f" ({parsed[1]})" if parsed and parsed[1] else ""
 
 
 def search_p50_data(groups: Groups) -> dict[str, list[tuple[int, float]]]:
     """``"impl plan"`` -> [(corpus size, p50 ms)] from the ``search-<docs>`` groups, sizes ascending."""
     out: dict[str, list[tuple[int, float]]] = {}
     for group, (_, benches) in groups.items():
-        docs = _docs(group, "search-")
+        docs = _docs(group)
         if docs is None:
             continue
         for b in benches:
@@ -112,8 +122,8 @@ def search_p50_data(groups: Groups) -> dict[str, list[tuple[int, float]]]:
 def stage_data(groups: Groups, recall_runs: Sequence[dict]) -> list[tuple[str, dict[str, float]]]:
     """(bar label, {stage: ms}) per search plan that recorded its stages, then measure_recall's stage medians."""
     bars: list[tuple[str, dict[str, float]]] = []
-    for group in sorted(groups, key=lambda g: (_docs(g, "search-") or 0, g)):
-        docs = _docs(group, "search-")
+    for group in sorted(groups, key=lambda g: (_docs(g) or 0, g)):
+        docs = _docs(group)
         if docs is None:
             continue
         for b in sorted(groups[group][1], key=lambda b: (_impl(b) == BASELINE_IMPL, _impl(b), _plan(_extra(b)))):

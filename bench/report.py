@@ -52,9 +52,7 @@ RERANK_GROUPS = ("rerank-pairs", "rerank-request", "search-rerank")
 def corpus_search_group(group: str) -> bool:
     """bench/test_search.py's ``search-<docs>`` groups (``search-live`` against a live sidecar): the search
     section's tables, one per corpus size. bench/test_rerank.py's ``search-rerank`` is the rerank section's."""
-    tail = group.removeprefix("search-")
-    docs, _, codec = tail.partition("-")  # search-<docs>-<codec>: data in another codec than the built-ins'
-    return tail != group and ((docs.isdigit() and (not codec or codec.isalnum())) or tail == "live")
+    return group == "search-live" or plots.search_group(group) is not None
 
 
 def latest_by_group(runs: Sequence[Run], match: Callable[[str], bool]) -> Groups:
@@ -283,7 +281,7 @@ def search_section(groups: Groups, goals: dict[str, Any]) -> Built:
         run, benches = groups[group]
         used.append(run)
         docs = group.removeprefix("search-")
-        size, _, codec = docs.partition("-")
+        size, codec = plots.search_group(group) or (docs, "")
         rows = []
         by = {}
         for b in sorted(benches, key=lambda b: (_impl(b) != "milvus-embed", str(b.get("name")))):
