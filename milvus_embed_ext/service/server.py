@@ -332,11 +332,8 @@ class Sidecar:
         """Embedded Lite loads a collection into memory on its first query, and answers nothing else meanwhile
         (50,000 BGE-M3 documents: about a minute), so the first search would stall and the health probes time
         out and report Milvus lost. Loading every collection before SERVING moves that wait into start-up."""
-        started = time.monotonic()
-        loaded = await asyncio.get_running_loop().run_in_executor(
-            self.rt.store_executor, store.reload_collections, STARTUP_LOAD_TIMEOUT_S)
-        log.info("collections loaded", extra={"collections": len(loaded),
-                                              "seconds": round(time.monotonic() - started, 1)})
+        await asyncio.get_running_loop().run_in_executor(
+            self.rt.store_executor, store.reload_collections, STARTUP_LOAD_TIMEOUT_S)  # logs what it loaded
 
     async def _connect_milvus(self) -> WatchedBackend:
         """Connect, retrying while Milvus is unreachable (health stays NOT_SERVING): exponential backoff with

@@ -318,7 +318,8 @@ class MilvusStore:
         self.reload_collections(timeout)
 
     def reload_collections(self, timeout: float) -> list[str]:
-        """Load every collection again (a restarted Milvus Lite 3 server has them all released).
+        """Load every collection (a restarted Milvus Lite 3 server has them all released; embedded Lite loads
+        them at start-up before serving).
 
         Returns the names loaded; a collection that cannot be loaded (no index yet) is skipped."""
         loaded = []
@@ -334,7 +335,7 @@ class MilvusStore:
                 except (FailedPrecondition, InvalidArgument, NotFound) as exc:
                     log.debug("collection %s not loaded again: %s", name, exc)
         self.needs_reload = False
-        log.info("collections loaded again after a reconnect", extra={"collections": len(loaded),
+        log.info("collections loaded", extra={"collections": len(loaded),
                                                                        "seconds": round(time.monotonic() - started, 3)})
         return loaded
 
